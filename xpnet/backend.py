@@ -1,0 +1,206 @@
+"""The array backend: NumPy on the CPU, CuPy on an NVIDIA GPU.
+
+This is the only module that imports ``cupy``. Everything else asks for the
+namespace of the arrays it is given (``xp = get_array_module(x)``), so the same
+layer code runs on either device.
+
+    >>> xp = get_array_module(x)        # numpy or cupy
+    >>> y = to_device(x, "gpu")         # fails with one clear sentence if no GPU
+    >>> rng = get_rng(xp)               # the seeded random source of that backend
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+try:  # CuPy is optional: without it everything runs on NumPy.
+    import cupy as _cupy
+except Exception as _exc:  # ImportError, or a CuPy build that fails to load its CUDA libraries
+    _cupy = None
+    _cupy_import_error: Exception | None = _exc
+else:
+    _cupy_import_error = None
+
+DEVICES = ("cpu", "gpu")
+
+_default_dtype = np.dtype(np.float32)
+
+
+class DeviceError(RuntimeError):
+    """The GPU was asked for but cannot be used, or arrays of two devices were mixed."""
+
+
+# ---------------------------------------------------------------------------
+# Which device is there
+# ---------------------------------------------------------------------------
+
+
+def gpu_unavailable_reason() -> str | None:
+    """Say in one sentence why the GPU cannot be used, or return None if it can."""
+    if _cupy is None:
+        return (
+            "CuPy is not installed (or failed to import: "
+            f"{_cupy_import_error}); install it with `pip install 'xpnet[gpu]'` "
+            "(CuPy wheels for CUDA 12 or 13) to use the GPU."
+        )
+    try:
+        count = _cupy.cuda.runtime.getDeviceCount()
+    except Exception as exc:  # CUDARuntimeError: no driver, or a driver older than the runtime
+        return (
+            f"CuPy is installed but no CUDA driver could be used ({exc}); install the NVIDIA "
+            "driver that matches your CuPy wheel (cupy-cuda12x or cupy-cuda13x)."
+        )
+    if count == 0:
+        return (
+            "CuPy and a CUDA driver are present but no GPU is visible; check nvidia-smi "
+            "and CUDA_VISIBLE_DEVICES."
+        )
+    return None
+
+
+def gpu_available() -> bool:
+    return gpu_unavailable_reason() is None
+
+
+def require_gpu():
+    """Return the ``cupy`` module, or raise DeviceError saying what is missing."""
+    reason = gpu_unavailable_reason()
+    if reason is not None:
+        raise DeviceError(f"device 'gpu' was asked for, but {reason}")
+    return _cupy
+
+
+def check_device(device: str) -> str:
+    """Normalise a device name (``'cpu'``, ``'gpu'``, ``'cuda'``) and check that it can be used."""
+    name = str(device).lower()
+    if name == "cuda":
+        name = "gpu"
+    if name not in DEVICES:
+        raise ValueError(f"unknown device {device!r}; choose one of {DEVICES}")
+    if name == "gpu":
+        require_gpu()
+    return name
+
+
+# ---------------------------------------------------------------------------
+# Arrays and their namespace
+# ---------------------------------------------------------------------------
+
+
+def is_gpu_array(x) -> bool:
+    return _cupy is not None and isinstance(x, _cupy.ndarray)
+
+
+def device_of(x) -> str:
+    """``'gpu'`` for a CuPy array, ``'cpu'`` for anything else."""
+    return "gpu" if is_gpu_array(x) else "cpu"
+
+
+def get_array_module(*arrays):
+    """The array namespace (``numpy`` or ``cupy``) of the arrays given.
+
+    Raises DeviceError if CPU and GPU arrays are mixed: xpnet never copies
+    silently between devices.
+    """
+    devices = {device_of(a) for a in arrays if a is not None and hasattr(a, "shape")}
+    if len(devices) > 1:
+        raise DeviceError(
+            "arrays on two devices were mixed in one call (cpu and gpu); move them to the "
+            "same device first, e.g. model.to('gpu') and xpnet.backend.to_device(x, 'gpu')"
+        )
+    return _cupy if devices == {"gpu"} else np
+
+
+def namespace(device: str):
+    """The array namespace of a device name."""
+    return require_gpu() if check_device(device) == "gpu" else np
+
+
+def as_numpy(x):
+    """A NumPy array of ``x`` (copied to the host if it is on the GPU)."""
+    if is_gpu_array(x):
+        return _cupy.asnumpy(x)
+    return np.asarray(x)
+
+
+def as_cupy(x):
+    """A CuPy array of ``x`` (copied to the GPU if it is on the host)."""
+    cp = require_gpu()
+    return cp.asarray(x)
+
+
+def to_device(x, device: str):
+    """``x`` on ``device`` (``'cpu'`` or ``'gpu'``); no copy when it is already there."""
+    return as_cupy(x) if check_device(device) == "gpu" else as_numpy(x)
+
+
+def to_scalar(x) -> float:
+    """A Python float of a 0-d array on either device (one small transfer on the GPU)."""
+    return float(x.item()) if hasattr(x, "item") else float(x)
+
+
+# ---------------------------------------------------------------------------
+# dtype
+# ---------------------------------------------------------------------------
+
+
+def get_default_dtype() -> np.dtype:
+    """The dtype networks built by xpnet use unless told otherwise (float32)."""
+    return _default_dtype
+
+
+def set_default_dtype(dtype) -> None:
+    global _default_dtype
+    _default_dtype = check_float_dtype(dtype)
+
+
+def check_float_dtype(dtype) -> np.dtype:
+    dt = np.dtype(dtype)
+    if dt.kind != "f":
+        raise TypeError(f"a floating dtype (float16, float32 or float64) was expected, got {dt}")
+    return dt
+
+
+# ---------------------------------------------------------------------------
+# Random numbers: one seeded source per backend
+# ---------------------------------------------------------------------------
+
+_seed: int | None = None
+_rngs: dict = {}
+
+
+def seed(value: int | None) -> None:
+    """Seed xpnet's random sources on every backend (initialization, Dropout, mini-batches)."""
+    global _seed
+    _seed = None if value is None else int(value)
+    _rngs.clear()
+
+
+def get_rng(xp=np):
+    """The random Generator of a backend: ``numpy.random.Generator`` or ``cupy.random.Generator``.
+
+    Both offer ``standard_normal(size, dtype)``, ``random(size, dtype)`` and
+    ``integers(low, high, size)``, so callers draw on the device they compute on.
+    """
+    key = xp.__name__
+    rng = _rngs.get(key)
+    if rng is None:
+        rng = xp.random.default_rng(_seed)
+        _rngs[key] = rng
+    return rng
+
+
+def get_rng_state(xp=np) -> dict:
+    """The state of a backend's generator, as plain data (for checkpoints)."""
+    rng = get_rng(xp)
+    if xp is np:
+        return rng.bit_generator.state
+    raise NotImplementedError("saving the GPU random state is done by the trainer's reseeding")
+
+
+def set_rng_state(state: dict, xp=np) -> None:
+    rng = get_rng(xp)
+    if xp is np:
+        rng.bit_generator.state = state
+        return
+    raise NotImplementedError("restoring the GPU random state is done by the trainer's reseeding")
