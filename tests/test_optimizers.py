@@ -1,0 +1,303 @@
+"""Optimizers: one step equals the book's formula; updates are in place; state round-trips."""
+
+import math
+
+import numpy as np
+import pytest
+
+import xpnet
+from xpnet.optimizers import (
+    OPTIMIZERS,
+    SGD,
+    AdaGrad,
+    Adam,
+    Momentum,
+    Nesterov,
+    RMSprop,
+    get_optimizer,
+)
+
+W0 = np.array([[1.0, -2.0], [0.5, 3.0]])
+B0 = np.array([0.25, -0.75])
+G1 = {"W": np.array([[0.5, -1.0], [2.0, 0.0]]), "b": np.array([0.1, -0.2])}
+G2 = {"W": np.array([[-0.5, 0.25], [1.0, 4.0]]), "b": np.array([0.3, 0.3])}
+
+
+def fresh(dtype=np.float64):
+    return {"W": W0.astype(dtype), "b": B0.astype(dtype)}
+
+
+def grads(g, dtype=np.float64):
+    return {k: v.astype(dtype) for k, v in g.items()}
+
+
+# ---------------------------------------------------------------------------
+# One step (and a second, which uses the state) against the formulas
+# ---------------------------------------------------------------------------
+
+
+def test_sgd_step_by_hand():
+    params = fresh()
+    SGD(lr=0.1).update(params, G1)
+    # W - 0.1 * g, entry by entry
+    np.testing.assert_allclose(params["W"], [[0.95, -1.9], [0.3, 3.0]], rtol=0, atol=1e-15)
+    np.testing.assert_allclose(params["b"], [0.24, -0.73], rtol=0, atol=1e-15)
+
+
+def test_sgd_default_lr_is_the_books():
+    assert SGD().lr == 0.01
+
+
+def test_momentum_two_steps():
+    params = fresh()
+    opt = Momentum(lr=0.1, momentum=0.9)
+    opt.update(params, G1)
+    v1 = -0.1 * G1["W"]
+    np.testing.assert_allclose(params["W"], W0 + v1, rtol=1e-15)
+    # the first entry by hand: v = -0.1*0.5 = -0.05, W = 1 - 0.05
+    assert params["W"][0, 0] == pytest.approx(0.95, abs=1e-15)
+    opt.update(params, G2)
+    v2 = 0.9 * v1 - 0.1 * G2["W"]
+    np.testing.assert_allclose(params["W"], W0 + v1 + v2, rtol=1e-14)
+    np.testing.assert_allclose(opt.v["W"], v2, rtol=1e-14)
+
+
+def test_nesterov_two_steps_book_form():
+    params = fresh()
+    lr, mu = 0.1, 0.9
+    opt = Nesterov(lr=lr, momentum=mu)
+    opt.update(params, G1)
+    v1 = -lr * G1["W"]
+    w1 = W0 + mu * mu * v1 - (1 + mu) * lr * G1["W"]
+    np.testing.assert_allclose(params["W"], w1, rtol=1e-14)
+    # first entry by hand: v = -0.05; W = 1 + 0.81*(-0.05) - 1.9*0.1*0.5 = 0.8645
+    assert params["W"][0, 0] == pytest.approx(0.8645, abs=1e-14)
+    opt.update(params, G2)
+    v2 = mu * v1 - lr * G2["W"]
+    w2 = w1 + mu * mu * v2 - (1 + mu) * lr * G2["W"]
+    np.testing.assert_allclose(params["W"], w2, rtol=1e-14)
+
+
+def test_adagrad_two_steps():
+    params = fresh()
+    opt = AdaGrad(lr=0.1)
+    opt.update(params, G1)
+    h1 = G1["W"] ** 2
+    w1 = W0 - 0.1 * G1["W"] / (np.sqrt(h1) + 1e-7)
+    np.testing.assert_allclose(params["W"], w1, rtol=1e-14)
+    # first entry by hand: h = 0.25, step = 0.1*0.5/(0.5+1e-7)
+    assert params["W"][0, 0] == pytest.approx(1 - 0.05 / (0.5 + 1e-7), abs=1e-15)
+    # a zero gradient with zero history moves nothing (the epsilon keeps 0/0 away)
+    assert params["W"][1, 1] == 3.0
+    opt.update(params, G2)
+    h2 = h1 + G2["W"] ** 2
+    np.testing.assert_allclose(params["W"], w1 - 0.1 * G2["W"] / (np.sqrt(h2) + 1e-7), rtol=1e-14)
+
+
+def test_rmsprop_two_steps():
+    params = fresh()
+    opt = RMSprop(lr=0.01, decay_rate=0.99)
+    opt.update(params, G1)
+    h1 = 0.01 * G1["W"] ** 2
+    w1 = W0 - 0.01 * G1["W"] / (np.sqrt(h1) + 1e-7)
+    np.testing.assert_allclose(params["W"], w1, rtol=1e-14)
+    # first entry by hand: h = 0.01*0.25 = 0.0025, sqrt = 0.05, step = 0.01*0.5/0.05 = 0.1
+    assert params["W"][0, 0] == pytest.approx(0.9, abs=1e-5)
+    opt.update(params, G2)
+    h2 = 0.99 * h1 + 0.01 * G2["W"] ** 2
+    np.testing.assert_allclose(params["W"], w1 - 0.01 * G2["W"] / (np.sqrt(h2) + 1e-7), rtol=1e-14)
+
+
+def test_adam_two_steps_book_form():
+    params = fresh()
+    lr, b1, b2 = 0.001, 0.9, 0.999
+    opt = Adam()
+    assert (opt.lr, opt.beta1, opt.beta2) == (lr, b1, b2)
+    m = np.zeros_like(W0)
+    v = np.zeros_like(W0)
+    w = W0.copy()
+    for t, g in enumerate((G1, G2), start=1):
+        opt.update(params, g)
+        lr_t = lr * math.sqrt(1 - b2**t) / (1 - b1**t)
+        m = m + (1 - b1) * (g["W"] - m)
+        v = v + (1 - b2) * (g["W"] ** 2 - v)
+        w = w - lr_t * m / (np.sqrt(v) + 1e-7)
+        np.testing.assert_allclose(params["W"], w, rtol=1e-13)
+    assert opt.iter == 2
+    # The first step of Adam moves every entry with a nonzero gradient by about lr:
+    # m = 0.1 g, v = 0.001 g^2, lr_t = lr * sqrt(0.001) / 0.1 -> lr * sign(g).
+    p = fresh()
+    Adam(lr=0.001).update(p, G1)
+    np.testing.assert_allclose(W0 - p["W"], 0.001 * np.sign(G1["W"]), atol=1e-8)
+
+
+# ---------------------------------------------------------------------------
+# In place, on the parameter's dtype
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", sorted(OPTIMIZERS))
+def test_update_is_in_place(name):
+    params = fresh()
+    before = {k: id(v) for k, v in params.items()}
+    view = params["W"][0]  # a layer holding a reference (or a view) sees the update
+    opt = get_optimizer(name, lr=0.1)
+    for g in (G1, G2):
+        opt.update(params, g)
+    assert {k: id(v) for k, v in params.items()} == before
+    assert not np.array_equal(view, W0[0])
+    np.testing.assert_array_equal(view, params["W"][0])
+
+
+@pytest.mark.parametrize("name", sorted(OPTIMIZERS))
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_low_precision_stays_low_precision(name, dtype):
+    params = fresh(dtype)
+    # a NumPy float64 learning rate, as the book's random search produces
+    opt = get_optimizer(name, lr=np.float64(10**-2.5))
+    opt.update(params, grads(G1, dtype))
+    for key, p in params.items():
+        assert p.dtype == dtype
+        for slot in opt.slots:
+            assert getattr(opt, slot)[key].dtype == dtype
+    assert all(np.all(np.isfinite(p)) for p in params.values())
+
+
+def test_float32_step_matches_float64_formula():
+    params = fresh(np.float32)
+    Adam(lr=0.01).update(params, grads(G1, np.float32))
+    ref = fresh()
+    Adam(lr=0.01).update(ref, G1)
+    np.testing.assert_allclose(params["W"], ref["W"], rtol=1e-6)
+
+
+# ---------------------------------------------------------------------------
+# state_dict / load_state_dict
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", sorted(OPTIMIZERS))
+def test_state_dict_roundtrip_continues_identically(name):
+    a_params = fresh()
+    a = get_optimizer(name, lr=0.05)
+    for g in (G1, G2, G1):
+        a.update(a_params, g)
+    state = a.state_dict()
+    assert state["name"].lower() == name
+    for arrays in state["state"].values():
+        assert all(type(v) is np.ndarray for v in arrays.values())
+
+    b_params = {k: v.copy() for k, v in a_params.items()}
+    b = get_optimizer(name)  # default hyperparameters: the state brings lr=0.05 back
+    b.load_state_dict(state, b_params)
+    assert b.lr == 0.05
+    a.update(a_params, G2)
+    b.update(b_params, G2)
+    for key in a_params:
+        np.testing.assert_array_equal(a_params[key], b_params[key])
+
+
+def test_state_dict_holds_copies():
+    params = fresh()
+    opt = Momentum(lr=0.1)
+    opt.update(params, G1)
+    state = opt.state_dict()
+    saved = state["state"]["v"]["W"].copy()
+    opt.update(params, G2)
+    np.testing.assert_array_equal(state["state"]["v"]["W"], saved)
+
+
+def test_state_loaded_without_params_is_placed_at_first_update():
+    params = fresh(np.float32)
+    a = Adam(lr=0.01)
+    a.update(params, grads(G1, np.float32))
+    b = Adam()
+    b.load_state_dict(a.state_dict())
+    assert b.state_dict()["state"]["m"]["W"].shape == (2, 2)  # pending state is reported
+    p2 = {k: v.copy() for k, v in params.items()}
+    a.update(params, grads(G2, np.float32))
+    b.update(p2, grads(G2, np.float32))
+    np.testing.assert_array_equal(params["W"], p2["W"])
+    assert b.m["W"].dtype == np.float32
+
+
+def test_load_state_dict_rejects_other_keys_and_shapes():
+    opt = Momentum()
+    opt.update(fresh(), G1)
+    state = opt.state_dict()
+    with pytest.raises(ValueError, match=r"parameters \['W', 'b'\].*network has \['W', 'c'\]"):
+        Momentum().load_state_dict(state, {"W": W0.copy(), "c": B0.copy()})
+    with pytest.raises(ValueError, match=r"v\['W'\] has shape \(2, 2\).*shape \(3, 2\)"):
+        Momentum().load_state_dict(state, {"W": np.zeros((3, 2)), "b": B0.copy()})
+    with pytest.raises(ValueError, match="state is for Momentum, but this optimizer is Adam"):
+        Adam().load_state_dict(state)
+    # the deferred check fires at the first update as well
+    m = Momentum()
+    m.load_state_dict(state)
+    with pytest.raises(ValueError, match="shape"):
+        m.update({"W": np.zeros((3, 2)), "b": B0.copy()}, {"W": np.zeros((3, 2)), "b": B0})
+
+
+def test_load_state_dict_rejects_missing_slots():
+    state = Adam().state_dict()
+    del state["state"]["v"]
+    with pytest.raises(ValueError, match=r"slots \['m', 'v'\]"):
+        Adam().load_state_dict(state)
+
+
+# ---------------------------------------------------------------------------
+# Registry
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("spelling", ["sgd", "SGD", "Sgd"])
+def test_names_are_case_insensitive(spelling):
+    assert type(get_optimizer(spelling)) is SGD
+
+
+def test_all_book_optimizers_are_registered():
+    assert {c.__name__ for c in OPTIMIZERS.values()} == {
+        "SGD",
+        "Momentum",
+        "Nesterov",
+        "AdaGrad",
+        "RMSprop",
+        "Adam",
+    }
+    assert type(get_optimizer("adagrad", lr=0.1)) is AdaGrad
+    assert get_optimizer("rmsprop").decay_rate == 0.99
+
+
+def test_unknown_name_lists_the_valid_ones():
+    with pytest.raises(ValueError, match="unknown optimizer 'adamw'.*SGD.*Momentum.*Adam"):
+        get_optimizer("adamw")
+
+
+def test_unknown_hyperparameter_lists_the_valid_ones():
+    with pytest.raises(ValueError, match="SGD has no parameter 'momentum'; its parameters are lr"):
+        get_optimizer("sgd", lr=0.1, momentum=0.9)
+
+
+def test_instance_passes_through():
+    opt = Adam()
+    assert get_optimizer(opt) is opt
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not xpnet.gpu_available(), reason="needs a CUDA GPU with CuPy")
+@pytest.mark.parametrize("name", sorted(OPTIMIZERS))
+def test_gpu_update_stays_on_device_and_matches_cpu(name):
+    cp = xpnet.backend.require_gpu()
+    cpu = fresh(np.float32)
+    gpu = {k: cp.asarray(v) for k, v in cpu.items()}
+    ids = {k: id(v) for k, v in gpu.items()}
+    a, b = get_optimizer(name, lr=0.05), get_optimizer(name, lr=0.05)
+    for g in (G1, G2):
+        a.update(cpu, grads(g, np.float32))
+        b.update(gpu, {k: cp.asarray(v) for k, v in grads(g, np.float32).items()})
+    assert {k: id(v) for k, v in gpu.items()} == ids
+    for key in cpu:
+        assert isinstance(gpu[key], cp.ndarray)
+        np.testing.assert_allclose(cp.asnumpy(gpu[key]), cpu[key], rtol=1e-6)
+        for slot in b.slots:
+            assert isinstance(getattr(b, slot)[key], cp.ndarray)

@@ -1,0 +1,334 @@
+"""Optimizers (book ch. 6.1): SGD, Momentum, Nesterov, AdaGrad, RMSprop, Adam.
+
+Each has the book's constructor defaults and ``update(params, grads)``, which
+changes the parameter arrays *in place* (``params[key] -= ...``): layers that hold
+a reference to ``params['W1']`` see the new values, as in the book. The formulas
+and the epsilon (``1e-7``) are the book's.
+
+Beyond the book:
+
+- the arrays may live on the CPU (NumPy) or the GPU (CuPy): every operation uses
+  the parameter's own array namespace, and the optimizer's state (velocities,
+  squared-gradient sums) is created with ``xp.zeros_like`` on the parameter's device
+  and in its dtype, so a float32 network stays float32;
+- ``state_dict()`` / ``load_state_dict(d)`` save and restore hyperparameters and state
+  as host NumPy arrays (for checkpoints);
+- ``get_optimizer('adam', lr=0.01)`` builds one by case-insensitive name.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from xpnet.backend import as_numpy, get_array_module
+
+__all__ = [
+    "SGD",
+    "Momentum",
+    "Nesterov",
+    "AdaGrad",
+    "RMSprop",
+    "Adam",
+    "OPTIMIZERS",
+    "get_optimizer",
+]
+
+#: The book's epsilon, added to square roots so a zero accumulator never divides by zero.
+EPS = 1e-7
+
+
+class Optimizer:
+    """Base class: hyperparameters, per-parameter state slots, and (de)serialisation.
+
+    Subclasses list their hyperparameters in ``hyperparams`` and the names of their
+    per-parameter state arrays in ``slots`` (e.g. ``('v',)`` for Momentum); the state
+    lives in ``self.<slot>`` as a dict ``{param key: array}``, created lazily on the first
+    update exactly like the book's ``if self.v is None`` (but per key, so a dict of
+    parameters may grow).
+    """
+
+    hyperparams: tuple[str, ...] = ("lr",)
+    slots: tuple[str, ...] = ()
+
+    def __init__(self):
+        for slot in self.slots:
+            setattr(self, slot, None)
+        self._pending: dict | None = None  # loaded host state, placed on the device lazily
+
+    # -- the book's interface -------------------------------------------------------------
+
+    def update(self, params: dict, grads: dict) -> None:
+        """Update every ``params[key]`` in place from ``grads[key]`` (same shapes)."""
+        raise NotImplementedError
+
+    # -- state ------------------------------------------------------------------------------
+
+    def _state(self, params: dict) -> tuple[dict, ...]:
+        """The slot dicts, each holding an array for every key of ``params``.
+
+        Missing arrays are zeros on the parameter's device and in its dtype; state
+        loaded by ``load_state_dict`` is moved there (and checked) on first use.
+        """
+        if self._pending is not None:
+            self._place(params)
+        dicts = []
+        for slot in self.slots:
+            d = getattr(self, slot)
+            if d is None:
+                d = {}
+                setattr(self, slot, d)
+            for key, p in params.items():
+                if key not in d:
+                    d[key] = get_array_module(p).zeros_like(p)
+            dicts.append(d)
+        return tuple(dicts)
+
+    def state_dict(self) -> dict:
+        """Hyperparameters and state as plain data: ``{'name', 'hyperparams', 'step',
+        'state': {slot: {key: numpy.ndarray}}}`` (arrays copied to the host)."""
+        if self._pending is not None:  # loaded but never used: hand it back unchanged
+            state = {s: dict(d) for s, d in self._pending.items()}
+        else:
+            state = {
+                slot: {k: as_numpy(v).copy() for k, v in (getattr(self, slot) or {}).items()}
+                for slot in self.slots
+            }
+        return {
+            "name": type(self).__name__,
+            "hyperparams": {h: float(getattr(self, h)) for h in self.hyperparams},
+            "step": int(getattr(self, "iter", 0)),
+            "state": state,
+        }
+
+    def load_state_dict(self, state: dict, params: dict | None = None) -> None:
+        """Restore what :meth:`state_dict` returned.
+
+        With ``params`` the state arrays are checked against the parameters (same
+        keys, same shapes) and placed on their device now; without, that happens at the
+        next :meth:`update`. Raises ValueError naming the mismatch.
+        """
+        name = state.get("name")
+        if name is not None and str(name).lower() != type(self).__name__.lower():
+            raise ValueError(
+                f"optimizer state is for {name}, but this optimizer is {type(self).__name__}"
+            )
+        saved = state.get("state", {})
+        if set(saved) != set(self.slots):
+            raise ValueError(
+                f"{type(self).__name__} state must have slots {sorted(self.slots)}, "
+                f"got {sorted(saved)}"
+            )
+        keys = [set(saved[s]) for s in self.slots]
+        if any(k != keys[0] for k in keys):
+            raise ValueError(f"{type(self).__name__} state slots hold different parameter keys")
+        for h, value in state.get("hyperparams", {}).items():
+            if h not in self.hyperparams:
+                raise ValueError(
+                    f"{type(self).__name__} has no hyperparameter {h!r} "
+                    f"(it has {', '.join(self.hyperparams)})"
+                )
+            setattr(self, h, float(value))
+        if hasattr(self, "iter"):
+            self.iter = int(state.get("step", 0))
+        self._pending = {s: {k: np.asarray(v) for k, v in saved[s].items()} for s in self.slots}
+        for slot in self.slots:
+            setattr(self, slot, None)
+        if params is not None:
+            self._place(params)
+
+    def _place(self, params: dict) -> None:
+        pending, self._pending = self._pending, None
+        for slot, arrays in pending.items():
+            if not arrays:  # saved before the first update: nothing to place
+                continue
+            if set(arrays) != set(params):
+                raise ValueError(
+                    f"{type(self).__name__} state is for parameters {sorted(arrays)}, "
+                    f"but the network has {sorted(params)}"
+                )
+            placed = {}
+            for key, p in params.items():
+                a = arrays[key]
+                if a.shape != p.shape:
+                    raise ValueError(
+                        f"{type(self).__name__} state {slot}[{key!r}] has shape {a.shape}, "
+                        f"but parameter {key!r} has shape {p.shape}"
+                    )
+                xp = get_array_module(p)
+                placed[key] = xp.asarray(a, dtype=p.dtype)
+            setattr(self, slot, placed)
+
+    def __setattr__(self, name, value):
+        # Hyperparameters are kept as Python floats: a NumPy float64 learning rate (such as
+        # 10 ** np.random.uniform(-6, -2)) would otherwise promote float32 updates to float64.
+        if name in self.hyperparams:
+            value = float(value)
+        super().__setattr__(name, value)
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{h}={getattr(self, h)!r}" for h in self.hyperparams)
+        return f"{type(self).__name__}({args})"
+
+
+class SGD(Optimizer):
+    """Stochastic gradient descent: ``W <- W - lr * dL/dW``."""
+
+    def __init__(self, lr=0.01):
+        super().__init__()
+        self.lr = lr
+
+    def update(self, params, grads):
+        for key in params.keys():
+            params[key] -= self.lr * grads[key]
+
+
+class Momentum(Optimizer):
+    """Momentum SGD: ``v <- momentum * v - lr * g``; ``W <- W + v``."""
+
+    hyperparams = ("lr", "momentum")
+    slots = ("v",)
+
+    def __init__(self, lr=0.01, momentum=0.9):
+        super().__init__()
+        self.lr = lr
+        self.momentum = momentum
+
+    def update(self, params, grads):
+        (v,) = self._state(params)
+        for key in params.keys():
+            v[key] *= self.momentum
+            v[key] -= self.lr * grads[key]
+            params[key] += v[key]
+
+
+class Nesterov(Optimizer):
+    """Nesterov's accelerated gradient in the book's form (Bengio et al., 2012, eq. 7):
+
+    ``v <- momentum * v - lr * g``;
+    ``W <- W + momentum**2 * v - (1 + momentum) * lr * g``.
+    """
+
+    hyperparams = ("lr", "momentum")
+    slots = ("v",)
+
+    def __init__(self, lr=0.01, momentum=0.9):
+        super().__init__()
+        self.lr = lr
+        self.momentum = momentum
+
+    def update(self, params, grads):
+        (v,) = self._state(params)
+        for key in params.keys():
+            v[key] *= self.momentum
+            v[key] -= self.lr * grads[key]
+            params[key] += self.momentum * self.momentum * v[key]
+            params[key] -= (1 + self.momentum) * self.lr * grads[key]
+
+
+def _scaled_step(xp, grad, h, lr):
+    """``lr * grad / (sqrt(h) + EPS)``, computed with one temporary in the dtype of ``h``."""
+    denom = xp.sqrt(h)
+    denom += EPS
+    xp.divide(grad, denom, out=denom)
+    denom *= lr
+    return denom
+
+
+class AdaGrad(Optimizer):
+    """AdaGrad: ``h <- h + g*g``; ``W <- W - lr * g / (sqrt(h) + 1e-7)``."""
+
+    slots = ("h",)
+
+    def __init__(self, lr=0.01):
+        super().__init__()
+        self.lr = lr
+
+    def update(self, params, grads):
+        (h,) = self._state(params)
+        for key in params.keys():
+            g = grads[key]
+            xp = get_array_module(params[key], g)
+            h[key] += g * g
+            params[key] -= _scaled_step(xp, g, h[key], self.lr)
+
+
+class RMSprop(Optimizer):
+    """RMSprop: ``h <- decay*h + (1-decay)*g*g``; ``W <- W - lr * g / (sqrt(h) + 1e-7)``."""
+
+    hyperparams = ("lr", "decay_rate")
+    slots = ("h",)
+
+    def __init__(self, lr=0.01, decay_rate=0.99):
+        super().__init__()
+        self.lr = lr
+        self.decay_rate = decay_rate
+
+    def update(self, params, grads):
+        (h,) = self._state(params)
+        for key in params.keys():
+            g = grads[key]
+            xp = get_array_module(params[key], g)
+            h[key] *= self.decay_rate
+            h[key] += (1 - self.decay_rate) * g * g
+            params[key] -= _scaled_step(xp, g, h[key], self.lr)
+
+
+class Adam(Optimizer):
+    """Adam (Kingma & Ba, 2015) in the book's form, with the bias correction folded into
+    the step size: ``lr_t = lr * sqrt(1 - beta2**t) / (1 - beta1**t)``;
+    ``m <- m + (1-beta1)(g - m)``; ``v <- v + (1-beta2)(g*g - v)``;
+    ``W <- W - lr_t * m / (sqrt(v) + 1e-7)``.
+    """
+
+    hyperparams = ("lr", "beta1", "beta2")
+    slots = ("m", "v")
+
+    def __init__(self, lr=0.001, beta1=0.9, beta2=0.999):
+        super().__init__()
+        self.lr = lr
+        self.beta1 = beta1
+        self.beta2 = beta2
+        self.iter = 0
+
+    def update(self, params, grads):
+        m, v = self._state(params)
+        self.iter += 1
+        # A Python float, so it never promotes float32 arrays to float64.
+        lr_t = self.lr * math.sqrt(1.0 - self.beta2**self.iter) / (1.0 - self.beta1**self.iter)
+        for key in params.keys():
+            g = grads[key]
+            xp = get_array_module(params[key], g)
+            m[key] += (1 - self.beta1) * (g - m[key])
+            v[key] += (1 - self.beta2) * (g * g - v[key])
+            params[key] -= _scaled_step(xp, m[key], v[key], lr_t)
+
+
+#: Case-insensitive registry: lower-case name -> class.
+OPTIMIZERS: dict[str, type[Optimizer]] = {
+    cls.__name__.lower(): cls for cls in (SGD, Momentum, Nesterov, AdaGrad, RMSprop, Adam)
+}
+
+
+def get_optimizer(name, **hyperparams) -> Optimizer:
+    """Build an optimizer by name (``'sgd'``, ``'Adam'``, ...) with its hyperparameters.
+
+    An optimizer instance is returned as is (then ``hyperparams`` must be empty).
+    Unknown names and unknown hyperparameters raise ValueError listing the valid ones.
+    """
+    if isinstance(name, Optimizer):
+        if hyperparams:
+            raise ValueError("hyperparameters were given together with an optimizer instance")
+        return name
+    cls = OPTIMIZERS.get(str(name).lower())
+    if cls is None:
+        valid = ", ".join(c.__name__ for c in OPTIMIZERS.values())
+        raise ValueError(f"unknown optimizer {name!r}; choose one of {valid}")
+    unknown = sorted(set(hyperparams) - set(cls.hyperparams))
+    if unknown:
+        raise ValueError(
+            f"{cls.__name__} has no parameter {', '.join(map(repr, unknown))}; "
+            f"its parameters are {', '.join(cls.hyperparams)}"
+        )
+    return cls(**hyperparams)
