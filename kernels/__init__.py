@@ -1,1 +1,122 @@
-"""The convolution core: im2col, col2im, max-pool forward/backward (filled in by the kernel work)."""
+"""The convolution core: im2col, col2im, max-pool forward and backward.
+
+Each entry point takes arrays of the caller's backend and returns arrays of the same
+backend: NumPy arrays go to the Numba CPU kernels (``kernels.cpu``), CuPy arrays to the
+Numba CUDA kernels (``kernels.cuda``, imported only when a CuPy array arrives, so
+importing ``kernels`` never needs CUDA). ``kernels.reference`` holds plain NumPy versions
+with the same signatures, used by the tests as the oracle.
+
+Layout (the book's): ``col`` has rows ordered (N, out_h, out_w) and columns ordered
+(C, FH, FW), so ``W.reshape(FN, -1).T`` multiplies it directly.
+
+    col = im2col(x, FH, FW, stride, pad)                 # x: (N, C, H, W)
+    dx = col2im(dcol, x.shape, FH, FW, stride, pad)      # the adjoint of im2col
+    out, argmax = maxpool_forward(x, PH, PW, stride, pad)
+    dx = maxpool_backward(dout, argmax, x.shape, PH, PW, stride, pad)
+"""
+
+from __future__ import annotations
+
+import operator
+
+from kernels.reference import conv_output_size
+
+__all__ = ["col2im", "conv_output_size", "im2col", "maxpool_backward", "maxpool_forward"]
+
+
+def _backend(a):
+    """The kernel module for an array: kernels.cpu for NumPy, kernels.cuda for CuPy."""
+    module = type(a).__module__.partition(".")[0]
+    if module == "numpy":
+        from kernels import cpu
+
+        return cpu
+    if module == "cupy":
+        from kernels import cuda
+
+        return cuda
+    raise TypeError(
+        f"kernels take a numpy.ndarray or a cupy.ndarray, got {type(a).__module__}."
+        f"{type(a).__name__}"
+    )
+
+
+def _positive(name, value, minimum=1):
+    try:
+        v = operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name} must be an integer, got {value!r}") from None
+    if v < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {v}")
+    return v
+
+
+def _check(what, shape, fh, fw, stride, pad, fh_name="filter_h", fw_name="filter_w"):
+    """Validate a 4-D shape and window; return (fh, fw, stride, pad, out_h, out_w)."""
+    if len(shape) != 4:
+        raise ValueError(f"{what}: expected a 4-D (N, C, H, W) shape, got {tuple(shape)}")
+    fh, fw = _positive(fh_name, fh), _positive(fw_name, fw)
+    stride, pad = _positive("stride", stride), _positive("pad", pad, 0)
+    _, _, H, W = shape
+    out_h = conv_output_size(H, fh, stride, pad)
+    out_w = conv_output_size(W, fw, stride, pad)
+    if out_h < 1 or out_w < 1:
+        raise ValueError(
+            f"{what}: a {fh}x{fw} window does not fit the input {tuple(shape)} padded by {pad} "
+            f"({H + 2 * pad}x{W + 2 * pad})"
+        )
+    return fh, fw, stride, pad, out_h, out_w
+
+
+def im2col(x, filter_h, filter_w, stride=1, pad=0):
+    """x: (N, C, H, W) -> col: (N*out_h*out_w, C*filter_h*filter_w), same dtype and device."""
+    fh, fw, stride, pad, _, _ = _check("im2col", x.shape, filter_h, filter_w, stride, pad)
+    return _backend(x).im2col(x, fh, fw, stride, pad)
+
+
+def col2im(col, input_shape, filter_h, filter_w, stride=1, pad=0):
+    """col: (N*out_h*out_w, C*filter_h*filter_w) -> x: input_shape (N, C, H, W), overlaps summed."""
+    input_shape = tuple(int(s) for s in input_shape)
+    fh, fw, stride, pad, out_h, out_w = _check(
+        "col2im", input_shape, filter_h, filter_w, stride, pad
+    )
+    N, C = input_shape[:2]
+    expected = (N * out_h * out_w, C * fh * fw)
+    if tuple(col.shape) != expected:
+        raise ValueError(
+            f"col2im: col of shape {tuple(col.shape)} does not match input_shape {input_shape} "
+            f"with a {fh}x{fw} filter, stride {stride}, pad {pad}; expected {expected}"
+        )
+    return _backend(col).col2im(col, input_shape, fh, fw, stride, pad)
+
+
+def _check_pool(what, shape, pool_h, pool_w, stride, pad):
+    checked = _check(what, shape, pool_h, pool_w, stride, pad, "pool_h", "pool_w")
+    ph, pw, _, pad = checked[:4]
+    if pad >= min(ph, pw):
+        # a wider pad would make windows of padding only, which have no maximum
+        raise ValueError(f"{what}: pad must be smaller than the {ph}x{pw} window, got {pad}")
+    return checked
+
+
+def maxpool_forward(x, pool_h, pool_w, stride=1, pad=0):
+    """x: (N, C, H, W) -> (out, argmax), both (N, C, out_h, out_w); argmax int32 in-window."""
+    ph, pw, stride, pad, _, _ = _check_pool("maxpool_forward", x.shape, pool_h, pool_w, stride, pad)
+    return _backend(x).maxpool_forward(x, ph, pw, stride, pad)
+
+
+def maxpool_backward(dout, argmax, input_shape, pool_h, pool_w, stride=1, pad=0):
+    """dout, argmax: (N, C, out_h, out_w) -> dx: input_shape (N, C, H, W)."""
+    input_shape = tuple(int(s) for s in input_shape)
+    ph, pw, stride, pad, out_h, out_w = _check_pool(
+        "maxpool_backward", input_shape, pool_h, pool_w, stride, pad
+    )
+    expected = (*input_shape[:2], out_h, out_w)
+    for name, a in (("dout", dout), ("argmax", argmax)):
+        if tuple(a.shape) != expected:
+            raise ValueError(
+                f"maxpool_backward: {name} of shape {tuple(a.shape)} does not match input_shape "
+                f"{input_shape} with a {ph}x{pw} window, stride {stride}, pad {pad}; "
+                f"expected {expected}"
+            )
+    return _backend(dout).maxpool_backward(dout, argmax, input_shape, ph, pw, stride, pad)
