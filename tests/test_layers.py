@@ -1,0 +1,378 @@
+"""Chapters 5-6: the layers, gradient-checked in float64 against numerical_gradient."""
+
+import numpy as np
+import pytest
+
+import xpnet
+from xpnet.functions import softmax
+from xpnet.gradient import numerical_gradient, relative_error
+from xpnet.layers import (
+    AddLayer,
+    Affine,
+    BatchNormalization,
+    Dropout,
+    MulLayer,
+    Relu,
+    Sigmoid,
+    SoftmaxWithLoss,
+)
+
+SEEDS = [0, 1, 2]
+TOL = 1e-6
+
+
+def grad_check(layer, x, params=(), forward=None, seed=0):
+    """Compare backward() with numerical gradients of sum(forward(x) * dout).
+
+    Returns the relative errors {'x': ..., 'W': ...} for x and each named parameter.
+    """
+    forward = forward or (lambda: layer.forward(x))
+    dout = np.random.default_rng(seed + 100).standard_normal(forward().shape)
+
+    def f(_):
+        return np.sum(forward() * dout)
+
+    numeric = {"x": numerical_gradient(f, x)}
+    for name in params:
+        numeric[name] = numerical_gradient(f, getattr(layer, name))
+    forward()
+    analytic = {"x": layer.backward(dout)}
+    for name in params:
+        analytic[name] = getattr(layer, "d" + name)
+        assert analytic[name].shape == getattr(layer, name).shape
+    assert analytic["x"].shape == x.shape
+    return {k: relative_error(numeric[k], analytic[k]) for k in numeric}
+
+
+def assert_small(errors):
+    assert max(errors.values()) < TOL, errors
+
+
+def random_shape(rng, ndim):
+    return tuple(int(n) for n in rng.integers(2, 5, size=ndim))
+
+
+# ---------------------------------------------------------------------------
+# Chapter 5.4: the book's shopping examples
+# ---------------------------------------------------------------------------
+
+
+def test_buy_apple_book_example():
+    apple, apple_num, tax = 100, 2, 1.1
+    mul_apple_layer, mul_tax_layer = MulLayer(), MulLayer()
+    apple_price = mul_apple_layer.forward(apple, apple_num)
+    price = mul_tax_layer.forward(apple_price, tax)
+    dapple_price, dtax = mul_tax_layer.backward(1)
+    dapple, dapple_num = mul_apple_layer.backward(dapple_price)
+    assert price == pytest.approx(220.0)
+    assert dapple == pytest.approx(2.2)
+    assert dapple_num == pytest.approx(110.0)
+    assert dtax == 200
+
+
+def test_buy_apple_orange_book_example():
+    apple, apple_num, orange, orange_num, tax = 100, 2, 150, 3, 1.1
+    mul_apple, mul_orange, add, mul_tax = MulLayer(), MulLayer(), AddLayer(), MulLayer()
+    apple_price = mul_apple.forward(apple, apple_num)
+    orange_price = mul_orange.forward(orange, orange_num)
+    all_price = add.forward(apple_price, orange_price)
+    price = mul_tax.forward(all_price, tax)
+    dall_price, dtax = mul_tax.backward(1)
+    dapple_price, dorange_price = add.backward(dall_price)
+    dorange, dorange_num = mul_orange.backward(dorange_price)
+    dapple, dapple_num = mul_apple.backward(dapple_price)
+    assert price == pytest.approx(715.0)
+    assert (dapple_num, dapple) == (pytest.approx(110.0), pytest.approx(2.2))
+    assert (dorange, dorange_num) == (pytest.approx(3.3), pytest.approx(165.0))
+    assert dtax == 650
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_mul_add_layers_gradients_with_broadcasting(seed):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((3, 4))
+    y = rng.standard_normal(4)  # broadcast over rows: its gradient is summed over them
+    dout = rng.standard_normal((3, 4))
+    for layer in (MulLayer(), AddLayer()):
+        layer.forward(x, y)
+        dx, dy = layer.backward(dout)
+        fx = numerical_gradient(lambda _, lay=layer: np.sum(lay.forward(x, y) * dout), x)
+        fy = numerical_gradient(lambda _, lay=layer: np.sum(lay.forward(x, y) * dout), y)
+        assert dx.shape == x.shape and dy.shape == y.shape
+        assert relative_error(dx, fx) < TOL and relative_error(dy, fy) < TOL
+
+
+# ---------------------------------------------------------------------------
+# Gradient checks
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_relu_gradient(seed):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(random_shape(rng, 3))
+    x[np.abs(x) < 1e-3] = 0.5  # keep away from the kink, where h=1e-4 straddles 0
+    assert_small(grad_check(Relu(), x, seed=seed))
+
+
+def test_relu_does_not_modify_dout():
+    layer = Relu()
+    layer.forward(np.array([-1.0, 2.0]))
+    dout = np.array([5.0, 6.0])
+    np.testing.assert_array_equal(layer.backward(dout), [0.0, 6.0])
+    np.testing.assert_array_equal(dout, [5.0, 6.0])
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_sigmoid_gradient(seed):
+    rng = np.random.default_rng(seed)
+    x = 2 * rng.standard_normal(random_shape(rng, 2))
+    assert_small(grad_check(Sigmoid(), x, seed=seed))
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("ndim", [1, 2, 4])
+def test_affine_gradient_any_rank(seed, ndim):
+    rng = np.random.default_rng(seed)
+    in_shape = random_shape(rng, ndim)  # (D,), (N, D) or (N, C, H, W)
+    D = in_shape[0] if ndim == 1 else int(np.prod(in_shape[1:]))
+    M = int(rng.integers(2, 6))
+    layer = Affine(rng.standard_normal((D, M)), rng.standard_normal(M))
+    x = rng.standard_normal(in_shape)
+    out = layer.forward(x)
+    assert out.shape == ((M,) if ndim == 1 else (in_shape[0], M))
+    assert_small(grad_check(layer, x, params=("W", "b"), seed=seed))
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("targets", ["labels", "onehot"])
+def test_softmax_with_loss_gradient(seed, targets):
+    rng = np.random.default_rng(seed)
+    N, C = (int(n) for n in rng.integers(2, 7, size=2))
+    x = 3 * rng.standard_normal((N, C))
+    labels = rng.integers(0, C, size=N)
+    t = labels if targets == "labels" else np.eye(C)[labels]
+    layer = SoftmaxWithLoss()
+    loss = layer.forward(x, t)
+    assert loss == pytest.approx(-np.mean(np.log(softmax(x)[np.arange(N), labels])), rel=1e-12)
+    num = numerical_gradient(lambda _: layer.forward(x, t), x)
+    layer.forward(x, t)
+    dx = layer.backward()
+    assert relative_error(dx, num) < TOL
+    np.testing.assert_allclose(layer.backward(2.5), 2.5 * dx)
+
+
+def test_softmax_with_loss_single_sample():
+    x = np.array([0.3, 2.9, 4.0])
+    for t in (2, np.array([0.0, 0.0, 1.0])):
+        layer = SoftmaxWithLoss()
+        num = numerical_gradient(lambda _, lay=layer, t=t: lay.forward(x, t), x)
+        layer.forward(x, t)
+        dx = layer.backward()
+        assert dx.shape == (3,) and relative_error(dx, num) < TOL
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_dropout_gradient_with_fixed_mask(seed):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(random_shape(rng, 2))
+    layer = Dropout(0.4)
+
+    def forward():
+        xpnet.seed(1234)  # the same mask on every call
+        return layer.forward(x, train_flg=True)
+
+    assert_small(grad_check(layer, x, forward=forward, seed=seed))
+    assert 0 < layer.mask.sum() < layer.mask.size
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("layout", ["2d", "4d-per-channel", "4d-book"])
+@pytest.mark.parametrize("train", [True, False])
+def test_batchnorm_gradient(seed, layout, train):
+    rng = np.random.default_rng(seed)
+    if layout == "2d":
+        x_shape, D = (5, 4), 4
+    else:
+        x_shape = (3, 2, 3, 2)
+        D = 2 if layout == "4d-per-channel" else 12
+    x = 1.5 + 2 * rng.standard_normal(x_shape)
+    layer = BatchNormalization(
+        1 + 0.1 * rng.standard_normal(D),
+        rng.standard_normal(D),
+        running_mean=rng.standard_normal(D),
+        running_var=rng.random(D) + 0.5,
+    )
+    errors = grad_check(
+        layer, x, params=("gamma", "beta"), forward=lambda: layer.forward(x, train), seed=seed
+    )
+    assert_small(errors)
+
+
+def test_batchnorm_statistics_per_channel_and_book_style():
+    rng = np.random.default_rng(5)
+    x = 3 + 2 * rng.standard_normal((8, 3, 4, 4))
+    per_channel = BatchNormalization(np.ones(3), np.zeros(3))
+    y = per_channel.forward(x)
+    assert y.shape == x.shape and y.flags.c_contiguous
+    np.testing.assert_allclose(y.mean(axis=(0, 2, 3)), 0, atol=1e-12)
+    np.testing.assert_allclose(y.var(axis=(0, 2, 3)), 1, atol=1e-4)
+    assert per_channel.running_mean.shape == (3,)
+    np.testing.assert_allclose(per_channel.running_mean, 0.1 * x.mean(axis=(0, 2, 3)))
+    np.testing.assert_allclose(per_channel.running_var, 0.1 * x.var(axis=(0, 2, 3)))
+
+    book = BatchNormalization(np.ones(48), np.zeros(48))
+    yb = book.forward(x)
+    np.testing.assert_allclose(yb.reshape(8, -1).mean(axis=0), 0, atol=1e-12)
+    np.testing.assert_allclose(yb.reshape(8, -1).var(axis=0), 1, atol=1e-4)
+    assert book.running_mean.shape == (48,)
+
+
+def test_batchnorm_running_statistics_and_eval_mode():
+    rng = np.random.default_rng(6)
+    running_mean, running_var = np.zeros(3), np.ones(3)
+    layer = BatchNormalization(np.ones(3), np.zeros(3), 0.8, running_mean, running_var)
+    x = rng.standard_normal((10, 3))
+    layer.forward(x, train_flg=True)
+    # updated in place, so a model holding these arrays sees the new values
+    assert layer.running_mean is running_mean
+    np.testing.assert_allclose(running_mean, 0.2 * x.mean(axis=0))
+    np.testing.assert_allclose(running_var, 0.8 + 0.2 * x.var(axis=0))
+    y = layer.forward(x, train_flg=False)
+    np.testing.assert_allclose(y, (x - running_mean) / np.sqrt(running_var + 1e-6))
+    np.testing.assert_allclose(running_mean, 0.2 * x.mean(axis=0))  # eval leaves them
+
+
+def test_dropout_train_and_test_modes():
+    x = np.ones((200, 50))
+    layer = Dropout(0.3)
+    y = layer.forward(x, train_flg=True)
+    kept = layer.mask.mean()
+    assert 0.65 < kept < 0.75
+    np.testing.assert_array_equal(y, layer.mask.astype(float))
+    np.testing.assert_array_equal(layer.backward(2 * x), 2 * layer.mask)
+    np.testing.assert_allclose(layer.forward(x, train_flg=False), 0.7)
+    np.testing.assert_allclose(layer.backward(x), 0.7)
+    # the mask comes from xpnet's seeded source
+    xpnet.seed(7)
+    a = Dropout().forward(x)
+    xpnet.seed(7)
+    b = Dropout().forward(x)
+    np.testing.assert_array_equal(a, b)
+
+
+# ---------------------------------------------------------------------------
+# dtype
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+def test_layers_keep_their_input_dtype(dtype):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((4, 2, 3, 3)).astype(dtype)
+    W = rng.standard_normal((18, 5)).astype(dtype)
+    b = np.zeros(5, dtype=dtype)
+    g2, b2 = np.ones(2, dtype=dtype), np.zeros(2, dtype=dtype)
+    layers = [
+        (Relu(), lambda lay: lay.forward(x)),
+        (Sigmoid(), lambda lay: lay.forward(x)),
+        (Dropout(), lambda lay: lay.forward(x)),
+        (BatchNormalization(g2, b2), lambda lay: lay.forward(x)),
+        (Affine(W, b), lambda lay: lay.forward(x)),
+    ]
+    for layer, fwd in layers:
+        out = fwd(layer)
+        assert out.dtype == dtype, type(layer).__name__
+        assert layer.backward(np.ones_like(out)).dtype == dtype, type(layer).__name__
+    aff = layers[-1][0]
+    assert aff.dW.dtype == dtype and aff.db.dtype == dtype
+    bn = layers[3][0]
+    assert bn.dgamma.dtype == dtype and bn.running_mean.dtype == dtype
+    assert BatchNormalization(g2, b2).forward(x, train_flg=False).dtype == dtype
+    sm = SoftmaxWithLoss()
+    assert sm.forward(x[:, 0, 0], np.array([0, 1, 2, 0])).dtype == dtype
+    assert sm.backward().dtype == dtype
+
+
+# ---------------------------------------------------------------------------
+# Bad input
+# ---------------------------------------------------------------------------
+
+
+def test_affine_feature_mismatch_names_both_shapes():
+    layer = Affine(np.zeros((784, 50)), np.zeros(50))
+    with pytest.raises(ValueError, match=r"\(100, 783\).*783.*\(784, 50\).*784"):
+        layer.forward(np.zeros((100, 783)))
+    with pytest.raises(ValueError, match=r"b of shape \(49,\).*\(784, 50\)"):
+        Affine(np.zeros((784, 50)), np.zeros(49)).forward(np.zeros((1, 784)))
+    with pytest.raises(ValueError, match="W must be 2-D"):
+        Affine(np.zeros(784), np.zeros(1)).forward(np.zeros((1, 784)))
+
+
+@pytest.mark.parametrize(
+    "name, make",
+    [
+        ("Relu", lambda: Relu()),
+        ("Sigmoid", lambda: Sigmoid()),
+        ("Affine", lambda: Affine(np.zeros((3, 2)), np.zeros(2))),
+        ("Dropout", lambda: Dropout()),
+        ("BatchNormalization", lambda: BatchNormalization(np.ones(3), np.zeros(3))),
+    ],
+)
+def test_integer_and_empty_input(name, make):
+    with pytest.raises(TypeError, match=rf"{name}: x must be a floating array.*int64"):
+        make().forward(np.ones((2, 3), dtype=np.int64))
+    with pytest.raises(ValueError, match=rf"{name}: x of shape \(0, 3\) is empty"):
+        make().forward(np.ones((0, 3)))
+    with pytest.raises(RuntimeError, match=rf"{name}: backward\(\) was called before forward"):
+        make().backward(np.ones((2, 2)))
+
+
+def test_backward_rejects_dout_of_the_wrong_shape():
+    layer = Relu()
+    layer.forward(np.ones((2, 3)))
+    with pytest.raises(ValueError, match=r"Relu: dout of shape \(3, 2\).*\(2, 3\)"):
+        layer.backward(np.ones((3, 2)))
+    aff = Affine(np.zeros((3, 2)), np.zeros(2))
+    aff.forward(np.ones((4, 3)))
+    with pytest.raises(ValueError, match=r"Affine: dout of shape \(4, 3\).*\(4, 2\)"):
+        aff.backward(np.ones((4, 3)))
+
+
+def test_softmax_with_loss_bad_targets():
+    layer = SoftmaxWithLoss()
+    x = np.zeros((3, 4))
+    with pytest.raises(ValueError, match=r"SoftmaxWithLoss.*\[0, 4\).*from 0 to 7"):
+        layer.forward(x, np.array([0, 1, 7]))
+    with pytest.raises(ValueError, match=r"SoftmaxWithLoss: t of shape \(2,\).*\(3, 4\)"):
+        layer.forward(x, np.array([0, 1]))
+    with pytest.raises(TypeError, match="SoftmaxWithLoss: x must be a floating array"):
+        layer.forward(np.zeros((3, 4), dtype=np.int32), np.array([0, 1, 2]))
+    with pytest.raises(ValueError, match="empty"):
+        layer.forward(np.zeros((0, 4)), np.zeros(0, dtype=int))
+
+
+def test_batchnorm_and_dropout_bad_configuration():
+    with pytest.raises(ValueError, match=r"x of shape \(2, 5\).*gamma with 4 entries.*\(N, 4\)"):
+        BatchNormalization(np.ones(4), np.zeros(4)).forward(np.ones((2, 5)))
+    with pytest.raises(ValueError, match=r"\(2, 3, 4, 4\).*5 entries.*per-channel"):
+        BatchNormalization(np.ones(5), np.zeros(5)).forward(np.ones((2, 3, 4, 4)))
+    with pytest.raises(ValueError, match="gamma of shape \\(4,\\) and beta of shape \\(3,\\)"):
+        BatchNormalization(np.ones(4), np.zeros(3)).forward(np.ones((2, 4)))
+    with pytest.raises(ValueError, match=r"running_mean of shape \(3,\).*4 entries"):
+        BatchNormalization(np.ones(4), np.zeros(4), 0.9, np.zeros(3), np.ones(3)).forward(
+            np.ones((2, 4))
+        )
+    with pytest.raises(ValueError, match=r"dropout_ratio must be in \[0, 1\), got 1.5"):
+        Dropout(1.5)
+    with pytest.raises(ValueError, match="momentum"):
+        BatchNormalization(np.ones(4), np.zeros(4), momentum=2)
+
+
+def test_convolution_and_pooling_are_re_exported():
+    import xpnet.convolution
+    import xpnet.layers
+
+    assert xpnet.layers.Convolution is xpnet.convolution.Convolution
+    assert xpnet.layers.Pooling is xpnet.convolution.Pooling
+    assert {"Convolution", "Pooling", "Affine", "BatchNormalization"} <= set(xpnet.layers.__all__)
