@@ -1,0 +1,446 @@
+"""The convolution core on an NVIDIA GPU: Numba CUDA kernels on CuPy arrays.
+
+Three layers, each with one job:
+
+* raw ``@cuda.jit`` kernels (``_im2col_kernel`` …): pure index arithmetic, one thread per
+  output element, grid-stride loops so any grid size covers any array;
+* ``launch_*``: pick a grid and launch a kernel on given device arrays and a given stream.
+  They accept anything Numba takes as a device array - CuPy arrays, Numba device arrays
+  and, under Numba's CUDA simulator (``NUMBA_ENABLE_CUDASIM=1``), plain NumPy arrays - so
+  the simulator tests run exactly the kernels and launch code the GPU runs;
+* the public entry points ``im2col``, ``col2im``, ``maxpool_forward``, ``maxpool_backward``
+  with the signatures of ``kernels.reference``: they take and return CuPy arrays, allocate
+  the outputs with CuPy and launch on CuPy's *current stream*, so kernels are ordered with
+  the CuPy work around them and nothing waits on the host.
+
+Layouts are the book's (see ``kernels.reference``): ``col`` is
+``(N*out_h*out_w, C*filter_h*filter_w)``, rows ordered (N, out_h, out_w), columns
+(C, filter_h, filter_w); ``argmax`` is the int32 index inside the pooling window, row-major.
+
+col2im (and the max-pool backward) *gather*: one thread per input pixel walks the few
+(kh, kw) taps whose window covers it and adds them up in a fixed order, as Chainer's
+``col2im_gpu`` does. The alternative, one thread per ``col`` element scattering into ``x``
+with ``atomicAdd``, reads ``col`` perfectly coalesced but (a) adds the overlapping taps in
+an order that changes from run to run, so float32 gradients - and therefore seeded
+training runs - are not reproducible and differ from the CPU in the last bits, (b) needs
+atomics the hardware lacks for float16 on older GPUs, and (c) must zero ``x`` first, one
+more pass over memory. Gathering writes every output exactly once, coalesced, with no
+zeroing; its reads of ``col`` are strided, but each thread reads only
+``ceil(FH/stride) * ceil(FW/stride)`` values (9 for a 3x3, stride-1 convolution), which the
+L2 cache absorbs. ``col2im_scatter`` keeps the atomic version so that
+``benchmarks/gpu_bench.py`` measures the two side by side.
+
+All kernels use Numba's current CUDA device; with several GPUs, run on the device CuPy
+uses (``cupy.cuda.Device(i).use()`` and ``numba.cuda.select_device(i)``).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import cuda
+
+from xpnet import backend
+
+THREADS_PER_BLOCK = 256
+# Enough blocks to fill any current GPU several times over; beyond this the grid-stride
+# loops take over, so huge arrays never ask for more blocks than the hardware allows.
+MAX_BLOCKS = 65_535
+
+# ---------------------------------------------------------------------------
+# Raw kernels
+# ---------------------------------------------------------------------------
+
+
+@cuda.jit(cache=True)
+def _im2col_kernel(x, col, filter_h, filter_w, stride, pad, out_h, out_w):
+    """x: (N, C, H, W) -> col: (N*out_h*out_w, C*filter_h*filter_w); one thread per col entry.
+
+    Consecutive threads write consecutive columns of one row, so the writes (the larger
+    array) are coalesced; reads of x follow the kernel window and hit the same cache lines.
+    """
+    height, width = x.shape[2], x.shape[3]
+    ncols = col.shape[1]
+    total = col.shape[0] * ncols
+    for i in range(cuda.grid(1), total, cuda.gridsize(1)):
+        row = i // ncols
+        k = i - row * ncols
+        ow = row % out_w
+        t = row // out_w
+        oh = t % out_h
+        n = t // out_h
+        kw = k % filter_w
+        t = k // filter_w
+        kh = t % filter_h
+        c = t // filter_h
+        h = oh * stride + kh - pad
+        w = ow * stride + kw - pad
+        if 0 <= h < height and 0 <= w < width:
+            col[row, k] = x[n, c, h, w]
+        else:  # zero padding
+            col[row, k] = 0
+
+
+@cuda.jit(cache=True)
+def _col2im_kernel(col, x, filter_h, filter_w, stride, pad, out_h, out_w, zero):
+    """col -> x: (N, C, H, W), gathering: one thread per pixel of x, no atomics.
+
+    Pixel (h, w) sits at padded position (hp, wp) = (h + pad, w + pad); it is tap
+    (kh, kw) = (hp - oh*stride, wp - ow*stride) of every output position (oh, ow) whose window
+    covers it. The taps are summed in ascending (kh, kw) order, the reference's order, so the
+    result is bit-identical to it. ``zero`` is a scalar of x's dtype so the sum is kept in
+    that dtype (float32 stays float32).
+    """
+    n_channels, height, width = x.shape[1], x.shape[2], x.shape[3]
+    total = x.shape[0] * n_channels * height * width
+    for i in range(cuda.grid(1), total, cuda.gridsize(1)):
+        w = i % width
+        t = i // width
+        h = t % height
+        t = t // height
+        c = t % n_channels
+        n = t // n_channels
+        hp = h + pad
+        wp = w + pad
+        # output rows whose window covers hp: oh*stride <= hp < oh*stride + filter_h.
+        # Walking oh downwards walks kh upwards: the reference's (kh, kw) summation order.
+        oh_lo = max(0, (hp - filter_h + stride) // stride)
+        oh_hi = min(out_h - 1, hp // stride)
+        ow_lo = max(0, (wp - filter_w + stride) // stride)
+        ow_hi = min(out_w - 1, wp // stride)
+        acc = zero
+        for oh in range(oh_hi, oh_lo - 1, -1):
+            row_base = (n * out_h + oh) * out_w
+            col_base = (c * filter_h + hp - oh * stride) * filter_w + wp
+            for ow in range(ow_hi, ow_lo - 1, -1):
+                acc += col[row_base + ow, col_base - ow * stride]
+        x[n, c, h, w] = acc
+
+
+@cuda.jit(cache=True)
+def _col2im_scatter_kernel(col, x, filter_h, filter_w, stride, pad, out_h, out_w):
+    """col -> x (pre-zeroed), scattering with atomicAdd: one thread per col entry.
+
+    Kept only to measure against the gather kernel; the summation order is not fixed.
+    """
+    height, width = x.shape[2], x.shape[3]
+    ncols = col.shape[1]
+    total = col.shape[0] * ncols
+    for i in range(cuda.grid(1), total, cuda.gridsize(1)):
+        row = i // ncols
+        k = i - row * ncols
+        ow = row % out_w
+        t = row // out_w
+        oh = t % out_h
+        n = t // out_h
+        kw = k % filter_w
+        t = k // filter_w
+        kh = t % filter_h
+        c = t // filter_h
+        h = oh * stride + kh - pad
+        w = ow * stride + kw - pad
+        if 0 <= h < height and 0 <= w < width:
+            cuda.atomic.add(x, (n, c, h, w), col[row, k])
+
+
+@cuda.jit(cache=True)
+def _maxpool_forward_kernel(x, out, argmax, pool_h, pool_w, stride, pad, lowest):
+    """x: (N, C, H, W) -> out, argmax: (N, C, out_h, out_w); one thread per output.
+
+    Padding is never selected (it counts as -inf). Ties keep the first position and a NaN
+    wins over numbers, first NaN first - exactly ``numpy.argmax`` over the window. A window
+    made only of padding gives -inf and index 0. ``lowest`` is -inf in x's dtype.
+    """
+    n_channels, height, width = x.shape[1], x.shape[2], x.shape[3]
+    out_h, out_w = out.shape[2], out.shape[3]
+    total = out.shape[0] * n_channels * out_h * out_w
+    for i in range(cuda.grid(1), total, cuda.gridsize(1)):
+        ow = i % out_w
+        t = i // out_w
+        oh = t % out_h
+        t = t // out_h
+        c = t % n_channels
+        n = t // n_channels
+        best = lowest
+        best_k = -1
+        for kh in range(pool_h):
+            h = oh * stride + kh - pad
+            if h < 0 or h >= height:
+                continue
+            for kw in range(pool_w):
+                w = ow * stride + kw - pad
+                if w < 0 or w >= width:
+                    continue
+                v = x[n, c, h, w]
+                # v != v is NaN: it beats any number, and a later NaN does not replace it.
+                if best_k < 0 or v > best or (v != v and best == best):
+                    best = v
+                    best_k = kh * pool_w + kw
+        out[n, c, oh, ow] = best
+        argmax[n, c, oh, ow] = best_k if best_k >= 0 else 0
+
+
+@cuda.jit(cache=True)
+def _maxpool_backward_kernel(dout, argmax, dx, pool_h, pool_w, stride, pad, zero):
+    """dout, argmax: (N, C, out_h, out_w) -> dx: (N, C, H, W), gathering per input pixel.
+
+    A pixel receives dout from every window that covers it and chose it; with overlapping
+    windows the contributions are summed in ascending (oh, ow) order (the reference's), with
+    no atomics.
+    """
+    n_channels, height, width = dx.shape[1], dx.shape[2], dx.shape[3]
+    out_h, out_w = dout.shape[2], dout.shape[3]
+    total = dx.shape[0] * n_channels * height * width
+    for i in range(cuda.grid(1), total, cuda.gridsize(1)):
+        w = i % width
+        t = i // width
+        h = t % height
+        t = t // height
+        c = t % n_channels
+        n = t // n_channels
+        hp = h + pad
+        wp = w + pad
+        # windows covering (hp, wp), visited in ascending (oh, ow): the reference's order
+        oh_lo = max(0, (hp - pool_h + stride) // stride)
+        oh_hi = min(out_h - 1, hp // stride)
+        ow_lo = max(0, (wp - pool_w + stride) // stride)
+        ow_hi = min(out_w - 1, wp // stride)
+        acc = zero
+        for oh in range(oh_lo, oh_hi + 1):
+            k_base = (hp - oh * stride) * pool_w + wp
+            for ow in range(ow_lo, ow_hi + 1):
+                if argmax[n, c, oh, ow] == k_base - ow * stride:
+                    acc += dout[n, c, oh, ow]
+        dx[n, c, h, w] = acc
+
+
+# ---------------------------------------------------------------------------
+# Launch layer: device arrays in, kernel launched on `stream`
+# ---------------------------------------------------------------------------
+
+
+def _grid(total: int, threads: int, max_blocks: int) -> int:
+    return max(1, min(math.ceil(total / threads), max_blocks))
+
+
+def _scalar(dtype, value):
+    """A NumPy scalar of ``dtype``: Numba types the kernel argument, and so the sum, by it."""
+    return np.dtype(dtype).type(value)
+
+
+def launch_im2col(x, col, filter_h, filter_w, stride, pad, *, stream=0,
+                  threads=THREADS_PER_BLOCK, max_blocks=MAX_BLOCKS):
+    """Fill ``col`` (N*out_h*out_w, C*FH*FW) from ``x`` (N, C, H, W); both on the device."""
+    out_h, out_w = _conv_out(x.shape, filter_h, filter_w, stride, pad)
+    _expect_shape("col", col.shape, _col_shape(x.shape, filter_h, filter_w, out_h, out_w))
+    if col.size:
+        blocks = _grid(col.size, threads, max_blocks)
+        _im2col_kernel[blocks, threads, stream](
+            x, col, filter_h, filter_w, stride, pad, out_h, out_w
+        )
+
+
+def launch_col2im(col, x, filter_h, filter_w, stride, pad, *, stream=0,
+                  threads=THREADS_PER_BLOCK, max_blocks=MAX_BLOCKS):
+    """Write ``x`` (N, C, H, W) as the sum of the overlapping windows in ``col`` (gather)."""
+    out_h, out_w = _conv_out(x.shape, filter_h, filter_w, stride, pad)
+    _expect_shape("col", col.shape, _col_shape(x.shape, filter_h, filter_w, out_h, out_w))
+    if x.size:
+        blocks = _grid(x.size, threads, max_blocks)
+        _col2im_kernel[blocks, threads, stream](
+            col, x, filter_h, filter_w, stride, pad, out_h, out_w, _scalar(x.dtype, 0)
+        )
+
+
+def launch_col2im_scatter(col, x, filter_h, filter_w, stride, pad, *, stream=0,
+                          threads=THREADS_PER_BLOCK, max_blocks=MAX_BLOCKS):
+    """Add the windows in ``col`` into ``x`` with atomics; ``x`` must be zeroed first."""
+    out_h, out_w = _conv_out(x.shape, filter_h, filter_w, stride, pad)
+    _expect_shape("col", col.shape, _col_shape(x.shape, filter_h, filter_w, out_h, out_w))
+    if col.size:
+        blocks = _grid(col.size, threads, max_blocks)
+        _col2im_scatter_kernel[blocks, threads, stream](
+            col, x, filter_h, filter_w, stride, pad, out_h, out_w
+        )
+
+
+def launch_maxpool_forward(x, out, argmax, pool_h, pool_w, stride, pad, *, stream=0,
+                           threads=THREADS_PER_BLOCK, max_blocks=MAX_BLOCKS):
+    """Fill ``out`` and int32 ``argmax`` (N, C, out_h, out_w) from ``x`` (N, C, H, W)."""
+    out_h, out_w = _conv_out(x.shape, pool_h, pool_w, stride, pad)
+    shape = (x.shape[0], x.shape[1], out_h, out_w)
+    _expect_shape("out", out.shape, shape)
+    _expect_shape("argmax", argmax.shape, shape)
+    if out.size:
+        blocks = _grid(out.size, threads, max_blocks)
+        _maxpool_forward_kernel[blocks, threads, stream](
+            x, out, argmax, pool_h, pool_w, stride, pad, _scalar(x.dtype, -np.inf)
+        )
+
+
+def launch_maxpool_backward(dout, argmax, dx, pool_h, pool_w, stride, pad, *, stream=0,
+                            threads=THREADS_PER_BLOCK, max_blocks=MAX_BLOCKS):
+    """Write ``dx`` (N, C, H, W) from ``dout`` and ``argmax`` (N, C, out_h, out_w)."""
+    out_h, out_w = _conv_out(dx.shape, pool_h, pool_w, stride, pad)
+    shape = (dx.shape[0], dx.shape[1], out_h, out_w)
+    _expect_shape("dout", dout.shape, shape)
+    _expect_shape("argmax", argmax.shape, shape)
+    if dx.size:
+        blocks = _grid(dx.size, threads, max_blocks)
+        _maxpool_backward_kernel[blocks, threads, stream](
+            dout, argmax, dx, pool_h, pool_w, stride, pad, _scalar(dx.dtype, 0)
+        )
+
+
+# ---------------------------------------------------------------------------
+# Public entry points: CuPy arrays in and out, on CuPy's current stream
+# ---------------------------------------------------------------------------
+
+
+def im2col(x, filter_h, filter_w, stride=1, pad=0):
+    """x: (N, C, H, W) CuPy array -> col: (N*out_h*out_w, C*filter_h*filter_w), same dtype."""
+    cp = backend.require_gpu()
+    x = _input(cp, x, "x", 4)
+    _check_geometry(x.shape, filter_h, filter_w, stride, pad, "filter")
+    out_h, out_w = _conv_out(x.shape, filter_h, filter_w, stride, pad)
+    col = cp.empty(_col_shape(x.shape, filter_h, filter_w, out_h, out_w), dtype=x.dtype)
+    launch_im2col(_dev(x), _dev(col), filter_h, filter_w, stride, pad, stream=_stream())
+    return col
+
+
+def col2im(col, input_shape, filter_h, filter_w, stride=1, pad=0):
+    """col: (N*out_h*out_w, C*filter_h*filter_w) -> x: input_shape (N, C, H, W), the adjoint
+    of im2col (overlapping windows summed, padding dropped)."""
+    cp = backend.require_gpu()
+    col = _input(cp, col, "col", 2)
+    shape = _shape4(input_shape)
+    _check_geometry(shape, filter_h, filter_w, stride, pad, "filter")
+    x = cp.empty(shape, dtype=col.dtype)
+    launch_col2im(_dev(col), _dev(x), filter_h, filter_w, stride, pad, stream=_stream())
+    return x
+
+
+def col2im_scatter(col, input_shape, filter_h, filter_w, stride=1, pad=0):
+    """col2im by atomic scatter (float32/float64): same result up to summation order.
+
+    For benchmarks only; ``col2im`` is the deterministic gather (see the module docstring).
+    """
+    cp = backend.require_gpu()
+    col = _input(cp, col, "col", 2)
+    if col.dtype not in (np.float32, np.float64):
+        raise TypeError(f"col2im_scatter supports float32 and float64, got {col.dtype}")
+    shape = _shape4(input_shape)
+    _check_geometry(shape, filter_h, filter_w, stride, pad, "filter")
+    x = cp.zeros(shape, dtype=col.dtype)
+    launch_col2im_scatter(_dev(col), _dev(x), filter_h, filter_w, stride, pad,
+                          stream=_stream())
+    return x
+
+
+def maxpool_forward(x, pool_h, pool_w, stride=1, pad=0):
+    """x: (N, C, H, W) -> (out, argmax), both (N, C, out_h, out_w); argmax int32 in-window."""
+    cp = backend.require_gpu()
+    x = _input(cp, x, "x", 4)
+    _check_geometry(x.shape, pool_h, pool_w, stride, pad, "pool")
+    out_h, out_w = _conv_out(x.shape, pool_h, pool_w, stride, pad)
+    shape = (x.shape[0], x.shape[1], out_h, out_w)
+    out = cp.empty(shape, dtype=x.dtype)
+    argmax = cp.empty(shape, dtype=np.int32)
+    launch_maxpool_forward(_dev(x), _dev(out), _dev(argmax), pool_h, pool_w, stride, pad,
+                           stream=_stream())
+    return out, argmax
+
+
+def maxpool_backward(dout, argmax, input_shape, pool_h, pool_w, stride=1, pad=0):
+    """dout, argmax: (N, C, out_h, out_w) -> dx: input_shape (N, C, H, W)."""
+    cp = backend.require_gpu()
+    dout = _input(cp, dout, "dout", 4)
+    argmax = _input(cp, argmax, "argmax", 4)
+    if argmax.dtype != np.int32:
+        argmax = argmax.astype(np.int32)
+    shape = _shape4(input_shape)
+    _check_geometry(shape, pool_h, pool_w, stride, pad, "pool")
+    dx = cp.empty(shape, dtype=dout.dtype)
+    launch_maxpool_backward(_dev(dout), _dev(argmax), _dev(dx), pool_h, pool_w, stride, pad,
+                            stream=_stream())
+    return dx
+
+
+# ---------------------------------------------------------------------------
+# Helpers: geometry checks, device views, the stream
+# ---------------------------------------------------------------------------
+
+
+def _conv_out(shape, filter_h, filter_w, stride, pad):
+    """(out_h, out_w) of a window sliding over ``shape`` (N, C, H, W), as the book: floor."""
+    return ((shape[2] + 2 * pad - filter_h) // stride + 1,
+            (shape[3] + 2 * pad - filter_w) // stride + 1)
+
+
+def _col_shape(shape, filter_h, filter_w, out_h, out_w):
+    return (shape[0] * out_h * out_w, shape[1] * filter_h * filter_w)
+
+
+def _expect_shape(name, got, expected):
+    if tuple(got) != tuple(expected):
+        raise ValueError(f"{name} has shape {tuple(got)}; expected {tuple(expected)}")
+
+
+def _shape4(input_shape):
+    shape = tuple(int(s) for s in input_shape)
+    if len(shape) != 4 or min(shape) < 0:
+        raise ValueError(f"input_shape must be (N, C, H, W) with sizes >= 0, got {input_shape}")
+    return shape
+
+
+def _check_geometry(shape, size_h, size_w, stride, pad, what):
+    """One clear error for window sizes, stride or padding that make no output."""
+    for name, value, low in ((f"{what}_h", size_h, 1), (f"{what}_w", size_w, 1),
+                             ("stride", stride, 1), ("pad", pad, 0)):
+        if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < low:
+            raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+    height, width = shape[2] + 2 * pad, shape[3] + 2 * pad
+    if size_h > height or size_w > width:
+        raise ValueError(
+            f"{what} {size_h}x{size_w} is larger than the padded input {height}x{width} "
+            f"(input shape {tuple(shape)}, pad {pad})"
+        )
+
+
+def _input(cp, a, name, ndim):
+    """A C-contiguous floating (or, for argmax, integer) CuPy array of rank ``ndim``."""
+    if not isinstance(a, cp.ndarray):
+        raise backend.DeviceError(
+            f"{name} is a {type(a).__module__}.{type(a).__name__} on the cpu, but the GPU "
+            "kernels take CuPy arrays on the gpu; move it with xpnet.backend.to_device(x, 'gpu')"
+        )
+    if a.ndim != ndim:
+        raise ValueError(f"{name} must have {ndim} dimensions, got shape {a.shape}")
+    if name == "argmax":
+        if a.dtype.kind not in "iu":
+            raise TypeError(f"argmax must be an integer array (int32), got {a.dtype}")
+    elif a.dtype.kind != "f":
+        raise TypeError(f"{name} must be a floating array (float16/32/64), got {a.dtype}")
+    return cp.ascontiguousarray(a)
+
+
+def _dev(a):
+    """A Numba view of a CuPy array, without the host synchronisation Numba does by default.
+
+    Importing an array that names a stream makes Numba wait for that stream on the host;
+    we launch on CuPy's current stream anyway, so stream order already protects the data.
+    """
+    return cuda.as_cuda_array(a, sync=False)
+
+
+_streams: dict = {}
+
+
+def _stream():
+    """Numba's handle on CuPy's current stream (cached per stream pointer)."""
+    ptr = backend.current_stream_ptr()
+    stream = _streams.get(ptr)
+    if stream is None:
+        stream = _streams[ptr] = cuda.external_stream(ptr)
+    return stream

@@ -1,0 +1,35 @@
+"""Run the GPU kernels under Numba's CUDA simulator, in a process of their own.
+
+NUMBA_ENABLE_CUDASIM is read when ``numba.cuda`` is first imported, and this pytest
+process may already have imported it for real (or must not switch it on for the other
+tests), so the simulator cases in ``tests/cuda_sim_cases.py`` run in a child pytest.
+"""
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+CASES = REPO / "tests" / "cuda_sim_cases.py"
+
+
+def test_gpu_kernels_match_reference_under_cuda_simulator():
+    pytest.importorskip("numba.cuda", reason="numba-cuda is not installed")
+    env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1")
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:randomly",
+         str(CASES)],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=240,
+    )
+    report = proc.stdout[-6000:] + proc.stderr[-3000:]
+    assert proc.returncode == 0, f"simulator cases failed:\n{report}"
+    summary = proc.stdout.strip().splitlines()[-1]
+    passed = re.search(r"(\d+) passed", summary)
+    # every case must have run: a skip here would mean the simulator was not switched on
+    assert passed and int(passed.group(1)) >= 100, summary
+    assert "skipped" not in summary and "failed" not in summary, summary
