@@ -368,11 +368,12 @@ def _check_loaded(result, arrays):
 
 
 def test_download_good_files_verified_cached_then_not_fetched_again(
-    server, remote, _private_cache
+    server, remote, _private_cache, capsys
 ):
     entry, files, arrays = remote
     entry["mirrors"] = [server.serve("good", files)]
     _check_loaded(load_mnist(normalize=False, dataset="tiny"), arrays)
+    assert capsys.readouterr().err == ""  # no progress bar when stderr is not a terminal
     assert sorted(server.hits) == sorted(f"/good/{name}" for name in files)
     cached = _private_cache / "tiny"
     assert sorted(p.name for p in cached.iterdir()) == sorted(files)  # no temporaries
