@@ -1,0 +1,728 @@
+"""The book's networks: TwoLayerNet (ch. 4-5), MultiLayerNet and MultiLayerNetExtend (ch. 6),
+SimpleConvNet (ch. 7), DeepConvNet (ch. 8), and the three-layer inference net of ch. 3.
+
+Every network keeps the book's names (``params`` keys ``W1``, ``b1``, ``gamma1`` ...; ``layers``
+named ``'Affine1'``, ``'Relu1'`` ...; ``last_layer``) and adds two keywords: ``dtype`` (default
+:func:`xpnet.backend.get_default_dtype`, float32) and ``device`` (``'cpu'`` or ``'gpu'``).
+
+The machinery they share lives in :class:`Network`, so each class below is only its
+architecture:
+
+- an input whose dtype differs from the network's is cast to the network's dtype: a float32
+  network fed the book's float64 batch computes in float32 (one-hot float targets likewise);
+- ``gradient(x, t)`` runs one forward and one backward pass and keeps that pass's loss in
+  ``last_loss`` (a 0-d array on the network's device), so a trainer needs no second forward;
+- ``numerical_gradient(x, t)`` evaluates the loss in float64 whatever the network's dtype, so
+  a float32 network's gradient check is as sharp as the book's float64 one;
+- ``save_params`` / ``load_params`` go through :mod:`xpnet.io` (``.npz``, or the book's
+  ``.pkl``); loading writes into the existing arrays, so layers keep seeing them;
+- ``to(device)`` moves every array in place and returns the network.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections import OrderedDict
+
+import numpy as np
+
+from xpnet import initializers, io
+from xpnet.backend import (
+    DeviceError,
+    check_device,
+    check_float_dtype,
+    device_of,
+    get_array_module,
+    get_default_dtype,
+    get_rng,
+    get_rng_state,
+    namespace,
+    set_rng_state,
+    to_device,
+    to_scalar,
+)
+from xpnet.functions import sigmoid, softmax
+from xpnet.gradient import numerical_gradient as _numerical_gradient
+from xpnet.layers import (
+    Affine,
+    BatchNormalization,
+    Convolution,
+    Dropout,
+    Pooling,
+    Relu,
+    Sigmoid,
+    SoftmaxWithLoss,
+)
+
+__all__ = [
+    "DeepConvNet",
+    "MultiLayerNet",
+    "MultiLayerNetExtend",
+    "Network",
+    "SimpleConvNet",
+    "ThreeLayerNet",
+    "TwoLayerNet",
+    "init_network",
+    "predict",
+]
+
+# Layer attributes that hold parameters; the gradient of ``attr`` lands in ``'d' + attr``.
+_PARAM_ATTRS = ("W", "b", "gamma", "beta")
+# BatchNormalization's running statistics: not trained, but saved with the parameters.
+_BUFFER_ATTRS = ("running_mean", "running_var")
+# Layers whose forward takes ``train_flg``.
+_TRAIN_FLG_LAYERS = (Dropout, BatchNormalization)
+
+
+def _is_array(value) -> bool:
+    return hasattr(value, "shape") and hasattr(value, "dtype") and hasattr(value, "astype")
+
+
+class Network:
+    """What every network shares: parameters and their layers, loss, accuracy, gradients,
+    files and devices. A subclass builds ``params``, ``layers`` and ``last_layer`` and then
+    calls :meth:`_bind`.
+
+    ``layers`` is an OrderedDict (or, for DeepConvNet as in the book, a list) run in order by
+    :meth:`predict`; parameters are found in the layers by identity with ``params``' arrays.
+    """
+
+    #: shape of one input sample, set by each network: ``(input_size,)`` or ``(C, H, W)``.
+    input_shape: tuple = ()
+
+    def __init__(self, dtype=None, device="cpu"):
+        self.dtype = check_float_dtype(get_default_dtype() if dtype is None else dtype)
+        self.device = check_device(device)
+        self.params: dict = {}
+        self.layers = OrderedDict()
+        self.last_layer = None
+        self.weight_decay_lambda = 0
+        self.last_loss = None
+        self._bindings: dict = {}  # param key -> (layer, attribute)
+        self._buffers: dict = {}  # buffer key -> (layer, attribute)
+
+    # -- construction helpers ------------------------------------------------------------
+
+    @property
+    def xp(self):
+        """The array namespace of the network's device (numpy or cupy)."""
+        return namespace(self.device)
+
+    def _weight(self, shape, weight_init_std):
+        """A weight of ``shape`` in the network's dtype, on its device, initialized as the
+        book's ``weight_init_std`` says: a standard deviation, or ``'he'``/``'relu'``,
+        ``'xavier'``/``'sigmoid'`` scaled by the fan-in (``shape[0]`` of an Affine weight,
+        ``C*FH*FW`` of a convolution's)."""
+        return initializers.init_weight(shape, weight_init_std, dtype=self.dtype, xp=self.xp)
+
+    def _zeros(self, size):
+        return self.xp.zeros(size, dtype=self.dtype)
+
+    def _ones(self, size):
+        return self.xp.ones(size, dtype=self.dtype)
+
+    def _bind(self):
+        """Record which layer attribute holds each parameter (by identity with ``params``)."""
+        owner = {id(value): key for key, value in self.params.items()}
+        self._bindings.clear()
+        self._buffers.clear()
+        for layer in self._all_layers():
+            for attr in _PARAM_ATTRS:
+                key = owner.get(id(getattr(layer, attr, None)))
+                if key is not None:
+                    self._bindings[key] = (layer, attr)
+                    if attr == "gamma":  # BatchNormalization: its statistics go with it
+                        suffix = key[len("gamma") :]
+                        for buf in _BUFFER_ATTRS:
+                            self._buffers[buf + suffix] = (layer, buf)
+        unbound = [key for key in self.params if key not in self._bindings]
+        if unbound:  # a construction error, not a user error
+            raise RuntimeError(f"{type(self).__name__}: parameters {unbound} are in no layer")
+
+    def _layer_list(self) -> list:
+        return list(self.layers.values()) if isinstance(self.layers, dict) else list(self.layers)
+
+    def _all_layers(self) -> list:
+        return self._layer_list() + [self.last_layer]
+
+    @property
+    def lastLayer(self):  # noqa: N802 - the book's ch. 5 name
+        return self.last_layer
+
+    @lastLayer.setter
+    def lastLayer(self, layer):  # noqa: N802
+        self.last_layer = layer
+
+    def __repr__(self) -> str:
+        n = sum(int(v.size) for v in self.params.values())
+        return f"{type(self).__name__}({n} parameters, dtype={self.dtype}, device={self.device!r})"
+
+    # -- inputs ----------------------------------------------------------------------------
+
+    def _input(self, x):
+        """``x`` checked against the network's input shape and device, in its dtype."""
+        name = type(self).__name__
+        if not _is_array(x):
+            x = self.xp.asarray(x)
+        if device_of(x) != self.device:
+            raise DeviceError(
+                f"{name} is on {self.device!r} but x is on {device_of(x)!r}; move one of "
+                f"them, e.g. xpnet.backend.to_device(x, {self.device!r})"
+            )
+        if x.dtype.kind not in "fiub":
+            raise TypeError(f"{name}: x must hold numbers, got dtype {x.dtype}")
+        expected = "(N, " + ", ".join(str(s) for s in self.input_shape) + ")"
+        if x.ndim < 2:
+            raise ValueError(f"{name} expects a batch x of shape {expected}, got {x.shape}")
+        if x.shape[0] == 0:
+            raise ValueError(f"{name}: empty batch (x has shape {x.shape})")
+        if len(self.input_shape) == 1:  # Affine flattens any rank, as in the book
+            ok = math.prod(x.shape[1:]) == self.input_shape[0]
+        else:
+            ok = tuple(x.shape[1:]) == tuple(self.input_shape)
+        if not ok:
+            raise ValueError(f"{name} expects x of shape {expected}, got {x.shape}")
+        return x if x.dtype == self.dtype else x.astype(self.dtype)
+
+    def _target(self, t, n):
+        """``t`` (labels (N,) or one-hot (N, classes)) checked against a batch of ``n``."""
+        name = type(self).__name__
+        if not _is_array(t):
+            t = self.xp.asarray(t)
+        if device_of(t) != self.device:
+            raise DeviceError(f"{name} is on {self.device!r} but t is on {device_of(t)!r}")
+        if t.ndim not in (1, 2) or t.shape[0] != n:
+            raise ValueError(
+                f"{name}: t must be labels (N,) or one-hot (N, classes) with N = {n} "
+                f"(the rows of x), got shape {t.shape}"
+            )
+        # a float one-hot t would otherwise upcast a float32 loss and its gradient
+        if t.dtype.kind == "f" and t.dtype != self.dtype:
+            t = t.astype(self.dtype)
+        return t
+
+    # -- the book's API --------------------------------------------------------------------
+
+    def predict(self, x, train_flg=False):
+        """Scores before softmax. x: (N, *input_shape) -> (N, output_size)."""
+        return self._forward(self._input(x), train_flg)
+
+    def _forward(self, x, train_flg):
+        for layer in self._layer_list():
+            if isinstance(layer, _TRAIN_FLG_LAYERS):
+                x = layer.forward(x, train_flg)
+            else:
+                x = layer.forward(x)
+        return x
+
+    def _weight_decay(self):
+        """The book's L2 penalty 0.5 * lambda * sum(W**2) over every weight ``W1``, ``W2``..."""
+        if not self.weight_decay_lambda:
+            return 0
+        xp = self.xp
+        total = 0
+        for key in self._decay_keys():
+            W = self.params[key]
+            total = total + 0.5 * self.weight_decay_lambda * xp.sum(W * W)
+        return total
+
+    def _decay_keys(self):
+        return [k for k in self.params if k.startswith("W")]
+
+    def loss(self, x, t, train_flg=True):
+        """Cross-entropy of softmax(predict(x)) against t (labels or one-hot), plus the weight
+        decay penalty. Dropout and BatchNormalization run in training mode unless
+        ``train_flg=False``."""
+        x = self._input(x)
+        t = self._target(t, x.shape[0])
+        y = self._forward(x, train_flg)
+        return self.last_layer.forward(y, t) + self._weight_decay()
+
+    def accuracy(self, x, t, batch_size=100):
+        """Fraction of rows of x whose highest score is the class of t (labels or one-hot).
+
+        Runs in batches of ``batch_size`` (the last one may be shorter), so a whole test
+        set's activations are never held at once; each batch is moved to the network's
+        device, so a host test set can be scored on the GPU.
+        """
+        batch_size = int(batch_size)
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        n = len(x)
+        if n == 0:
+            raise ValueError("accuracy of an empty set: x has no rows")
+        if len(t) != n:
+            raise ValueError(f"x has {n} rows but t has {len(t)}")
+        tx = get_array_module(t)
+        labels = t if t.ndim == 1 else tx.argmax(t, axis=1)
+        correct = 0
+        for i in range(0, n, batch_size):
+            y = self.predict(to_device(x[i : i + batch_size], self.device), train_flg=False)
+            tb = to_device(labels[i : i + batch_size], self.device)
+            correct = correct + (y.argmax(axis=1) == tb).sum()  # summed on the device
+        return to_scalar(correct) / n
+
+    def gradient(self, x, t):
+        """Gradients of :meth:`loss` (training mode) by backpropagation: a dict like
+        ``params``, in the network's dtype. The loss of this forward pass is kept in
+        ``self.last_loss`` (a 0-d array on the network's device)."""
+        loss = self.loss(x, t, train_flg=True)
+        self.last_loss = self.xp.asarray(loss)
+        dout = self.last_layer.backward(1)
+        for layer in reversed(self._layer_list()):
+            dout = layer.backward(dout)
+        grads = {key: getattr(layer, "d" + attr) for key, (layer, attr) in self._bindings.items()}
+        if self.weight_decay_lambda:
+            for key in self._decay_keys():
+                grads[key] = grads[key] + self.weight_decay_lambda * self.params[key]
+        return {key: grads[key] for key in self.params}
+
+    def numerical_gradient(self, x, t):
+        """Gradients of :meth:`loss` (training mode) by central differences, for checking
+        :meth:`gradient`. Returns a dict like ``params`` in the network's dtype.
+
+        The loss is evaluated in float64 on float64 copies of the parameters, of every
+        layer's state and of x, whatever the network's dtype: a step h = 1e-4 in float32
+        would lose most digits of the difference. The network is left as it was.
+
+        Random layers (Dropout) see the same random draws in every evaluation (on the CPU
+        the generator's state is restored before each), so the differences are those of
+        the one sub-network that :meth:`gradient` uses from the same random state.
+        """
+        x = self._input(x)
+        t = self._target(t, x.shape[0])
+        dtype = self.dtype
+        xp = self.xp
+        with self._working_copy(np.float64):
+            x64 = x.astype(np.float64)
+            t64 = t.astype(np.float64) if t.dtype.kind == "f" else t
+            state = get_rng_state(xp) if xp is np else None
+            get_rng(xp)  # make sure the generator exists before its state is taken
+
+            def f(_):
+                if state is not None:
+                    set_rng_state(state, xp)
+                return self.loss(x64, t64, train_flg=True)
+
+            grads = {key: _numerical_gradient(f, value) for key, value in self.params.items()}
+        return {key: g.astype(dtype) for key, g in grads.items()}
+
+    # -- arrays: dtype, device, files ------------------------------------------------------
+
+    def _map_arrays(self, fn):
+        """Replace every array of the network (params and each layer's attributes) by
+        ``fn(array)``; an array shared by ``params`` and a layer stays shared."""
+        done = {}  # id -> (old, new); holding ``old`` keeps its id from being reused
+
+        def mapped(a):
+            entry = done.get(id(a))
+            if entry is None:
+                entry = done[id(a)] = (a, fn(a))
+            return entry[1]
+
+        for key, value in self.params.items():
+            self.params[key] = mapped(value)
+        for layer in self._all_layers():
+            for attr, value in list(vars(layer).items()):
+                if _is_array(value):
+                    setattr(layer, attr, mapped(value))
+
+    @contextlib.contextmanager
+    def _working_copy(self, dtype):
+        """Temporarily compute in ``dtype`` on copies of every floating array; on exit the
+        original arrays (and every layer attribute) are put back."""
+        dtype = np.dtype(dtype)
+        saved_params = dict(self.params)
+        saved_layers = [(layer, dict(vars(layer))) for layer in self._all_layers()]
+        saved_dtype = self.dtype
+        try:
+            self._map_arrays(lambda a: a.astype(dtype) if a.dtype.kind == "f" else a)
+            self.dtype = dtype
+            yield
+        finally:
+            self.dtype = saved_dtype
+            self.params.update(saved_params)
+            for layer, attrs in saved_layers:
+                vars(layer).clear()
+                vars(layer).update(attrs)
+
+    def to(self, device):
+        """Move every parameter and layer array to ``device`` (``'cpu'`` or ``'gpu'``) in
+        place: ``params`` keeps its keys, its values become the moved arrays and the layers
+        are re-bound to them. Returns ``self``. Raises DeviceError if the GPU is asked for
+        and cannot be used."""
+        device = check_device(device)
+        if device != self.device:
+            self._map_arrays(lambda a: to_device(a, device))
+            self.device = device
+        return self
+
+    def state_arrays(self) -> dict:
+        """``params`` plus BatchNormalization's running statistics (``running_mean1``...)
+        where they exist: what :meth:`save_params` writes."""
+        out = dict(self.params)
+        for key, (layer, attr) in self._buffers.items():
+            value = getattr(layer, attr, None)
+            if value is not None:
+                out[key] = value
+        return out
+
+    def save_params(self, file_name="params.npz"):
+        """Write the parameters (and BatchNormalization statistics) to ``file_name`` as an
+        ``.npz`` archive, atomically. Returns the path written."""
+        return io.save_params(self.state_arrays(), file_name)
+
+    def load_params(self, file_name="params.npz"):
+        """Read parameters from an ``.npz`` written by :meth:`save_params` or from one of the
+        book's ``.pkl`` files, into the existing arrays (cast to the network's dtype), so
+        layers and optimizers holding them see the new values.
+
+        Every key of ``params`` must be in the file with the same shape; nothing is written
+        unless all are. Raises KeyError or ValueError naming the key (and both shapes).
+        """
+        loaded = io.load_params(file_name)
+        name = type(self).__name__
+        missing = [key for key in self.params if key not in loaded]
+        if missing:
+            raise KeyError(
+                f"{file_name} has no {', '.join(missing)} for {name} "
+                f"(it holds {', '.join(sorted(loaded)) or 'nothing'})"
+            )
+        unexpected = [k for k in loaded if k not in self.params and k not in self._buffers]
+        if unexpected:
+            raise KeyError(
+                f"{file_name} holds {', '.join(unexpected)}, which {name} does not have "
+                f"(its parameters are {', '.join(self.params)})"
+            )
+        for key, value in self.params.items():
+            if tuple(loaded[key].shape) != tuple(value.shape):
+                raise ValueError(
+                    f"{file_name}: parameter {key!r} has shape {tuple(loaded[key].shape)} "
+                    f"but {name} expects {tuple(value.shape)}"
+                )
+        for key, value in self.params.items():
+            value[...] = to_device(loaded[key].astype(self.dtype), self.device)
+        for key, (layer, attr) in self._buffers.items():
+            if key in loaded:
+                setattr(layer, attr, to_device(loaded[key].astype(self.dtype), self.device))
+
+
+# ---------------------------------------------------------------------------
+# Chapter 3: the three-layer inference network
+# ---------------------------------------------------------------------------
+
+
+def init_network(file_name="sample_weight.pkl") -> dict:
+    """The book's ch. 3 ``init_network``: the pretrained weights ``W1 b1 W2 b2 W3 b3`` of
+    ``sample_weight.pkl``, read through xpnet's restricted unpickler (or an ``.npz``)."""
+    return io.load_params(file_name)
+
+
+def predict(network: dict, x):
+    """The book's ch. 3 forward pass: sigmoid, sigmoid, softmax.
+
+    network: dict of W1 (784, 50), b1, W2 (50, 100), b2, W3 (100, 10), b3;
+    x: (784,) or (N, 784) -> class probabilities (10,) or (N, 10).
+    """
+    W1, W2, W3 = network["W1"], network["W2"], network["W3"]
+    b1, b2, b3 = network["b1"], network["b2"], network["b3"]
+    xp = get_array_module(x, W1)
+    z1 = sigmoid(xp.dot(x, W1) + b1)
+    z2 = sigmoid(xp.dot(z1, W2) + b2)
+    return softmax(xp.dot(z2, W3) + b3)
+
+
+class ThreeLayerNet(Network):
+    """The ch. 3 network (784-50-100-10, sigmoid) as a layered network: Affine1, Sigmoid1,
+    Affine2, Sigmoid2, Affine3, then softmax. Loads the book's ``sample_weight.pkl`` with
+    :meth:`load_params`; ``predict`` returns scores (take ``softmax`` for probabilities)."""
+
+    def __init__(
+        self,
+        input_size=784,
+        hidden_size_list=(50, 100),
+        output_size=10,
+        weight_init_std=0.01,
+        *,
+        dtype=None,
+        device="cpu",
+    ):
+        super().__init__(dtype, device)
+        sizes = [input_size, *hidden_size_list, output_size]
+        if len(sizes) != 4:
+            raise ValueError(f"hidden_size_list must have two sizes, got {hidden_size_list!r}")
+        self.input_shape = (input_size,)
+        for i in range(1, 4):
+            self.params[f"W{i}"] = self._weight((sizes[i - 1], sizes[i]), weight_init_std)
+            self.params[f"b{i}"] = self._zeros(sizes[i])
+            self.layers[f"Affine{i}"] = Affine(self.params[f"W{i}"], self.params[f"b{i}"])
+            if i < 3:
+                self.layers[f"Sigmoid{i}"] = Sigmoid()
+        self.last_layer = SoftmaxWithLoss()
+        self._bind()
+
+
+# ---------------------------------------------------------------------------
+# Chapters 4-5: TwoLayerNet
+# ---------------------------------------------------------------------------
+
+
+class TwoLayerNet(Network):
+    """The book's ch. 5 TwoLayerNet: Affine1 - Relu1 - Affine2 - SoftmaxWithLoss.
+
+    W1: (input_size, hidden_size), W2: (hidden_size, output_size), weights drawn with
+    standard deviation ``weight_init_std``; biases zero.
+    """
+
+    def __init__(
+        self,
+        input_size,
+        hidden_size,
+        output_size,
+        weight_init_std=0.01,
+        *,
+        dtype=None,
+        device="cpu",
+    ):
+        super().__init__(dtype, device)
+        self.input_shape = (input_size,)
+        p = self.params
+        p["W1"] = self._weight((input_size, hidden_size), weight_init_std)
+        p["b1"] = self._zeros(hidden_size)
+        p["W2"] = self._weight((hidden_size, output_size), weight_init_std)
+        p["b2"] = self._zeros(output_size)
+        self.layers["Affine1"] = Affine(p["W1"], p["b1"])
+        self.layers["Relu1"] = Relu()
+        self.layers["Affine2"] = Affine(p["W2"], p["b2"])
+        self.last_layer = SoftmaxWithLoss()
+        self._bind()
+
+
+# ---------------------------------------------------------------------------
+# Chapter 6: MultiLayerNet, MultiLayerNetExtend
+# ---------------------------------------------------------------------------
+
+_ACTIVATIONS = {"relu": Relu, "sigmoid": Sigmoid}
+
+
+class MultiLayerNet(Network):
+    """The book's ch. 6 fully connected network with weight decay.
+
+    Layers: (Affine{i}, Activation_function{i}) for each hidden size, then the last
+    Affine and SoftmaxWithLoss. ``activation``: ``'relu'`` or ``'sigmoid'``;
+    ``weight_init_std``: a number, or ``'relu'``/``'he'`` (He) or
+    ``'sigmoid'``/``'xavier'`` (Xavier), scaled by each layer's fan-in.
+    ``weight_decay_lambda`` adds 0.5 * lambda * sum(W**2) over all weights to the loss.
+    """
+
+    def __init__(
+        self,
+        input_size,
+        hidden_size_list,
+        output_size,
+        activation="relu",
+        weight_init_std="relu",
+        weight_decay_lambda=0,
+        *,
+        dtype=None,
+        device="cpu",
+    ):
+        super().__init__(dtype, device)
+        self._setup(input_size, hidden_size_list, output_size, activation, weight_decay_lambda)
+        self._init_weight(weight_init_std)
+        self._build(activation, use_batchnorm=False, use_dropout=False, dropout_ration=0.5)
+
+    def _setup(self, input_size, hidden_size_list, output_size, activation, lam):
+        if str(activation).lower() not in _ACTIVATIONS:
+            raise ValueError(
+                f"unknown activation {activation!r}; choose one of {sorted(_ACTIVATIONS)}"
+            )
+        if lam < 0:
+            raise ValueError(f"weight_decay_lambda must be >= 0, got {lam}")
+        self.input_size = input_size
+        self.output_size = output_size
+        self.hidden_size_list = list(hidden_size_list)
+        self.hidden_layer_num = len(self.hidden_size_list)
+        self.weight_decay_lambda = lam
+        self.input_shape = (input_size,)
+
+    def _init_weight(self, weight_init_std):
+        sizes = [self.input_size, *self.hidden_size_list, self.output_size]
+        for idx in range(1, len(sizes)):
+            self.params[f"W{idx}"] = self._weight((sizes[idx - 1], sizes[idx]), weight_init_std)
+            self.params[f"b{idx}"] = self._zeros(sizes[idx])
+
+    def _build(self, activation, use_batchnorm, use_dropout, dropout_ration):
+        act = _ACTIVATIONS[str(activation).lower()]
+        p = self.params
+        for idx in range(1, self.hidden_layer_num + 1):
+            self.layers[f"Affine{idx}"] = Affine(p[f"W{idx}"], p[f"b{idx}"])
+            if use_batchnorm:
+                size = self.hidden_size_list[idx - 1]
+                p[f"gamma{idx}"] = self._ones(size)
+                p[f"beta{idx}"] = self._zeros(size)
+                self.layers[f"BatchNorm{idx}"] = BatchNormalization(
+                    p[f"gamma{idx}"], p[f"beta{idx}"]
+                )
+            self.layers[f"Activation_function{idx}"] = act()
+            if use_dropout:
+                self.layers[f"Dropout{idx}"] = Dropout(dropout_ration)
+        idx = self.hidden_layer_num + 1
+        self.layers[f"Affine{idx}"] = Affine(p[f"W{idx}"], p[f"b{idx}"])
+        self.last_layer = SoftmaxWithLoss()
+        self._bind()
+
+
+class MultiLayerNetExtend(MultiLayerNet):
+    """MultiLayerNet with the book's options Dropout (``use_dropout``, ratio
+    ``dropout_ration`` — the book's spelling) and BatchNormalization (``use_batchnorm``;
+    parameters ``gamma1``, ``beta1``... after each hidden Affine)."""
+
+    def __init__(
+        self,
+        input_size,
+        hidden_size_list,
+        output_size,
+        activation="relu",
+        weight_init_std="relu",
+        weight_decay_lambda=0,
+        use_dropout=False,
+        dropout_ration=0.5,
+        use_batchnorm=False,
+        *,
+        dtype=None,
+        device="cpu",
+    ):
+        Network.__init__(self, dtype, device)
+        self._setup(input_size, hidden_size_list, output_size, activation, weight_decay_lambda)
+        self.use_dropout = use_dropout
+        self.use_batchnorm = use_batchnorm
+        self._init_weight(weight_init_std)
+        self._build(activation, use_batchnorm, use_dropout, dropout_ration)
+
+
+# ---------------------------------------------------------------------------
+# Chapters 7-8: SimpleConvNet, DeepConvNet
+# ---------------------------------------------------------------------------
+
+
+def _out_size(size, filter_size, stride=1, pad=0):
+    return (size + 2 * pad - filter_size) // stride + 1
+
+
+def _check_input_dim(name, input_dim):
+    if len(input_dim) != 3:
+        raise ValueError(f"{name}: input_dim must be (C, H, W), got {input_dim!r}")
+    return tuple(int(s) for s in input_dim)
+
+
+class SimpleConvNet(Network):
+    """The book's ch. 7 network: Conv1 - Relu1 - Pool1 (2x2, stride 2) - Affine1 - Relu2 -
+    Affine2 - SoftmaxWithLoss.
+
+    x: (N, C, H, W) with (C, H, W) = ``input_dim``. W1: (filter_num, C, fs, fs),
+    W2: (filter_num * pooled H * pooled W, hidden_size), W3: (hidden_size, output_size).
+    """
+
+    def __init__(
+        self,
+        input_dim=(1, 28, 28),
+        conv_param={"filter_num": 30, "filter_size": 5, "pad": 0, "stride": 1},  # noqa: B006
+        hidden_size=100,
+        output_size=10,
+        weight_init_std=0.01,
+        *,
+        dtype=None,
+        device="cpu",
+    ):
+        super().__init__(dtype, device)
+        self.input_shape = _check_input_dim("SimpleConvNet", input_dim)
+        C, H, W = self.input_shape
+        fn, fs = conv_param["filter_num"], conv_param["filter_size"]
+        pad, stride = conv_param["pad"], conv_param["stride"]
+        conv_h, conv_w = _out_size(H, fs, stride, pad), _out_size(W, fs, stride, pad)
+        pool_output_size = fn * _out_size(conv_h, 2, 2) * _out_size(conv_w, 2, 2)
+        p = self.params
+        p["W1"] = self._weight((fn, C, fs, fs), weight_init_std)
+        p["b1"] = self._zeros(fn)
+        p["W2"] = self._weight((pool_output_size, hidden_size), weight_init_std)
+        p["b2"] = self._zeros(hidden_size)
+        p["W3"] = self._weight((hidden_size, output_size), weight_init_std)
+        p["b3"] = self._zeros(output_size)
+        self.layers["Conv1"] = Convolution(p["W1"], p["b1"], stride, pad)
+        self.layers["Relu1"] = Relu()
+        self.layers["Pool1"] = Pooling(pool_h=2, pool_w=2, stride=2)
+        self.layers["Affine1"] = Affine(p["W2"], p["b2"])
+        self.layers["Relu2"] = Relu()
+        self.layers["Affine2"] = Affine(p["W3"], p["b3"])
+        self.last_layer = SoftmaxWithLoss()
+        self._bind()
+
+
+_DEEP_DEFAULTS = [(16, 1), (16, 1), (32, 1), (32, 2), (64, 1), (64, 1)]  # (filter_num, pad)
+
+
+def _conv(num, pad):
+    return {"filter_num": num, "filter_size": 3, "pad": pad, "stride": 1}
+
+
+class DeepConvNet(Network):
+    """The book's ch. 8 network (about 99% on MNIST):
+
+    conv - relu - conv - relu - pool - conv - relu - conv - relu - pool -
+    conv - relu - conv - relu - pool - affine - relu - dropout - affine - dropout - softmax
+
+    Six 3x3 convolutions (W1..W6), two Affine layers (W7: (64*4*4, hidden_size) for the
+    default 28x28 input, W8), He initialization, Dropout(0.5). As in the book, ``layers``
+    is a list (``layers[0]`` is the first Convolution).
+    """
+
+    def __init__(
+        self,
+        input_dim=(1, 28, 28),
+        conv_param_1=_conv(*_DEEP_DEFAULTS[0]),  # noqa: B008
+        conv_param_2=_conv(*_DEEP_DEFAULTS[1]),  # noqa: B008
+        conv_param_3=_conv(*_DEEP_DEFAULTS[2]),  # noqa: B008
+        conv_param_4=_conv(*_DEEP_DEFAULTS[3]),  # noqa: B008
+        conv_param_5=_conv(*_DEEP_DEFAULTS[4]),  # noqa: B008
+        conv_param_6=_conv(*_DEEP_DEFAULTS[5]),  # noqa: B008
+        hidden_size=50,
+        output_size=10,
+        *,
+        dtype=None,
+        device="cpu",
+    ):
+        super().__init__(dtype, device)
+        self.input_shape = _check_input_dim("DeepConvNet", input_dim)
+        conv_params = [conv_param_1, conv_param_2, conv_param_3]
+        conv_params += [conv_param_4, conv_param_5, conv_param_6]
+        p = self.params
+        self.layers = []
+        channels, h, w = self.input_shape
+        for idx, cp in enumerate(conv_params, start=1):
+            fn, fs, stride, pad = cp["filter_num"], cp["filter_size"], cp["stride"], cp["pad"]
+            # He initialization; fan-in C*3*3 is the book's pre_node_nums
+            p[f"W{idx}"] = self._weight((fn, channels, fs, fs), "he")
+            p[f"b{idx}"] = self._zeros(fn)
+            self.layers.append(Convolution(p[f"W{idx}"], p[f"b{idx}"], stride, pad))
+            self.layers.append(Relu())
+            h, w = _out_size(h, fs, stride, pad), _out_size(w, fs, stride, pad)
+            channels = fn
+            if idx % 2 == 0:
+                self.layers.append(Pooling(pool_h=2, pool_w=2, stride=2))
+                h, w = _out_size(h, 2, 2), _out_size(w, 2, 2)
+        flat = channels * h * w  # 64 * 4 * 4 for a 28x28 input
+        if h < 1 or w < 1:
+            raise ValueError(f"DeepConvNet: input_dim {input_dim} is too small for 3 poolings")
+        p["W7"] = self._weight((flat, hidden_size), "he")
+        p["b7"] = self._zeros(hidden_size)
+        p["W8"] = self._weight((hidden_size, output_size), "he")
+        p["b8"] = self._zeros(output_size)
+        self.layers.append(Affine(p["W7"], p["b7"]))
+        self.layers.append(Relu())
+        self.layers.append(Dropout(0.5))
+        self.layers.append(Affine(p["W8"], p["b8"]))
+        self.layers.append(Dropout(0.5))
+        self.last_layer = SoftmaxWithLoss()
+        self._bind()
