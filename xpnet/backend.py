@@ -11,6 +11,8 @@ layer code runs on either device.
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 
 try:  # CuPy is optional: without it everything runs on NumPy.
@@ -171,8 +173,9 @@ _rngs: dict = {}
 
 def seed(value: int | None) -> None:
     """Seed xpnet's random sources on every backend (initialization, Dropout, mini-batches)."""
-    global _seed
+    global _seed, _gpu_reseeds, _gpu_last_seed
     _seed = None if value is None else int(value)
+    _gpu_reseeds, _gpu_last_seed = 0, None
     _rngs.clear()
 
 
@@ -191,16 +194,103 @@ def get_rng(xp=np):
 
 
 def get_rng_state(xp=np) -> dict:
-    """The state of a backend's generator, as plain data (for checkpoints)."""
+    """The state of a backend's generator, as plain data (for checkpoints).
+
+    NumPy: the bit generator's state dict. CuPy's generators keep their state on the device
+    and cannot be pickled, so the GPU uses a reseeding scheme instead: each call derives a
+    fresh 64-bit seed on the host - from the previous such seed, or at first from xpnet's
+    seed (unseeded: entropy drawn once) - reseeds the device generator with it and returns
+    ``{"scheme": "reseed", "seed": s, "counter": k}``. ``set_rng_state`` reseeds with the
+    same ``s``, so a run resumed from a checkpoint draws exactly what the original run drew
+    after writing it, and its later checkpoints derive the same seeds. Taking the state
+    therefore moves the GPU stream on: a run that saves checkpoints draws different numbers
+    from one that does not - each reproducibly.
+    """
     rng = get_rng(xp)
     if xp is np:
         return rng.bit_generator.state
-    raise NotImplementedError("saving the GPU random state is done by the trainer's reseeding")
+    global _gpu_reseeds, _gpu_last_seed
+    _gpu_reseeds += 1
+    _gpu_last_seed = _derive_gpu_seed(_gpu_reseeds)
+    _rngs[xp.__name__] = xp.random.default_rng(_gpu_last_seed)
+    return {"scheme": "reseed", "seed": _gpu_last_seed, "counter": _gpu_reseeds}
 
 
 def set_rng_state(state: dict, xp=np) -> None:
-    rng = get_rng(xp)
+    """Restore a state taken by ``get_rng_state`` on the same backend."""
     if xp is np:
-        rng.bit_generator.state = state
+        get_rng(np).bit_generator.state = state
         return
-    raise NotImplementedError("restoring the GPU random state is done by the trainer's reseeding")
+    if not isinstance(state, dict) or state.get("scheme") != "reseed":
+        raise ValueError(
+            "a GPU random state must be a dict taken by get_rng_state(cupy) "
+            f"({{'scheme': 'reseed', 'seed': ..., 'counter': ...}}), got {state!r}"
+        )
+    global _gpu_reseeds, _gpu_last_seed
+    _gpu_reseeds = int(state["counter"])
+    _gpu_last_seed = int(state["seed"])
+    _rngs[xp.__name__] = xp.random.default_rng(_gpu_last_seed)
+
+
+_gpu_reseeds = 0
+_gpu_last_seed: int | None = None
+
+
+def _derive_gpu_seed(counter: int) -> int:
+    """A 64-bit seed for the device generator, hashed from the previous one and ``counter``."""
+    if _gpu_last_seed is not None:
+        entropy = _gpu_last_seed
+    elif _seed is not None:
+        entropy = _seed
+    else:  # unseeded: fresh entropy
+        entropy = np.random.SeedSequence().entropy
+    words = np.random.SeedSequence(entropy, spawn_key=(counter,)).generate_state(2, np.uint32)
+    return int(words[0]) | (int(words[1]) << 32)
+
+
+# ---------------------------------------------------------------------------
+# GPU odds and ends used by the kernels and the trainer
+# ---------------------------------------------------------------------------
+
+
+def current_stream_ptr() -> int:
+    """The raw pointer of CuPy's current CUDA stream (0 for the legacy default stream).
+
+    ``kernels.cuda`` launches its Numba kernels on it, so they run in order with the CuPy
+    work around them and nothing waits on the host.
+    """
+    return int(require_gpu().cuda.get_current_stream().ptr)
+
+
+class GPUOutOfMemoryError(DeviceError, MemoryError):
+    """The GPU ran out of memory; the message suggests a smaller batch."""
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` is CuPy's out-of-memory error."""
+    if _cupy is None:
+        return False
+    oom = getattr(getattr(getattr(_cupy, "cuda", None), "memory", None), "OutOfMemoryError", None)
+    return oom is not None and isinstance(exc, oom)
+
+
+@contextlib.contextmanager
+def gpu_memory_hint(batch_size: int | None = None):
+    """Turn CuPy's out-of-memory error into one that says what to do about it.
+
+        with gpu_memory_hint(batch_size=mini_batch_size):
+            grads = network.gradient(x_batch, t_batch)
+
+    Raises GPUOutOfMemoryError (a DeviceError and a MemoryError) chained to CuPy's error.
+    """
+    try:
+        yield
+    except Exception as exc:
+        if not is_out_of_memory(exc):
+            raise
+        at = f" at batch size {batch_size}" if batch_size is not None else ""
+        smaller = f" (e.g. {max(1, batch_size // 2)})" if batch_size else ""
+        raise GPUOutOfMemoryError(
+            f"the GPU ran out of memory{at} ({exc}); try a smaller batch size{smaller}, "
+            "or free other GPU memory (cupy.get_default_memory_pool().free_all_blocks())"
+        ) from exc
