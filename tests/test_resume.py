@@ -1,0 +1,244 @@
+"""Checkpoints and resume: an interrupted run, resumed, ends exactly where the
+uninterrupted run ends; bad checkpoints are one clear error and are left untouched."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from trainer_nets import TinyNet, toy_data
+
+import xpnet
+from xpnet.io import save_params
+from xpnet.trainer import CHECKPOINT_NAME, CheckpointError, Trainer
+
+HERE = Path(__file__).resolve().parent
+
+
+class Interrupt(Exception):
+    pass
+
+
+def stops_at(net, stop):
+    """Make ``net`` raise from inside step ``stop`` (counted from 1), like a crash mid-epoch."""
+    gradient = net.gradient
+
+    def interrupted(x, t):
+        if net.calls["gradient"] + 1 == stop:
+            raise Interrupt
+        return gradient(x, t)
+
+    net.gradient = interrupted
+    return net
+
+
+@pytest.fixture
+def data():
+    x, t = toy_data()
+    return x[:200], t[:200], x[200:], t[200:]
+
+
+OPTS = dict(epochs=4, mini_batch_size=16, optimizer="Adam", optimizer_param={"lr": 0.01}, seed=11)
+
+
+def run(data, net, **kw):
+    tr = Trainer(net, *data, verbose=False, **{**OPTS, **kw})
+    tr.train()
+    return tr
+
+
+def fresh_net(init=0, **kw):
+    """A network with the initial weights of seed ``init``: the runs compared start from
+    init 0; the network a run is resumed into starts elsewhere (the checkpoint restores it)."""
+    xpnet.seed(init)
+    return TinyNet(dropout=0.25, **kw)
+
+
+def assert_same_run(a, b):
+    for key in a.network.params:
+        np.testing.assert_array_equal(a.network.params[key], b.network.params[key])
+    assert a.train_loss_list == b.train_loss_list
+    assert a.train_acc_list == b.train_acc_list and a.test_acc_list == b.test_acc_list
+    assert a.current_iter == b.current_iter == a.max_iter
+
+
+@pytest.mark.parametrize(
+    "every, stop",
+    [(None, 31), (5, 24), (1, 2)],  # per epoch (13 steps), mid-epoch, the very first step
+)
+def test_interrupted_and_resumed_equals_uninterrupted(data, tmp_path, every, stop):
+    full = run(data, fresh_net(), checkpoint_every=every)
+
+    ck = tmp_path / "ck"
+    with pytest.raises(Interrupt):
+        run(data, stops_at(fresh_net(), stop), checkpoint_dir=ck, checkpoint_every=every)
+    assert (ck / CHECKPOINT_NAME).exists()
+
+    resumed = Trainer(fresh_net(1), *data, verbose=False, checkpoint_dir=ck, resume=True,
+                      checkpoint_every=every, **OPTS)
+    assert 0 < resumed.current_iter < stop
+    resumed.train()
+    assert_same_run(full, resumed)
+
+
+def test_checkpointing_does_not_change_the_run(data, tmp_path):
+    plain = run(data, fresh_net())
+    checkpointed = run(data, fresh_net(), checkpoint_dir=tmp_path)
+    assert_same_run(plain, checkpointed)
+
+
+def test_resume_with_more_epochs_extends_the_run(data, tmp_path):
+    full = run(data, fresh_net(), epochs=4)
+    run(data, fresh_net(), epochs=2, checkpoint_dir=tmp_path)
+    more = Trainer(fresh_net(1), *data, verbose=False, checkpoint_dir=tmp_path, resume=True,
+                   **{**OPTS, "epochs": 4})
+    assert more.current_epoch == 2 and len(more.test_acc_list) == 2
+    more.train()
+    assert_same_run(full, more)
+
+
+def test_resume_without_a_checkpoint_starts_fresh(data, tmp_path, capsys):
+    tr = Trainer(fresh_net(), *data, checkpoint_dir=tmp_path / "new", resume=True, **OPTS)
+    assert tr.current_iter == 0
+    assert "no checkpoint" in capsys.readouterr().out
+
+
+def test_checkpoint_holds_host_arrays_and_no_pickle(data, tmp_path):
+    run(data, fresh_net(), epochs=1, checkpoint_dir=tmp_path)
+    with np.load(tmp_path / CHECKPOINT_NAME, allow_pickle=False) as z:
+        files = set(z.files)
+        meta = json.loads(str(z["meta"]))
+    assert {"params/W1", "params/b1", "optimizer/m/W1", "optimizer/v/b1"} <= files
+    assert meta["model"] == "TinyNet" and meta["optimizer"]["name"] == "Adam"
+    assert meta["trainer"]["current_iter"] == 13 and meta["optimizer"]["step"] == 13
+    assert not list(tmp_path.glob(".*.tmp"))  # the atomic write left no temporary behind
+
+
+# ---------------------------------------------------------------------------
+# Killed for real: SIGKILL in the middle of an epoch
+# ---------------------------------------------------------------------------
+
+
+def test_sigkill_mid_epoch_then_resume(data, tmp_path):
+    ck = tmp_path / "ck"
+    # the child's schedule: 200 samples, batch 10 -> 20 steps per epoch, checkpoint every 7
+    opts = dict(epochs=3, mini_batch_size=10, optimizer="adam", seed=5, checkpoint_every=7)
+    child = subprocess.Popen(
+        [sys.executable, str(HERE / "trainer_nets.py"),
+         json.dumps({**opts, "checkpoint_dir": str(ck)})],
+        env={**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE.parent), str(HERE)])},
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not (ck / CHECKPOINT_NAME).exists():
+            assert child.poll() is None, "the child ended before its first checkpoint"
+            assert time.monotonic() < deadline, "no checkpoint within 60 s"
+            time.sleep(0.005)
+        child.send_signal(signal.SIGKILL)
+    finally:
+        child.kill()
+        child.wait()
+    assert child.returncode == -signal.SIGKILL
+
+    x, t = toy_data()
+    xpnet.seed(999)
+    resumed = Trainer(TinyNet(dropout=0.2), x[:200], t[:200], x[200:], t[200:], verbose=False,
+                      checkpoint_dir=ck, resume=True, **opts)
+    killed_at = resumed.current_iter
+    assert 0 < killed_at < 60 and killed_at % 7 == 0
+    resumed.train()
+
+    xpnet.seed(123)  # the child's initial weights
+    full = Trainer(TinyNet(dropout=0.2), x[:200], t[:200], x[200:], t[200:], verbose=False,
+                   **opts)
+    full.train()
+    assert_same_run(full, resumed)
+
+
+# ---------------------------------------------------------------------------
+# Bad checkpoints: one clear error, nothing overwritten
+# ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def checkpoint(data, tmp_path):
+    run(data, fresh_net(), epochs=1, checkpoint_dir=tmp_path)
+    return tmp_path / CHECKPOINT_NAME
+
+
+def assert_refused(data, ck_dir, net, match, **kw):
+    path = ck_dir / CHECKPOINT_NAME
+    before, mtime = path.read_bytes(), path.stat().st_mtime_ns
+    params = {k: v.copy() for k, v in net.params.items()}
+    with pytest.raises(CheckpointError, match=match):
+        Trainer(net, *data, verbose=False, checkpoint_dir=ck_dir, resume=True, **{**OPTS, **kw})
+    assert path.read_bytes() == before and path.stat().st_mtime_ns == mtime
+    for k, v in params.items():  # the network was not touched either
+        np.testing.assert_array_equal(net.params[k], v)
+
+
+def test_truncated_checkpoint(data, checkpoint):
+    checkpoint.write_bytes(checkpoint.read_bytes()[: checkpoint.stat().st_size // 2])
+    assert_refused(data, checkpoint.parent, fresh_net(), "truncated or corrupt")
+
+
+def test_garbage_checkpoint(data, checkpoint):
+    checkpoint.write_bytes(b"not a zip file at all")
+    assert_refused(data, checkpoint.parent, fresh_net(), "truncated or corrupt")
+
+
+def test_checkpoint_of_another_model(data, checkpoint):
+    x, t, xt, tt = data
+    other = TinyNet(d=8, classes=5)
+    assert_refused(data, checkpoint.parent, other,
+                   r"parameters differ .*W1: checkpoint \[\[8, 3\], 'float64'\], network "
+                   r"\[\[8, 5\], 'float64'\]")
+
+
+def test_checkpoint_of_another_class(data, checkpoint):
+    class OtherNet(TinyNet):
+        pass
+
+    assert_refused(data, checkpoint.parent, OtherNet(), "written for a TinyNet, this network "
+                   "is a OtherNet")
+
+
+def test_checkpoint_of_another_optimizer(data, checkpoint):
+    assert_refused(data, checkpoint.parent, fresh_net(), "state is for Adam, but this optimizer "
+                   "is Momentum", optimizer="momentum")
+
+
+def test_checkpoint_of_another_batch_size(data, checkpoint):
+    assert_refused(data, checkpoint.parent, fresh_net(), "mini_batch_size was 16, now 32",
+                   mini_batch_size=32)
+
+
+def test_parameter_file_is_not_a_checkpoint(data, tmp_path):
+    save_params(fresh_net().params, tmp_path / CHECKPOINT_NAME)
+    assert_refused(data, tmp_path, fresh_net(), "not an xpnet training checkpoint")
+
+
+def test_existing_checkpoint_is_not_overwritten_without_resume(data, checkpoint):
+    before = checkpoint.read_bytes()
+    with pytest.raises(CheckpointError, match="already exists; pass resume=True"):
+        Trainer(fresh_net(), *data, verbose=False, checkpoint_dir=checkpoint.parent, **OPTS)
+    assert checkpoint.read_bytes() == before
+
+
+def test_diverged_run_writes_no_checkpoint(data, tmp_path):
+    class Diverges(TinyNet):
+        def gradient(self, x, t):
+            grads = super().gradient(x, t)
+            if self.calls["gradient"] >= 20:
+                self.last_loss = np.asarray(np.nan)
+            return grads
+
+    with pytest.raises(FloatingPointError, match="step 20"):
+        run(data, Diverges(), checkpoint_dir=tmp_path)
+    with np.load(tmp_path / CHECKPOINT_NAME) as z:  # the epoch-1 checkpoint, not a later one
+        assert json.loads(str(z["meta"]))["trainer"]["current_iter"] == 13

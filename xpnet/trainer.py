@@ -1,0 +1,566 @@
+"""The book's ``Trainer`` (ch. 6-7), plus what users expect of a training loop.
+
+    >>> trainer = Trainer(network, x_train, t_train, x_test, t_test, epochs=20,
+    ...                   mini_batch_size=100, optimizer='Adam', optimizer_param={'lr': 0.001})
+    >>> trainer.train()
+    >>> trainer.train_loss_list, trainer.train_acc_list, trainer.test_acc_list
+
+As in the book, every step draws a random mini-batch (with replacement, like
+``np.random.choice``), runs ``network.gradient`` and updates the parameters in place.
+Unlike the book's trainer, the loss of a step is the one ``network.gradient`` just
+computed (``network.last_loss``), so no second forward pass is spent on it, and
+accuracy is evaluated in batches, never holding a whole test set's activations.
+
+Beyond the book (all keyword-only): ``seed`` for reproducible runs; ``device``
+(``'cpu'``/``'gpu'``; the data follows the model); a tqdm progress bar; checkpoints
+(``checkpoint_dir``, ``checkpoint_every``) holding parameters, optimizer state, the
+position in training and what the random streams need, written atomically; and
+``resume=True``, which continues a killed run to the very parameters the
+uninterrupted run would have reached.
+
+Reproducibility and resume: the trainer reseeds xpnet's random sources
+(``xpnet.backend.seed``) at step 0 and at every checkpoint boundary from
+``(seed, step)``. A run resumed from a checkpoint therefore draws exactly the
+mini-batches and Dropout masks the uninterrupted run drew after that point, on the
+CPU and on the GPU alike (CuPy's generator state cannot be saved, only reseeded).
+Boundaries are every epoch, or every ``checkpoint_every`` steps, whether or not a
+checkpoint directory is given, so the same seed gives the same run either way.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from xpnet import backend
+from xpnet.backend import as_numpy, device_of, get_array_module, get_rng, to_device
+from xpnet.io import atomic_write
+from xpnet.optimizers import get_optimizer
+
+__all__ = ["Trainer", "CheckpointError", "TrainingDivergedError", "CHECKPOINT_NAME"]
+
+CHECKPOINT_NAME = "checkpoint.npz"
+_FORMAT = "xpnet-checkpoint"
+_VERSION = 1
+# On the GPU, reading a loss back is a device synchronisation; losses are gathered on
+# the device and read back together every this many steps (and at every epoch end).
+_GPU_LOSS_SYNC_STEPS = 50
+
+
+class CheckpointError(ValueError):
+    """A checkpoint cannot be used: truncated, corrupt, or written for another run."""
+
+
+class TrainingDivergedError(FloatingPointError):
+    """The training loss became NaN or infinite."""
+
+
+def _positive_int(value, name):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+class Trainer:
+    """Train ``network`` on ``(x_train, t_train)``, evaluating on ``(x_test, t_test)``.
+
+    Args:
+        network: a book-style network: ``params`` (dict), ``gradient(x, t)``,
+            ``accuracy(x, t)``; ``last_loss`` after ``gradient`` (else ``loss(x, t)`` is
+            called), ``to(device)`` for ``device=``.
+        x_train: (N, ...) inputs; t_train: (N,) labels or (N, classes) one-hot.
+        x_test, t_test: the evaluation set, same layout.
+        epochs: number of passes; one epoch is ``ceil(N / mini_batch_size)`` steps.
+        mini_batch_size: samples per step (drawn at random with replacement).
+        optimizer, optimizer_param: a name from ``xpnet.optimizers`` (any case) and
+            its hyperparameters, or an optimizer instance (then no ``optimizer_param``).
+        evaluate_sample_num_per_epoch: evaluate per-epoch accuracy on only the first
+            this-many samples of each set (None: all).
+        verbose: print a line per epoch and the final test accuracy.
+        seed: seed of the mini-batch draws and Dropout masks (None: drawn from xpnet's
+            current random state, so ``xpnet.seed(0)`` beforehand also makes runs repeat).
+        device: ``'cpu'`` or ``'gpu'``: move the model there (``network.to``) and the data
+            with it; None keeps the model where it is and brings the data to it.
+        checkpoint_dir: directory for ``checkpoint.npz`` (created if missing).
+        checkpoint_every: checkpoint every this many steps (default: every epoch).
+        resume: continue from the checkpoint in ``checkpoint_dir`` (a fresh start if there
+            is none yet).
+        progress: show a progress bar: None (when verbose and stderr is a terminal),
+            True or False.
+    """
+
+    def __init__(
+        self,
+        network,
+        x_train,
+        t_train,
+        x_test,
+        t_test,
+        epochs=20,
+        mini_batch_size=100,
+        optimizer="SGD",
+        optimizer_param=None,
+        evaluate_sample_num_per_epoch=None,
+        verbose=True,
+        *,
+        seed=None,
+        device=None,
+        checkpoint_dir=None,
+        checkpoint_every=None,
+        resume=False,
+        progress=None,
+    ):
+        self.network = network
+        self.verbose = verbose
+        self.epochs = _positive_int(epochs, "epochs")
+        self.batch_size = _positive_int(mini_batch_size, "mini_batch_size")
+        for name, x, t in (("train", x_train, t_train), ("test", x_test, t_test)):
+            if len(x) != len(t):
+                raise ValueError(
+                    f"x_{name} has {len(x)} samples but t_{name} has {len(t)}; they must match"
+                )
+            if len(x) == 0:
+                raise ValueError(f"the {name} set is empty")
+        self.train_size = len(x_train)
+        if self.batch_size > self.train_size:
+            raise ValueError(
+                f"mini_batch_size {self.batch_size} is larger than the training set "
+                f"({self.train_size} samples); use a batch size of at most {self.train_size}"
+            )
+        if evaluate_sample_num_per_epoch is not None:
+            evaluate_sample_num_per_epoch = _positive_int(
+                evaluate_sample_num_per_epoch, "evaluate_sample_num_per_epoch"
+            )
+        self.evaluate_sample_num_per_epoch = evaluate_sample_num_per_epoch
+
+        # The model decides where training happens; the data follows it.
+        if device is not None:
+            device = backend.check_device(device)
+            if hasattr(network, "to"):
+                network.to(device)
+            elif _model_device(network) != device:
+                raise TypeError(
+                    f"{type(network).__name__} has no .to(device); move its params to "
+                    f"{device!r} yourself or use a network from xpnet.models"
+                )
+        self.device = _model_device(network)
+        self.xp = backend.namespace(self.device)
+        dtype = getattr(network, "dtype", None)
+        self.x_train, self.t_train, self.x_test, self.t_test = (
+            self._to_model(a, dtype) for a in (x_train, t_train, x_test, t_test)
+        )
+
+        if optimizer_param is None:  # the book's default, {'lr': 0.01}, whatever the optimizer
+            optimizer_param = {} if not isinstance(optimizer, str) else {"lr": 0.01}
+        self.optimizer = get_optimizer(optimizer, **dict(optimizer_param))
+
+        self.iter_per_epoch = max(math.ceil(self.train_size / self.batch_size), 1)
+        self.max_iter = self.epochs * self.iter_per_epoch
+        self.current_iter = 0
+        self.current_epoch = 0
+        self.train_loss_list: list[float] = []
+        self.train_acc_list: list[float] = []
+        self.test_acc_list: list[float] = []
+        self.final_test_acc: float | None = None
+
+        if seed is None:  # from xpnet's random state, so xpnet.seed(...) governs it too
+            seed = int(get_rng(np).integers(2**63))
+        self.seed = int(seed)
+        if checkpoint_every is not None:
+            checkpoint_every = _positive_int(checkpoint_every, "checkpoint_every")
+        self.checkpoint_every = checkpoint_every
+        self.checkpoint_dir = None if checkpoint_dir is None else Path(checkpoint_dir)
+        self.progress = progress
+        self._pending_losses: list = []  # (step, 0-d loss array) not yet read back
+        self._loss_sync = 1 if self.xp is np else _GPU_LOSS_SYNC_STEPS
+        self._reseed_pending = True
+        self._bar = None
+
+        path = self.checkpoint_path
+        if path is not None and path.exists():
+            if not resume:
+                raise CheckpointError(
+                    f"{path} already exists; pass resume=True (--resume) to continue that run, "
+                    "or choose another checkpoint directory"
+                )
+            self.load_checkpoint(path)
+            self._log(
+                f"resumed from {path} at epoch {self.current_epoch}, "
+                f"step {self.current_iter} of {self.max_iter}"
+            )
+        elif resume and path is not None:
+            self._log(f"no checkpoint in {self.checkpoint_dir} yet; starting from the beginning")
+
+    # -- data ---------------------------------------------------------------------------
+
+    def _to_model(self, a, dtype):
+        a = to_device(a, self.device)
+        # Inputs take the model's dtype once, here, so no step mixes float32 and float64.
+        if dtype is not None and a.dtype.kind == "f" and a.dtype != dtype:
+            a = a.astype(dtype)
+        return a
+
+    # -- one step -----------------------------------------------------------------------
+
+    def _is_boundary(self, step: int) -> bool:
+        """Checkpoint (and reseeding) boundaries: every epoch or every checkpoint_every steps."""
+        return step % (self.checkpoint_every or self.iter_per_epoch) == 0
+
+    def _reseed(self) -> None:
+        ss = np.random.SeedSequence(self.seed, spawn_key=(self.current_iter,))
+        backend.seed(int(ss.generate_state(1, np.uint64)[0] >> np.uint64(1)))
+        self._reseed_pending = False
+
+    def train_step(self):
+        """One mini-batch step; at an epoch's end, evaluate; at a boundary, checkpoint."""
+        if self._reseed_pending or self._is_boundary(self.current_iter):
+            self._reseed()
+        xp = self.xp
+        batch_mask = get_rng(xp).integers(0, self.train_size, size=self.batch_size)
+        x_batch = self.x_train[batch_mask]  # gathered on the data's device
+        t_batch = self.t_train[batch_mask]
+
+        network = self.network
+        if hasattr(network, "last_loss"):
+            network.last_loss = None
+        grads = network.gradient(x_batch, t_batch)
+        loss = getattr(network, "last_loss", None)
+        if loss is None:  # a network that does not report its loss: one extra forward pass
+            loss = network.loss(x_batch, t_batch)
+        self.optimizer.update(network.params, grads)
+        self._pending_losses.append((self.current_iter, loss))
+        self.current_iter += 1
+
+        epoch_end = self.current_iter % self.iter_per_epoch == 0
+        checkpoint = self.checkpoint_dir is not None and self._is_boundary(self.current_iter)
+        if len(self._pending_losses) >= self._loss_sync or epoch_end or checkpoint:
+            self._read_losses()
+        if self._bar is not None:
+            self._bar.update(1)
+        if epoch_end:
+            self.current_epoch += 1
+            self._evaluate_epoch()
+        if checkpoint:
+            self.save_checkpoint()
+
+    def _read_losses(self) -> None:
+        """Move pending losses to ``train_loss_list``; stop at the first NaN/inf."""
+        if not self._pending_losses:
+            return
+        steps, losses = zip(*self._pending_losses)
+        self._pending_losses.clear()
+        if len(losses) == 1:
+            values = [backend.to_scalar(losses[0])]
+        else:  # one transfer for all of them
+            xp = get_array_module(*losses)
+            values = as_numpy(xp.stack([xp.asarray(v) for v in losses])).tolist()
+        for step, value in zip(steps, values):
+            if not math.isfinite(value):
+                lr = getattr(self.optimizer, "lr", None)
+                hint = f" (now {lr:g})" if lr is not None else ""
+                raise TrainingDivergedError(
+                    f"the training loss became {value} at step {step + 1} (epoch "
+                    f"{step // self.iter_per_epoch + 1}); training stopped. Try a lower "
+                    f"learning rate{hint}."
+                )
+            self.train_loss_list.append(float(value))
+        if self._bar is not None:
+            self._bar.set_postfix(loss=f"{self.train_loss_list[-1]:.4f}", refresh=False)
+
+    # -- evaluation ---------------------------------------------------------------------
+
+    @property
+    def eval_batch_size(self) -> int:
+        return max(self.batch_size, 100)
+
+    def accuracy(self, x, t) -> float:
+        """Accuracy of the network on ``(x, t)``, computed ``eval_batch_size`` samples at a
+        time (the activations of one batch at most)."""
+        n = len(x)
+        correct = 0.0
+        for i in range(0, n, self.eval_batch_size):
+            xb, tb = x[i : i + self.eval_batch_size], t[i : i + self.eval_batch_size]
+            correct += backend.to_scalar(self.network.accuracy(xb, tb)) * len(xb)
+        return correct / n
+
+    def _evaluate_epoch(self) -> None:
+        k = self.evaluate_sample_num_per_epoch
+        x_tr, t_tr, x_te, t_te = self.x_train, self.t_train, self.x_test, self.t_test
+        if k is not None:
+            x_tr, t_tr, x_te, t_te = x_tr[:k], t_tr[:k], x_te[:k], t_te[:k]
+        train_acc = self.accuracy(x_tr, t_tr)
+        test_acc = self.accuracy(x_te, t_te)
+        self.train_acc_list.append(train_acc)
+        self.test_acc_list.append(test_acc)
+        recent = self.train_loss_list[-self.iter_per_epoch :]
+        loss = sum(recent) / len(recent) if recent else float("nan")
+        self._log(
+            f"=== epoch:{self.current_epoch}/{self.epochs}, train loss:{loss:.4f}, "
+            f"train acc:{train_acc:.4f}, test acc:{test_acc:.4f} ==="
+        )
+
+    # -- the loop -----------------------------------------------------------------------
+
+    def train(self) -> dict:
+        """Run the remaining steps, then evaluate on the whole test set (in batches).
+
+        Returns :attr:`history`.
+        """
+        show = self.progress
+        if show is None:
+            show = bool(self.verbose) and sys.stderr.isatty()
+        if show and self.current_iter < self.max_iter:
+            from tqdm.auto import tqdm
+
+            self._bar = tqdm(
+                total=self.max_iter, initial=self.current_iter, unit="step", leave=False,
+                dynamic_ncols=True, desc=type(self.network).__name__,
+            )
+        try:
+            while self.current_iter < self.max_iter:
+                self.train_step()
+            self._read_losses()
+        finally:
+            if self._bar is not None:
+                self._bar.close()
+                self._bar = None
+        if self.checkpoint_dir is not None and not self._is_boundary(self.current_iter):
+            self.save_checkpoint()
+        self.final_test_acc = self.accuracy(self.x_test, self.t_test)
+        self._log("=============== Final Test Accuracy ===============")
+        self._log(f"test acc:{self.final_test_acc}")
+        return self.history
+
+    def _log(self, line: str) -> None:
+        if not self.verbose:
+            return
+        if self._bar is not None:
+            self._bar.write(line)
+        else:
+            print(line, flush=True)
+
+    @property
+    def history(self) -> dict:
+        """The lists and settings of the run, as plain JSON-ready data."""
+        return {
+            "model": type(self.network).__name__,
+            "optimizer": type(self.optimizer).__name__,
+            "optimizer_param": {h: getattr(self.optimizer, h) for h in self.optimizer.hyperparams},
+            "epochs": self.epochs,
+            "mini_batch_size": self.batch_size,
+            "iter_per_epoch": self.iter_per_epoch,
+            "seed": self.seed,
+            "device": self.device,
+            "train_loss_list": list(self.train_loss_list),
+            "train_acc_list": list(self.train_acc_list),
+            "test_acc_list": list(self.test_acc_list),
+            "final_test_acc": self.final_test_acc,
+        }
+
+    # -- checkpoints --------------------------------------------------------------------
+
+    @property
+    def checkpoint_path(self) -> Path | None:
+        return None if self.checkpoint_dir is None else self.checkpoint_dir / CHECKPOINT_NAME
+
+    def save_checkpoint(self, path=None) -> Path:
+        """Write parameters, layer buffers, optimizer state, position and history to one
+        ``.npz`` (no pickle), atomically: a reader sees the old file or the new one."""
+        self._read_losses()  # never checkpoint a diverged run
+        path = Path(path) if path is not None else self.checkpoint_path
+        if path is None:
+            raise ValueError("no checkpoint path: give checkpoint_dir to the Trainer")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        params = self.network.params
+        opt = self.optimizer.state_dict()
+        arrays = {f"params/{k}": as_numpy(v) for k, v in params.items()}
+        for name, value in _buffers(self.network).items():
+            arrays[f"buffers/{name}"] = as_numpy(value)
+        for slot, d in opt["state"].items():
+            for k, v in d.items():
+                arrays[f"optimizer/{slot}/{k}"] = v
+        arrays["history/train_loss_list"] = np.asarray(self.train_loss_list, np.float64)
+        arrays["history/train_acc_list"] = np.asarray(self.train_acc_list, np.float64)
+        arrays["history/test_acc_list"] = np.asarray(self.test_acc_list, np.float64)
+        meta = {
+            "format": _FORMAT,
+            "version": _VERSION,
+            "model": type(self.network).__name__,
+            "params": {k: [list(v.shape), str(v.dtype)] for k, v in params.items()},
+            "optimizer": {k: opt[k] for k in ("name", "hyperparams", "step")},
+            "optimizer_slots": sorted(opt["state"]),
+            "trainer": {
+                "epochs": self.epochs,
+                "mini_batch_size": self.batch_size,
+                "train_size": self.train_size,
+                "current_iter": self.current_iter,
+                "current_epoch": self.current_epoch,
+                "checkpoint_every": self.checkpoint_every,
+                "seed": self.seed,
+            },
+        }
+        arrays["meta"] = np.array(json.dumps(meta))
+        with atomic_write(path, "wb") as f:
+            np.savez(f, **arrays)
+        return path
+
+    def load_checkpoint(self, path) -> None:
+        """Restore a checkpoint written by :meth:`save_checkpoint` for this same setup.
+
+        Everything is read and checked before anything is changed: a truncated file, or
+        one from another model (keys, shapes, dtypes), optimizer, batch size or training
+        set size raises CheckpointError and leaves the network and trainer as they were.
+        """
+        path = Path(path)
+        meta, arrays = _read_checkpoint(path)
+        tr = meta["trainer"]
+        params = self.network.params
+
+        def mismatch(what):
+            return CheckpointError(f"checkpoint {path} does not fit this run: {what}")
+
+        if meta["model"] != type(self.network).__name__:
+            raise mismatch(
+                f"it was written for a {meta['model']}, this network is a "
+                f"{type(self.network).__name__}"
+            )
+        ours = {k: [list(v.shape), str(v.dtype)] for k, v in params.items()}
+        if meta["params"] != ours:
+            diff = [
+                f"{k}: checkpoint {meta['params'].get(k)}, network {ours.get(k)}"
+                for k in sorted(set(ours) | set(meta["params"]))
+                if meta["params"].get(k) != ours.get(k)
+            ]
+            raise mismatch("parameters differ (shape, dtype) -- " + "; ".join(diff))
+        for key in ("mini_batch_size", "train_size"):
+            here = self.batch_size if key == "mini_batch_size" else self.train_size
+            if tr[key] != here:
+                raise mismatch(f"{key} was {tr[key]}, now {here}")
+        if tr["current_iter"] > self.max_iter:
+            raise mismatch(
+                f"it is at step {tr['current_iter']}, past this run's {self.max_iter} steps "
+                f"({self.epochs} epochs); ask for at least {tr['current_epoch']} epochs"
+            )
+        every = self.checkpoint_every if self.checkpoint_every is not None else tr[
+            "checkpoint_every"
+        ]
+        if tr["checkpoint_every"] != every:
+            raise mismatch(
+                f"checkpoint_every was {tr['checkpoint_every']}, now {every}; the random "
+                "streams are reseeded at those boundaries, so keep it to reach the same result"
+            )
+        layers = _buffer_layers(self.network)
+        current = _buffers(self.network)
+        saved_buffers = {
+            k[len("buffers/") :]: v for k, v in arrays.items() if k.startswith("buffers/")
+        }
+        for name, value in saved_buffers.items():
+            layer_name, attr = name.rsplit(".", 1)
+            if layer_name not in layers or attr not in _BUFFER_ATTRS:
+                raise mismatch(f"it has a buffer {name} that this network does not have")
+            if name in current and current[name].shape != value.shape:
+                raise mismatch(
+                    f"buffer {name} has shape {value.shape}, the network's {current[name].shape}"
+                )
+        opt_state = {
+            **meta["optimizer"],
+            "state": {s: {} for s in meta["optimizer_slots"]},
+        }
+        for k, v in arrays.items():
+            if k.startswith("optimizer/"):
+                _, slot, key = k.split("/", 2)
+                opt_state["state"].setdefault(slot, {})[key] = v
+        try:  # the optimizer is fresh, so loading into it changes nothing if this fails
+            self.optimizer.load_state_dict(opt_state, params)
+        except ValueError as exc:
+            raise mismatch(str(exc)) from None
+
+        # All checked: now change things.
+        for k, p in params.items():
+            p[...] = get_array_module(p).asarray(arrays[f"params/{k}"])  # in place
+        for name, value in saved_buffers.items():
+            layer_name, attr = name.rsplit(".", 1)
+            setattr(layers[layer_name], attr, self.xp.asarray(value))
+        self.train_loss_list = arrays["history/train_loss_list"].tolist()
+        self.train_acc_list = arrays["history/train_acc_list"].tolist()
+        self.test_acc_list = arrays["history/test_acc_list"].tolist()
+        self.current_iter = tr["current_iter"]
+        self.current_epoch = tr["current_epoch"]
+        self.seed = tr["seed"]
+        self.checkpoint_every = every
+        self._reseed_pending = True
+
+
+def _model_device(network) -> str:
+    devices = {device_of(p) for p in network.params.values()}
+    if len(devices) != 1:
+        raise backend.DeviceError(
+            f"{type(network).__name__} has parameters on several devices ({sorted(devices)}); "
+            "move it with network.to('cpu') or network.to('gpu')"
+        )
+    return devices.pop()
+
+
+# Layers may hold state that is not a parameter but shapes what the network predicts:
+# BatchNormalization's running statistics. Checkpoints carry them too.
+_BUFFER_ATTRS = ("running_mean", "running_var")
+
+
+def _buffer_layers(network) -> dict:
+    layers = getattr(network, "layers", None) or {}
+    # The book keeps DeepConvNet's layers in a list; their positions name them.
+    items = layers.items() if isinstance(layers, dict) else enumerate(layers)
+    return {
+        str(name): layer for name, layer in items if any(hasattr(layer, a) for a in _BUFFER_ATTRS)
+    }
+
+
+def _buffers(network) -> dict:
+    """``{'<layer>.<attr>': array}`` of the buffers set so far (the book creates them
+    lazily, at the first forward pass)."""
+    out = {}
+    for name, layer in _buffer_layers(network).items():
+        for attr in _BUFFER_ATTRS:
+            value = getattr(layer, attr, None)
+            if value is not None:
+                out[f"{name}.{attr}"] = value
+    return out
+
+
+def _read_checkpoint(path: Path) -> tuple[dict, dict]:
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            arrays = {name: archive[name] for name in archive.files}
+    except (zipfile.BadZipFile, EOFError, OSError, ValueError, KeyError) as exc:
+        raise CheckpointError(
+            f"checkpoint {path} is truncated or corrupt ({type(exc).__name__}: {exc}); "
+            "delete it (or pick another checkpoint directory) to start afresh"
+        ) from None
+    try:
+        meta = json.loads(str(arrays.pop("meta")))
+        if meta.get("format") != _FORMAT:
+            raise KeyError("format")
+        if meta.get("version") != _VERSION:
+            raise CheckpointError(
+                f"checkpoint {path} has format version {meta.get('version')}; this xpnet "
+                f"reads version {_VERSION}"
+            )
+        for k in meta["params"]:
+            if f"params/{k}" not in arrays:
+                raise KeyError(f"params/{k}")
+        for k in ("train_loss_list", "train_acc_list", "test_acc_list"):
+            if f"history/{k}" not in arrays:
+                raise KeyError(f"history/{k}")
+        meta["trainer"]["current_iter"]  # noqa: B018 - presence check
+    except (KeyError, TypeError, ValueError, json.JSONDecodeError) as exc:
+        if isinstance(exc, CheckpointError):
+            raise
+        raise CheckpointError(
+            f"{path} is not an xpnet training checkpoint (missing {exc})"
+        ) from None
+    return meta, arrays
