@@ -27,9 +27,11 @@ class Interrupt(Exception):
 def stops_at(net, stop):
     """Make ``net`` raise from inside step ``stop`` (counted from 1), like a crash mid-epoch."""
     gradient = net.gradient
+    calls = []
 
     def interrupted(x, t):
-        if net.calls["gradient"] + 1 == stop:
+        calls.append(1)
+        if len(calls) == stop:
             raise Interrupt
         return gradient(x, t)
 
@@ -242,3 +244,32 @@ def test_diverged_run_writes_no_checkpoint(data, tmp_path):
         run(data, Diverges(), checkpoint_dir=tmp_path)
     with np.load(tmp_path / CHECKPOINT_NAME) as z:  # the epoch-1 checkpoint, not a later one
         assert json.loads(str(z["meta"]))["trainer"]["current_iter"] == 13
+
+
+# ---------------------------------------------------------------------------
+# The book's networks: BatchNormalization statistics and Dropout masks resume too
+# ---------------------------------------------------------------------------
+
+
+def test_multilayernetextend_resumes_exactly(data, tmp_path):
+    from xpnet.models import MultiLayerNetExtend
+
+    def net(init):
+        xpnet.seed(init)
+        return MultiLayerNetExtend(8, [12, 12], 3, use_dropout=True, dropout_ration=0.2,
+                                   use_batchnorm=True, weight_decay_lambda=1e-3)
+
+    opts = dict(epochs=3, mini_batch_size=16, optimizer="momentum", seed=2, verbose=False)
+    full = Trainer(net(0), *data, **opts)
+    full.train()
+    interrupted = stops_at(net(0), 20)
+    with pytest.raises(Interrupt):
+        Trainer(interrupted, *data, checkpoint_dir=tmp_path, **opts).train()
+    resumed = Trainer(net(1), *data, checkpoint_dir=tmp_path, resume=True, **opts)
+    assert resumed.current_iter == 13
+    resumed.train()
+    assert_same_run(full, resumed)
+    for name in ("BatchNorm1", "BatchNorm2"):
+        for attr in ("running_mean", "running_var"):
+            np.testing.assert_array_equal(getattr(full.network.layers[name], attr),
+                                          getattr(resumed.network.layers[name], attr))

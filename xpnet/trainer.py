@@ -228,11 +228,12 @@ class Trainer:
         network = self.network
         if hasattr(network, "last_loss"):
             network.last_loss = None
-        grads = network.gradient(x_batch, t_batch)
-        loss = getattr(network, "last_loss", None)
-        if loss is None:  # a network that does not report its loss: one extra forward pass
-            loss = network.loss(x_batch, t_batch)
-        self.optimizer.update(network.params, grads)
+        with backend.gpu_memory_hint(batch_size=self.batch_size):
+            grads = network.gradient(x_batch, t_batch)
+            loss = getattr(network, "last_loss", None)
+            if loss is None:  # a network that does not report its loss: one extra forward pass
+                loss = network.loss(x_batch, t_batch)
+            self.optimizer.update(network.params, grads)
         self._pending_losses.append((self.current_iter, loss))
         self.current_iter += 1
 
@@ -281,11 +282,12 @@ class Trainer:
     def accuracy(self, x, t) -> float:
         """Accuracy of the network on ``(x, t)``, computed ``eval_batch_size`` samples at a
         time (the activations of one batch at most)."""
-        n = len(x)
+        n, size = len(x), self.eval_batch_size
         correct = 0.0
-        for i in range(0, n, self.eval_batch_size):
-            xb, tb = x[i : i + self.eval_batch_size], t[i : i + self.eval_batch_size]
-            correct += backend.to_scalar(self.network.accuracy(xb, tb)) * len(xb)
+        with backend.gpu_memory_hint(batch_size=size):
+            for i in range(0, n, size):
+                xb, tb = x[i : i + size], t[i : i + size]
+                correct += backend.to_scalar(self.network.accuracy(xb, tb)) * len(xb)
         return correct / n
 
     def _evaluate_epoch(self) -> None:
