@@ -200,8 +200,11 @@ class Affine:
         xp = get_array_module(x, self.W, self.b)
         self.original_x_shape = x.shape
         x2 = x.reshape(1, -1) if x.ndim == 1 else x.reshape(x.shape[0], -1)
-        self.x = x2
-        out = xp.dot(x2, self.W) + self.b.reshape(-1)
+        # Mixed dtypes (the book's float32 images with float64 weights) are promoted as
+        # NumPy would, but explicitly: a mixed-dtype matmul skips BLAS and is ~30x slower.
+        dtype = xp.result_type(x2.dtype, self.W.dtype, self.b.dtype)
+        self.x = x2.astype(dtype, copy=False)
+        out = xp.dot(self.x, self.W.astype(dtype, copy=False)) + self.b.reshape(-1)
         return out.reshape(-1) if x.ndim == 1 else out
 
     def backward(self, dout):
@@ -211,9 +214,11 @@ class Affine:
             self.x.shape[0], self.W.shape[1])
         check_dout(dout, expected, "Affine")
         xp = get_array_module(dout, self.W)
+        dtype = xp.result_type(self.x.dtype, getattr(dout, "dtype", self.x.dtype))
+        dout = xp.broadcast_to(xp.asarray(dout, dtype=dtype), expected)  # scalars too
         dout2 = dout.reshape(self.x.shape[0], -1)
-        dx = xp.dot(dout2, self.W.T)
-        self.dW = xp.dot(self.x.T, dout2)
+        dx = xp.dot(dout2, self.W.astype(dtype, copy=False).T)
+        self.dW = xp.dot(self.x.astype(dtype, copy=False).T, dout2)
         self.db = dout2.sum(axis=0).reshape(np.shape(self.b))
         return dx.reshape(self.original_x_shape)
 
