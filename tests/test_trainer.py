@@ -71,7 +71,9 @@ def test_evaluation_runs_in_batches(data):
     # 200 train + 40 test samples, scored at most eval_batch_size (100) at a time
     assert tr.eval_batch_size == 100
     assert max(net.calls["accuracy"]) <= 100
-    assert sum(net.calls["accuracy"]) == 200 + 40 + 40  # epoch (train, test) + final test
+    # the epoch's evaluation (train, test); the final test accuracy is that same number
+    assert sum(net.calls["accuracy"]) == 200 + 40
+    assert tr.final_test_acc == tr.test_acc_list[-1]
 
 
 def test_evaluate_sample_num_per_epoch(data):

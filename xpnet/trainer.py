@@ -333,7 +333,12 @@ class Trainer:
                 self._bar = None
         if self.checkpoint_dir is not None and not self._is_boundary(self.current_iter):
             self.save_checkpoint()
-        self.final_test_acc = self.accuracy(self.x_test, self.t_test)
+        if self.evaluate_sample_num_per_epoch is None and self.test_acc_list and (
+            self.current_iter % self.iter_per_epoch == 0
+        ):  # the last epoch's evaluation already scored the whole test set
+            self.final_test_acc = self.test_acc_list[-1]
+        else:
+            self.final_test_acc = self.accuracy(self.x_test, self.t_test)
         self._log("=============== Final Test Accuracy ===============")
         self._log(f"test acc:{self.final_test_acc}")
         return self.history
