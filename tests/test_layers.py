@@ -376,3 +376,15 @@ def test_convolution_and_pooling_are_re_exported():
     assert xpnet.layers.Convolution is xpnet.convolution.Convolution
     assert xpnet.layers.Pooling is xpnet.convolution.Pooling
     assert {"Convolution", "Pooling", "Affine", "BatchNormalization"} <= set(xpnet.layers.__all__)
+
+
+def test_affine_non_contiguous_input_and_in_place_parameter_updates():
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((3, 4, 5, 2)).transpose(0, 3, 2, 1)  # (3, 2, 5, 4), a view
+    assert not x.flags.c_contiguous
+    W, b = rng.standard_normal((40, 6)), rng.standard_normal(6)
+    layer = Affine(W, b)
+    np.testing.assert_allclose(layer.forward(x), x.reshape(3, -1) @ W + b)
+    assert_small(grad_check(layer, x, params=("W", "b")))
+    W -= 1.0  # an optimizer's in-place update is seen by the layer
+    np.testing.assert_allclose(layer.forward(x), x.reshape(3, -1) @ W + b)
