@@ -1,0 +1,140 @@
+"""What every chapter example shares: its command line, its data and its output folder.
+
+Like the book's ``common/`` package, this is imported by the chapter scripts next to it
+(``python examples/ch03_neural_network.py`` puts ``examples/`` on ``sys.path``). It only
+wires the command line to xpnet's public API; the deep-learning code is in the chapters.
+
+Every example takes::
+
+    --device {cpu,gpu}   where the networks run (gpu needs CuPy and an NVIDIA GPU)
+    --out DIR            where the figures go (default out/chNN)
+    --full               the book's full-length runs instead of the quick ones
+    --seed N             xpnet.seed(N) before anything random
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import xpnet
+from xpnet import backend
+from xpnet.datasets import DatasetError, load_idx_pair, load_mnist
+from xpnet.plot import save_figure
+
+REPO = Path(__file__).resolve().parents[1]
+# The project's shared data sit next to the repository: ../shared/data, ../shared/fixtures.
+SHARED = REPO.parent / "shared"
+MNIST_10K = SHARED / "data" / "mnist-10k"
+BOOK_WEIGHTS = SHARED / "fixtures" / "book"
+
+
+def make_parser(chapter: int, description: str, *, data=False, weights=False):
+    """The argument parser of chapter ``chapter``'s example."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--device", default="cpu", help="cpu (default) or gpu")
+    parser.add_argument(
+        "--out", type=Path, default=Path("out") / f"ch{chapter:02d}",
+        help=f"folder for the figures (default out/ch{chapter:02d})",
+    )
+    parser.add_argument("--full", action="store_true", help="the book's full-length runs")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    if data:
+        parser.add_argument(
+            "--dataset", choices=("mnist", "fashion-mnist"), default="mnist",
+            help="mnist (the book's; default) or fashion-mnist",
+        )
+        parser.add_argument(
+            "--data-dir", type=Path, default=MNIST_10K,
+            help="a folder with MNIST IDX files: the four standard ones, or the 10,000 "
+            "digits images-idx3-ubyte.gz + labels-idx1-ubyte.gz (default ../shared/data/"
+            "mnist-10k); without them xpnet's usual places are searched, then Fashion-MNIST",
+        )
+    if weights:
+        parser.add_argument(
+            "--weights", type=Path, default=BOOK_WEIGHTS,
+            help="folder with the book's pretrained .pkl files (default ../shared/fixtures/book)",
+        )
+    return parser
+
+
+def main(run, parser, argv=None) -> int:
+    """Parse the command line, check the device, make the output folder and ``run(args)``.
+
+    A device that cannot be used (``--device gpu`` without CuPy or a GPU) ends the example
+    with xpnet's one-sentence DeviceError and exit status 2, as do missing data files.
+    """
+    args = parser.parse_args(argv)
+    try:
+        args.device = backend.check_device(args.device)
+    except (backend.DeviceError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    xpnet.seed(args.seed)
+    args.out.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    try:
+        run(args)
+    except (backend.DeviceError, DatasetError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"done in {time.perf_counter() - start:.1f} s; figures in {args.out}")
+    return 0
+
+
+def load_data(args, flatten=True, inference_only=False):
+    """``(x_train, t_train), (x_test, t_test), name`` as the book's ``load_mnist`` gives them.
+
+    ``--dataset mnist``: the standard MNIST files from ``--data-dir`` or xpnet's usual
+    places; or, when ``--data-dir`` holds only the 10,000 digits of MNIST's test set, those
+    split 8,000 for training and 2,000 for testing (all 10,000 for testing when
+    ``inference_only``, e.g. for the book's pretrained weights). No MNIST at all: a printed
+    note, then Fashion-MNIST (same format, same shapes).
+    """
+    name = args.dataset
+    if name == "mnist":
+        images = args.data_dir / "images-idx3-ubyte.gz"
+        labels = args.data_dir / "labels-idx1-ubyte.gz"
+        if images.exists() and labels.exists():
+            x, t = load_idx_pair(images, labels, flatten=flatten)
+            if inference_only:
+                return (x[:0], t[:0]), (x, t), "MNIST (10,000 test digits)"
+            return (x[:8000], t[:8000]), (x[8000:], t[8000:]), "MNIST (10,000 digits, 8k/2k)"
+        try:
+            train, test = load_mnist(flatten=flatten, data_dir=args.data_dir, download=False)
+            return train, test, "MNIST"
+        except DatasetError:
+            print(f"note: no MNIST found in {args.data_dir} or xpnet's data folders; "
+                  "using Fashion-MNIST instead (accuracies will be lower than the book's)")
+            name = "fashion-mnist"
+    train, test = load_mnist(flatten=flatten, dataset=name)
+    return train, test, "Fashion-MNIST"
+
+
+def book_weights(args, file_name):
+    """Path of one of the book's pretrained pickles in ``--weights``, or None (with a note)."""
+    path = args.weights / file_name
+    if path.is_file():
+        return path
+    print(f"note: the book's weights {file_name} are not in {args.weights}")
+    return None
+
+
+def save(fig, args, name):
+    """Write ``fig`` to ``--out/name`` (atomically, via xpnet.plot) and say so."""
+    path = save_figure(fig, args.out / name)
+    print(f"wrote {path}")
+    return path
+
+
+class Timer:
+    """``with Timer() as t: ...`` then ``t.seconds``."""
+
+    def __enter__(self):
+        self.start = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        self.seconds = time.perf_counter() - self.start
