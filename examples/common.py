@@ -10,6 +10,7 @@ Every example takes::
     --out DIR            where the figures go (default out/chNN)
     --full               the book's full-length runs instead of the quick ones
     --seed N             xpnet.seed(N) before anything random
+    --threads N          CPU threads for BLAS and the Numba kernels (default: every core)
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import xpnet
 from xpnet import backend
 from xpnet.datasets import DatasetError, load_idx_pair, load_mnist
 from xpnet.plot import save_figure
+from xpnet.threads import set_num_threads
 
 REPO = Path(__file__).resolve().parents[1]
 # The project's shared data sit next to the repository: ../shared/data, ../shared/fixtures.
@@ -41,6 +43,10 @@ def make_parser(chapter: int, description: str, *, data=False, weights=False):
     )
     parser.add_argument("--full", action="store_true", help="the book's full-length runs")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    parser.add_argument(
+        "--threads", type=int, default=None,
+        help="CPU threads for BLAS and the Numba kernels (default: every core)",
+    )
     if data:
         parser.add_argument(
             "--dataset", choices=("mnist", "fashion-mnist"), default="mnist",
@@ -72,6 +78,8 @@ def main(run, parser, argv=None) -> int:
     except (backend.DeviceError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if args.threads is not None:
+        set_num_threads(args.threads)
     xpnet.seed(args.seed)
     args.out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()

@@ -24,6 +24,7 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 FIGURES = {
     "ch01_python_numpy.py": ["sin_cos.png", "image.png"],
     "ch02_perceptron.py": ["decision_regions.png"],
+    "ch03_neural_network.py": ["activations.png", "predictions.png"],
 }
 
 
@@ -40,7 +41,8 @@ def run_example(script, *args, timeout=240):
 @pytest.mark.parametrize("script", sorted(FIGURES))
 def test_example_quick_mode_writes_its_figures(script, tmp_path):
     out = tmp_path / "figures"
-    proc = run_example(script, "--out", str(out))
+    # One thread: the timings an example prints stay meaningful on a busy machine.
+    proc = run_example(script, "--out", str(out), "--threads", "1")
     assert proc.returncode == 0, f"{script} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     for name in FIGURES[script]:
         path = out / name
