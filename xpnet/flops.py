@@ -1,0 +1,150 @@
+"""A FLOP model of the book's networks: the matrix products of a forward pass and of a
+training step, computed from the layer shapes.
+
+What is counted: every matrix product (GEMM) the layers run, at ``2*M*N*K`` floating-point
+operations for an (M, K) @ (K, N) product (one multiply and one add per term).
+
+- ``Convolution`` (im2col + GEMM): forward ``col @ col_W`` with M = N*OH*OW, K = C*FH*FW,
+  N = FN; backward ``dout.T @ col`` (dW) and ``dout @ col_W.T`` (dcol), the same size each.
+- ``Affine``: forward ``x @ W`` (M = batch, K = inputs, N = outputs); backward ``dout @ W.T``
+  (dx) and ``x.T @ dout`` (dW).
+
+So a training step (forward + backward) costs three times the forward GEMMs. The first
+layer's input gradient is counted too, because the book's ``backward`` computes it (a
+framework that skips it, as PyTorch does, does a little less work for the same step).
+
+Not counted: bias additions, ReLU, pooling, dropout, softmax, the loss, the optimizer's
+update, and the data movement of im2col/col2im. They are O(activations), not
+O(activations x filter size); for DeepConvNet at batch 100 they are a few percent of the
+GEMM count. The figures therefore measure how close a step gets to the machine's GEMM
+peak, the one number that bounds it from above.
+
+    >>> from xpnet.models import DeepConvNet
+    >>> training_step_flops(DeepConvNet(), batch_size=100) / 1e9   # GFLOP per step
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = [
+    "Gemm",
+    "forward_gemms",
+    "forward_flops",
+    "training_step_gemms",
+    "training_step_flops",
+    "flops_per_sample",
+]
+
+
+@dataclass(frozen=True)
+class Gemm:
+    """One matrix product (M, K) @ (K, N) of a layer; ``flops`` = 2*M*N*K."""
+
+    layer: str  # e.g. 'Conv1', 'Affine2' (position among the layers of that kind)
+    role: str  # 'forward', 'dW' or 'dx'
+    m: int
+    n: int
+    k: int
+
+    @property
+    def flops(self) -> int:
+        return 2 * self.m * self.n * self.k
+
+
+def _layers(network) -> list:
+    layers = network.layers
+    return list(layers.values()) if isinstance(layers, dict) else list(layers)
+
+
+def _input_shape(network) -> tuple:
+    shape = getattr(network, "input_shape", None)
+    if shape is not None:
+        return tuple(int(s) for s in shape)
+    first = _layers(network)[0]  # an MLP without a recorded input shape: W1 is (inputs, hidden)
+    return (int(first.W.shape[0]),)
+
+
+def _out(size, window, stride, pad) -> int:
+    return (size + 2 * pad - window) // stride + 1
+
+
+def forward_gemms(network, batch_size: int) -> list[Gemm]:
+    """The GEMMs of one forward pass of ``network`` on a batch of ``batch_size``.
+
+    ``network`` is an xpnet model (anything with ``layers`` of xpnet's layer classes and,
+    for convolutional networks, ``input_shape`` = (C, H, W)). Shapes are propagated layer
+    by layer from (batch_size, *input_shape); layers without a GEMM only reshape.
+    """
+    from xpnet.convolution import Convolution, Pooling
+    from xpnet.layers import Affine
+
+    if int(batch_size) < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    n = int(batch_size)
+    shape = _input_shape(network)  # per sample
+    gemms: list[Gemm] = []
+    counts = {"Conv": 0, "Affine": 0}
+    for layer in _layers(network):
+        if isinstance(layer, Convolution):
+            fn, c, fh, fw = (int(s) for s in layer.W.shape)
+            if len(shape) != 3 or shape[0] != c:
+                raise ValueError(
+                    f"flops: a Convolution with W of shape {tuple(layer.W.shape)} got a per-sample "
+                    f"input of shape {shape}; expected ({c}, H, W)"
+                )
+            oh = _out(shape[1], fh, layer.stride, layer.pad)
+            ow = _out(shape[2], fw, layer.stride, layer.pad)
+            counts["Conv"] += 1
+            gemms.append(Gemm(f"Conv{counts['Conv']}", "forward", n * oh * ow, fn, c * fh * fw))
+            shape = (fn, oh, ow)
+        elif isinstance(layer, Pooling):
+            oh = _out(shape[1], layer.pool_h, layer.stride, layer.pad)
+            ow = _out(shape[2], layer.pool_w, layer.stride, layer.pad)
+            shape = (shape[0], oh, ow)
+        elif isinstance(layer, Affine):
+            k, out = (int(s) for s in layer.W.shape)
+            size = 1
+            for s in shape:
+                size *= s
+            if size != k:
+                raise ValueError(
+                    f"flops: an Affine with W of shape {tuple(layer.W.shape)} got a per-sample "
+                    f"input of shape {shape} ({size} values); expected {k}"
+                )
+            counts["Affine"] += 1
+            gemms.append(Gemm(f"Affine{counts['Affine']}", "forward", n, out, k))
+            shape = (out,)
+        # Relu, Sigmoid, Dropout, BatchNormalization: same shape, no GEMM
+    return gemms
+
+
+def training_step_gemms(network, batch_size: int) -> list[Gemm]:
+    """The GEMMs of forward + backward: each forward product, then its dW and dx products.
+
+    For a forward (M, K) @ (K, N): dW is (K, M) @ (M, N) and dx is (M, N) @ (N, K), the
+    same 2*M*N*K each.
+    """
+    gemms = []
+    for g in forward_gemms(network, batch_size):
+        gemms += [g, Gemm(g.layer, "dW", g.k, g.n, g.m), Gemm(g.layer, "dx", g.m, g.k, g.n)]
+    return gemms
+
+
+def forward_flops(network, batch_size: int) -> int:
+    """GEMM FLOPs of one forward pass (inference) on ``batch_size`` samples."""
+    return sum(g.flops for g in forward_gemms(network, batch_size))
+
+
+def training_step_flops(network, batch_size: int) -> int:
+    """GEMM FLOPs of one training step (forward + backward) on ``batch_size`` samples:
+    three times :func:`forward_flops`. The optimizer's update is elementwise (not counted)."""
+    return sum(g.flops for g in training_step_gemms(network, batch_size))
+
+
+def flops_per_sample(network) -> dict:
+    """``{'forward': ..., 'training_step': ...}`` GEMM FLOPs per sample (batch-independent)."""
+    return {
+        "forward": forward_flops(network, 1),
+        "training_step": training_step_flops(network, 1),
+    }
