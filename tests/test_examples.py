@@ -25,6 +25,10 @@ FIGURES = {
     "ch01_python_numpy.py": ["sin_cos.png", "image.png"],
     "ch02_perceptron.py": ["decision_regions.png"],
     "ch03_neural_network.py": ["activations.png", "predictions.png"],
+    "ch04_learning.py": [
+        "numerical_diff.png", "gradient_field.png", "gradient_descent.png",
+        "numerical_training.png", "learning_curves.png",
+    ],
 }
 
 
