@@ -1,0 +1,473 @@
+"""The GPU benchmark behind ``benchmarks/gpu_check.sh``: kernels, a DeepConvNet epoch on the
+GPU beside PyTorch CUDA and beside xpnet on the CPU, and the CPU-vs-GPU training-step parity.
+
+    python benchmarks/gpu_bench.py OUT_DIR [--samples 60000] [--batch 100] [--parts ...]
+
+Each part writes ``OUT_DIR/<part>.json`` as soon as it finishes (a part that runs out of
+time leaves the others' results), then ``OUT_DIR/results.json`` and ``OUT_DIR/results.md``
+collect them and the table is printed last. Timings on the GPU use CUDA events and a
+device synchronisation around each timed region (CuPy and Numba launch asynchronously).
+
+Parts:
+  env      GPU, driver, CuPy / numba-cuda / PyTorch versions, CPU and BLAS.
+  kernels  im2col, col2im (gather, and the atomic scatter for comparison), max-pool
+           forward/backward at DeepConvNet's shapes (batch 100, float32), beside the
+           book's slicing im2col/col2im run on CuPy arrays.
+  parity   one DeepConvNet step (forward, backward, Adam) from the same parameters,
+           batch and Dropout masks on the CPU and on the GPU; max relative difference.
+  epoch    one epoch of DeepConvNet (samples / batch steps, Adam lr 0.001, mini-batches
+           drawn at random on the device, as the book's trainer) on the GPU.
+  torch    the same architecture and schedule in PyTorch on CUDA (skipped without it).
+  cpu      xpnet on the CPU for a few steps, extrapolated to the epoch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))  # run from a checkout without installing
+
+import xpnet  # noqa: E402
+from xpnet import backend  # noqa: E402
+
+PARTS = ("env", "kernels", "parity", "epoch", "torch", "cpu")
+
+
+def _cupy():
+    return backend.require_gpu()
+
+
+# ---------------------------------------------------------------------------
+# timing helpers
+# ---------------------------------------------------------------------------
+
+
+def gpu_time(fn, repeat=20, warmup=3):
+    """Median milliseconds of ``fn()`` on the GPU, each call bracketed by CUDA events."""
+    cp = _cupy()
+    for _ in range(warmup):
+        fn()
+    cp.cuda.Device().synchronize()
+    times = []
+    start, stop = cp.cuda.Event(), cp.cuda.Event()
+    for _ in range(repeat):
+        start.record()
+        fn()
+        stop.record()
+        stop.synchronize()
+        times.append(cp.cuda.get_elapsed_time(start, stop))
+    return float(np.median(times))
+
+
+def wall_time(fn, repeat=20, warmup=3, sync=None):
+    """Median wall milliseconds of ``fn()`` (host launch cost included), synced if asked."""
+    for _ in range(warmup):
+        fn()
+    if sync:
+        sync()
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        if sync:
+            sync()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return float(np.median(times))
+
+
+# ---------------------------------------------------------------------------
+# env
+# ---------------------------------------------------------------------------
+
+
+def part_env(args):
+    info = {"python": platform.python_version(), "platform": platform.platform(),
+            "cpu_count": os.cpu_count(), "numpy": np.__version__}
+    try:
+        import numba
+
+        info["numba"] = numba.__version__
+        import numba_cuda
+
+        info["numba_cuda"] = getattr(numba_cuda, "__version__", "?")
+    except ImportError as exc:
+        info["numba_cuda"] = f"missing ({exc})"
+    cp = _cupy()
+    props = cp.cuda.runtime.getDeviceProperties(cp.cuda.Device().id)
+    name = props["name"]
+    info.update(
+        cupy=cp.__version__,
+        gpu=name.decode() if isinstance(name, bytes) else str(name),
+        gpu_memory_gib=round(props["totalGlobalMem"] / 2**30, 1),
+        compute_capability=f"{props['major']}.{props['minor']}",
+        cuda_runtime=cp.cuda.runtime.runtimeGetVersion(),
+        cuda_driver=cp.cuda.runtime.driverGetVersion(),
+    )
+    try:
+        import torch
+
+        info["torch"] = torch.__version__
+        info["torch_cuda"] = bool(torch.cuda.is_available())
+    except ImportError:
+        info["torch"] = "missing"
+    try:
+        from threadpoolctl import threadpool_info
+
+        info["blas"] = [
+            {k: p.get(k) for k in ("internal_api", "version", "num_threads", "architecture")}
+            for p in threadpool_info() if p.get("user_api") == "blas"
+        ]
+    except ImportError:
+        pass
+    return info
+
+
+# ---------------------------------------------------------------------------
+# kernels
+# ---------------------------------------------------------------------------
+
+# (name, input shape, filter/pool size, stride, pad): DeepConvNet's layers at batch 100
+CONV_SHAPES = [
+    ("conv1 1->16 28x28", (100, 1, 28, 28), 3, 1, 1),
+    ("conv2 16->16 28x28", (100, 16, 28, 28), 3, 1, 1),
+    ("conv4 32->32 14x14 pad2", (100, 32, 14, 14), 3, 1, 2),
+    ("conv6 64->64 8x8", (100, 64, 8, 8), 3, 1, 1),
+]
+POOL_SHAPES = [
+    ("pool1 16x28x28", (100, 16, 28, 28), 2, 2, 0),
+    ("pool3 64x8x8", (100, 64, 8, 8), 2, 2, 0),
+]
+
+
+def _book_im2col(xp, x, fh, fw, stride, pad):
+    """The book's slicing im2col on any array module: the naive GPU baseline (book 8.3)."""
+    N, C, H, W = x.shape
+    oh, ow = (H + 2 * pad - fh) // stride + 1, (W + 2 * pad - fw) // stride + 1
+    img = xp.pad(x, [(0, 0), (0, 0), (pad, pad), (pad, pad)], "constant")
+    col = xp.zeros((N, C, fh, fw, oh, ow), dtype=x.dtype)
+    for y in range(fh):
+        for z in range(fw):
+            col[:, :, y, z, :, :] = img[:, :, y:y + stride * oh:stride, z:z + stride * ow:stride]
+    return col.transpose(0, 4, 5, 1, 2, 3).reshape(N * oh * ow, -1)
+
+
+def _book_col2im(xp, col, shape, fh, fw, stride, pad):
+    N, C, H, W = shape
+    oh, ow = (H + 2 * pad - fh) // stride + 1, (W + 2 * pad - fw) // stride + 1
+    col = col.reshape(N, oh, ow, C, fh, fw).transpose(0, 3, 4, 5, 1, 2)
+    img = xp.zeros((N, C, H + 2 * pad + stride - 1, W + 2 * pad + stride - 1), dtype=col.dtype)
+    for y in range(fh):
+        for z in range(fw):
+            img[:, :, y:y + stride * oh:stride, z:z + stride * ow:stride] += col[:, :, y, z]
+    return img[:, :, pad:H + pad, pad:W + pad]
+
+
+def _conv_row(cp, gk, rng, name, shape, k, stride, pad):
+    x = cp.asarray(rng.standard_normal(shape, dtype=np.float32))
+    col = gk.im2col(x, k, k, stride, pad)
+    gather = gk.col2im(col, shape, k, k, stride, pad)
+    scatter = gk.col2im_scatter(col, shape, k, k, stride, pad)
+    return {
+        "shape": name, "col_mib": col.nbytes / 2**20,
+        "im2col_ms": gpu_time(lambda: gk.im2col(x, k, k, stride, pad)),
+        "im2col_wall_ms": wall_time(lambda: gk.im2col(x, k, k, stride, pad),
+                                    sync=cp.cuda.Device().synchronize),
+        "book_im2col_ms": gpu_time(lambda: _book_im2col(cp, x, k, k, stride, pad)),
+        "col2im_gather_ms": gpu_time(lambda: gk.col2im(col, shape, k, k, stride, pad)),
+        "col2im_scatter_ms": gpu_time(lambda: gk.col2im_scatter(col, shape, k, k, stride, pad)),
+        "book_col2im_ms": gpu_time(lambda: _book_col2im(cp, col, shape, k, k, stride, pad)),
+        # the two col2im agree up to the order of summation
+        "gather_vs_scatter_max_rel": float(abs(gather - scatter).max() / abs(gather).max()),
+    }
+
+
+def _pool_row(cp, gk, rng, name, shape, k, stride, pad):
+    x = cp.asarray(rng.standard_normal(shape, dtype=np.float32))
+    out, arg = gk.maxpool_forward(x, k, k, stride, pad)
+    dout = cp.ones_like(out)
+    return {
+        "shape": name,
+        "maxpool_forward_ms": gpu_time(lambda: gk.maxpool_forward(x, k, k, stride, pad)),
+        "maxpool_backward_ms": gpu_time(
+            lambda: gk.maxpool_backward(dout, arg, shape, k, k, stride, pad)),
+    }
+
+
+def part_kernels(args):
+    cp = _cupy()
+    from kernels import cuda as gk
+
+    rng = np.random.default_rng(0)
+    rows = [_conv_row(cp, gk, rng, *spec) for spec in CONV_SHAPES]
+    rows += [_pool_row(cp, gk, rng, *spec) for spec in POOL_SHAPES]
+    # the cost of one call from Python (checks, CuPy allocation, Numba dispatch, launch)
+    tiny = cp.zeros((1, 1, 4, 4), np.float32)
+    launch_us = 1e3 * wall_time(lambda: gk.im2col(tiny, 2, 2), repeat=200, warmup=5)
+    return {"rows": rows, "im2col_call_overhead_us": launch_us}
+
+
+# ---------------------------------------------------------------------------
+# networks: data, parity, epochs
+# ---------------------------------------------------------------------------
+
+
+def _data(n, seed=0):
+    """MNIST-sized synthetic data: float32 images in [0, 1) and labels 0..9."""
+    rng = np.random.default_rng(seed)
+    x = rng.random((n, 1, 28, 28), dtype=np.float32)
+    t = rng.integers(0, 10, size=n).astype(np.int64)
+    return x, t
+
+
+def _same_dropout_masks():
+    """Dropout draws its uniforms from one host stream per device, the same on both."""
+    import xpnet.layers
+
+    streams = {}
+
+    class HostUniforms:
+        def __init__(self, xp):
+            self.xp = xp
+            self.rng = streams.setdefault(xp.__name__, np.random.default_rng(1234))
+
+        def random(self, size, dtype=np.float64):
+            return self.xp.asarray(self.rng.random(size, dtype=np.float32).astype(dtype))
+
+    original = xpnet.layers.get_rng
+    xpnet.layers.get_rng = HostUniforms
+    return lambda: setattr(xpnet.layers, "get_rng", original)
+
+
+def part_parity(args):
+    from xpnet.models import DeepConvNet
+    from xpnet.optimizers import Adam
+
+    restore = _same_dropout_masks()
+    try:
+        xpnet.seed(0)
+        net = DeepConvNet(dtype=np.float32)
+        gnet = copy.deepcopy(net).to("gpu")
+        x, t = _data(args.batch, seed=1)
+        cp = _cupy()
+        for network, xb, tb in ((net, x, t), (gnet, cp.asarray(x), cp.asarray(t))):
+            grads = network.gradient(xb, tb)
+            Adam(lr=0.001).update(network.params, grads)
+    finally:
+        restore()
+    errors = {}
+    for k in net.params:
+        a, b = backend.as_numpy(gnet.params[k]).astype(np.float64), net.params[k].astype(np.float64)
+        errors[k] = float(np.abs(a - b).max() / np.abs(b).max())
+    loss_cpu, loss_gpu = float(net.last_loss), float(gnet.last_loss)
+    worst = max(errors.values())
+    return {"max_rel_error_per_param": errors, "max_rel_error": worst,
+            "loss_cpu": loss_cpu, "loss_gpu": loss_gpu, "tolerance": 1e-5,
+            "passed": bool(worst < 1e-5)}
+
+
+def _xpnet_steps(device, steps, x, t, batch):
+    """Run ``steps`` training steps of DeepConvNet on ``device``; return (seconds, losses)."""
+    from xpnet.models import DeepConvNet
+    from xpnet.optimizers import Adam
+
+    xpnet.seed(0)
+    net = DeepConvNet(dtype=np.float32, device=device)
+    xp = net.xp
+    xd, td = backend.to_device(x, device), backend.to_device(t, device)
+    opt = Adam(lr=0.001)
+    rng = backend.get_rng(xp)
+    sync = (lambda: _cupy().cuda.Device().synchronize()) if device == "gpu" else (lambda: None)
+
+    def step():
+        mask = rng.integers(0, len(x), size=batch)  # drawn on the device, as the trainer
+        grads = net.gradient(xd[mask], td[mask])
+        opt.update(net.params, grads)
+        return net.last_loss
+
+    for _ in range(3):  # compile the kernels, warm the memory pool and BLAS
+        step()
+    sync()
+    losses = []
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        losses.append(step())
+    sync()
+    seconds = time.perf_counter() - t0
+    values = [float(v) for v in losses]  # read back after timing: no per-step sync
+    return seconds, values
+
+
+def part_epoch(args):
+    x, t = _data(args.samples)
+    steps = max(1, args.samples // args.batch)
+    seconds, losses = _xpnet_steps("gpu", steps, x, t, args.batch)
+    cp = _cupy()
+    pool = cp.get_default_memory_pool()
+    return {"steps": steps, "batch": args.batch, "seconds": seconds,
+            "ms_per_step": 1e3 * seconds / steps, "first_loss": losses[0],
+            "last_loss": losses[-1], "finite": bool(np.all(np.isfinite(losses))),
+            "memory_pool_used_mib": pool.used_bytes() / 2**20,
+            "memory_pool_total_mib": pool.total_bytes() / 2**20}
+
+
+def part_torch(args):
+    try:
+        import torch
+    except ImportError:
+        return {"skipped": "PyTorch is not installed"}
+    if not torch.cuda.is_available():
+        return {"skipped": "PyTorch has no CUDA here"}
+    sys.path.insert(0, str(HERE))
+    from torch_nets import deep_convnet, train_step_fn
+
+    results = {}
+    x, t = _data(args.samples)
+    steps = max(1, args.samples // args.batch)
+    dev = torch.device("cuda")
+    xd, td = torch.from_numpy(x).to(dev), torch.from_numpy(t).to(dev)
+    for label, tf32 in (("fp32", False), ("tf32", True)):
+        # fp32: true float32 products, as xpnet's (CuPy does not use TF32 unless told);
+        # tf32: PyTorch's default for convolutions on Ampere and newer
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+        torch.backends.cudnn.allow_tf32 = tf32
+        torch.backends.cudnn.benchmark = True
+        torch.manual_seed(0)
+        results[label] = _torch_epoch(torch, deep_convnet().to(dev), train_step_fn, xd, td,
+                                      args.batch, steps)
+    results["torch"] = torch.__version__
+    results["peak_memory_mib"] = torch.cuda.max_memory_allocated() / 2**20
+    return results
+
+
+def _torch_epoch(torch, net, train_step_fn, xd, td, batch, steps):
+    step = train_step_fn(net)
+
+    def one():
+        idx = torch.randint(0, len(xd), (batch,), device=xd.device)
+        return step(xd[idx], td[idx])
+
+    for _ in range(5):
+        one()
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    losses = [one() for _ in range(steps)]
+    torch.cuda.synchronize()
+    seconds = time.perf_counter() - t0
+    return {"steps": steps, "seconds": seconds, "ms_per_step": 1e3 * seconds / steps,
+            "last_loss": float(losses[-1])}
+
+
+def part_cpu(args):
+    x, t = _data(min(args.samples, 10_000))
+    steps = args.cpu_steps
+    seconds, _ = _xpnet_steps("cpu", steps, x, t, args.batch)
+    epoch_steps = max(1, args.samples // args.batch)
+    return {"steps_timed": steps, "ms_per_step": 1e3 * seconds / steps,
+            "epoch_seconds_extrapolated": seconds / steps * epoch_steps,
+            "threads": os.cpu_count()}
+
+
+# ---------------------------------------------------------------------------
+# report
+# ---------------------------------------------------------------------------
+
+
+def table(results: dict) -> str:
+    lines = ["| what | result |", "|---|---|"]
+    env = results.get("env", {})
+    if "gpu" in env:
+        lines.append(f"| GPU | {env['gpu']} (cc {env['compute_capability']}), CuPy "
+                     f"{env['cupy']}, numba-cuda {env.get('numba_cuda')}, torch "
+                     f"{env.get('torch')} |")
+    par = results.get("parity", {})
+    if "max_rel_error" in par:
+        lines.append(f"| CPU vs GPU one DeepConvNet step (float32) | max rel. diff "
+                     f"{par['max_rel_error']:.2e} ({'pass' if par['passed'] else 'FAIL'} at "
+                     f"1e-5) |")
+    ep = results.get("epoch", {})
+    if "seconds" in ep:
+        lines.append(f"| xpnet GPU epoch ({ep['steps']} steps, batch {ep['batch']}) | "
+                     f"{ep['seconds']:.2f} s ({ep['ms_per_step']:.2f} ms/step) |")
+    th = results.get("torch", {})
+    for label in ("fp32", "tf32"):
+        if label in th:
+            r = th[label]
+            ratio = f", xpnet/torch {ep['seconds'] / r['seconds']:.2f}x" if "seconds" in ep else ""
+            lines.append(f"| PyTorch CUDA epoch, {label} | {r['seconds']:.2f} s "
+                         f"({r['ms_per_step']:.2f} ms/step){ratio} |")
+    if "skipped" in th:
+        lines.append(f"| PyTorch CUDA epoch | skipped: {th['skipped']} |")
+    cpu = results.get("cpu", {})
+    if "epoch_seconds_extrapolated" in cpu:
+        speedup = (f", GPU speed-up {cpu['epoch_seconds_extrapolated'] / ep['seconds']:.1f}x"
+                   if "seconds" in ep else "")
+        lines.append(f"| xpnet CPU epoch (from {cpu['steps_timed']} steps) | "
+                     f"{cpu['epoch_seconds_extrapolated']:.1f} s ({cpu['ms_per_step']:.1f} "
+                     f"ms/step){speedup} |")
+    for row in results.get("kernels", {}).get("rows", []):
+        if "im2col_ms" in row:
+            lines.append(
+                f"| {row['shape']} | im2col {row['im2col_ms']:.3f} ms (book slicing "
+                f"{row['book_im2col_ms']:.3f}); col2im gather {row['col2im_gather_ms']:.3f} ms, "
+                f"scatter {row['col2im_scatter_ms']:.3f} (book {row['book_col2im_ms']:.3f}) |")
+        else:
+            lines.append(f"| {row['shape']} | max-pool fwd {row['maxpool_forward_ms']:.3f} ms, "
+                         f"bwd {row['maxpool_backward_ms']:.3f} ms |")
+    if "im2col_call_overhead_us" in results.get("kernels", {}):
+        lines.append(f"| one kernel call from Python (tiny input) | "
+                     f"{results['kernels']['im2col_call_overhead_us']:.0f} us |")
+    for part, r in results.items():
+        if isinstance(r, dict) and "error" in r:
+            lines.append(f"| {part} | ERROR: {r['error']} |")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("out", type=Path, help="directory for the results")
+    p.add_argument("--parts", nargs="+", default=list(PARTS), choices=PARTS)
+    p.add_argument("--samples", type=int, default=60_000, help="training samples per epoch")
+    p.add_argument("--batch", type=int, default=100)
+    p.add_argument("--cpu-steps", type=int, default=10, help="CPU steps timed")
+    p.add_argument("--report-only", action="store_true",
+                   help="only collect OUT/<part>.json into results.json/.md and print")
+    args = p.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    funcs = {"env": part_env, "kernels": part_kernels, "parity": part_parity,
+             "epoch": part_epoch, "torch": part_torch, "cpu": part_cpu}
+    if not args.report_only:
+        for part in args.parts:
+            t0 = time.perf_counter()
+            try:
+                result = funcs[part](args)
+            except Exception as exc:  # record and go on: one failing part must not hide the rest
+                result = {"error": f"{type(exc).__name__}: {exc}"}
+            result["part_seconds"] = round(time.perf_counter() - t0, 2)
+            (args.out / f"{part}.json").write_text(json.dumps(result, indent=2))
+            print(f"[gpu_bench] {part}: {result['part_seconds']} s", flush=True)
+    results = {}
+    for part in PARTS:
+        f = args.out / f"{part}.json"
+        if f.exists():
+            results[part] = json.loads(f.read_text())
+    (args.out / "results.json").write_text(json.dumps(results, indent=2))
+    text = table(results)
+    (args.out / "results.md").write_text(text + "\n")
+    print(text)
+    failed = [p for p, r in results.items() if "error" in r]
+    parity = results.get("parity", {})
+    return 1 if failed or parity.get("passed") is False else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
