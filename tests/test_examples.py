@@ -29,6 +29,7 @@ FIGURES = {
         "numerical_diff.png", "gradient_field.png", "gradient_descent.png",
         "numerical_training.png", "learning_curves.png",
     ],
+    "ch05_backprop.py": ["computational_graph.png", "gradient_timing.png", "learning_curves.png"],
 }
 
 
