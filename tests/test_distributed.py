@@ -1,0 +1,361 @@
+"""Data-parallel training (xpnet.distributed): the MPI cases run ``tests/distributed_cases.py``
+under ``mpiexec -n 2`` in a subprocess (each bounded by a timeout, their process group
+killed if it runs over); the rest run in this process without initializing MPI.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from xpnet import distributed
+from xpnet.distributed import Communicator, get_communicator
+
+REPO = Path(__file__).resolve().parents[1]
+CASES = REPO / "tests" / "distributed_cases.py"
+MPIEXEC = shutil.which("mpiexec")
+
+
+def _have_mpi4py() -> bool:
+    try:
+        import mpi4py  # noqa: F401  (the package only: MPI itself is not initialized here)
+    except ImportError:
+        return False
+    return True
+
+
+def needs_mpi(test):
+    """Mark an MPI test; skip it cleanly when mpiexec or mpi4py is missing."""
+    test = pytest.mark.skipif(MPIEXEC is None, reason="mpiexec is not installed")(test)
+    test = pytest.mark.skipif(not _have_mpi4py(), reason="mpi4py is not installed")(test)
+    return pytest.mark.mpi(test)
+
+
+def _env(timeout_s=None) -> dict:
+    env = {k: v for k, v in os.environ.items() if k not in distributed._LAUNCHER_VARS}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    # two ranks share two cores: one thread each
+    env.update(OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1",
+               NUMBA_NUM_THREADS="1")
+    if timeout_s is not None:
+        env[distributed.TIMEOUT_ENV] = str(timeout_s)
+    return env
+
+
+def _run(cmd, *, timeout=60, timeout_s=None):
+    """Run ``cmd`` in its own process group; returns (CompletedProcess, seconds)."""
+    start = time.monotonic()
+    proc = subprocess.Popen(
+        cmd, cwd=REPO, env=_env(timeout_s), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True, start_new_session=True,
+    )
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)  # mpiexec and every rank it started
+        out, err = proc.communicate()
+        pytest.fail(f"{' '.join(map(str, cmd))} ran past {timeout} s:\n{out[-2000:]}{err[-3000:]}")
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err), time.monotonic() - start
+
+
+def _cases(*args, n=2, launcher=(), wrap=False, **kw):
+    """``mpiexec -n <n> python tests/distributed_cases.py <args>`` (n=0: no mpiexec)."""
+    py = [sys.executable, str(CASES), *map(str, args)]
+    if n == 0:
+        return _run(py, **kw)
+    if wrap:  # the launcher sees a shell that exits normally, not a rank killed by a signal
+        py = ["sh", "-c", '"$@"; exit $?', "sh", *py]
+    return _run([MPIEXEC, *launcher, "-n", str(n), *py], **kw)
+
+
+def _ok(result):
+    proc, _ = result
+    report = proc.stdout[-2000:] + proc.stderr[-4000:]
+    assert proc.returncode == 0, f"exit {proc.returncode}\n{report}"
+    return proc
+
+
+def _params(path):
+    with np.load(path) as z:
+        return {k: z[k] for k in z.files}
+
+
+def _assert_params_close(a, b, rtol):
+    assert sorted(a) == sorted(b)
+    for k in a:
+        scale = np.max(np.abs(a[k]))
+        err = np.max(np.abs(a[k] - b[k])) / scale
+        assert err < rtol, f"{k}: relative difference {err:.3g}"
+
+
+# ---------------------------------------------------------------------------
+# In this process: no MPI
+# ---------------------------------------------------------------------------
+
+
+def test_without_launcher_runs_single_process_and_says_so(monkeypatch, capsys):
+    for var in distributed._LAUNCHER_VARS:
+        monkeypatch.delenv(var, raising=False)
+    assert get_communicator() is None
+    err = capsys.readouterr().err
+    assert "running as single-process training" in err and "not started by an MPI" in err
+
+
+def test_without_mpi4py_runs_single_process_and_says_so(monkeypatch, capsys):
+    monkeypatch.setenv("PMI_SIZE", "2")
+    monkeypatch.setitem(sys.modules, "mpi4py", None)  # import mpi4py -> ImportError
+    assert get_communicator() is None
+    err = capsys.readouterr().err
+    assert "running as single-process training" in err and "mpi4py is not installed" in err
+
+
+class _Ranked(Communicator):
+    """Only rank and size: enough for the sharding arithmetic."""
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 4])
+@pytest.mark.parametrize("batch", [4, 7, 32, 33, 100])
+def test_shards_are_contiguous_cover_the_batch_and_weigh_to_the_batch_mean(size, batch):
+    comms = [_Ranked(r, size, timeout=1) for r in range(size)]
+    bounds = [c.shard_bounds(batch) for c in comms]
+    assert bounds[0][0] == 0 and bounds[-1][1] == batch
+    assert all(bounds[i][1] == bounds[i + 1][0] for i in range(size - 1))
+    lengths = [hi - lo for lo, hi in bounds]
+    assert max(lengths) - min(lengths) <= 1
+    # mean over ranks of weight * (shard mean) == batch mean, for any per-sample values
+    values = np.random.default_rng(0).standard_normal(batch)
+    shard_means = [values[lo:hi].mean() for lo, hi in bounds]
+    weights = [c.shard_weight(batch) for c in comms]
+    assert np.isclose(np.mean([w * m for w, m in zip(weights, shard_means)]), values.mean())
+    if batch % size == 0:
+        assert weights == [1.0] * size  # even split: no rescaling at all (exactness)
+    idx = np.arange(100, 100 + batch)
+    assert np.concatenate([c.shard(idx) for c in comms]).tolist() == idx.tolist()
+
+
+def test_batch_smaller_than_world_is_a_clear_error():
+    with pytest.raises(ValueError, match="cannot be split over 4 processes"):
+        _Ranked(1, 4, timeout=1).shard_bounds(3)
+
+
+def test_bad_timeout_setting_is_a_clear_error(monkeypatch):
+    monkeypatch.setenv(distributed.TIMEOUT_ENV, "soon")
+    with pytest.raises(ValueError, match="XPNET_DISTRIBUTED_TIMEOUT must be a positive"):
+        _Ranked(0, 2)
+
+
+# ---------------------------------------------------------------------------
+# Two MPI processes
+# ---------------------------------------------------------------------------
+
+
+@needs_mpi
+@pytest.mark.parametrize("batch", [32, 33])  # an even split, and shards of 16 and 17
+def test_two_processes_with_half_batches_equal_one_process(tmp_path, batch):
+    one, two = tmp_path / "one", tmp_path / "two"
+    one.mkdir()
+    two.mkdir()
+    _ok(_cases("train", "--out", one, "--steps", 10, "--batch", batch, n=0))
+    _ok(_cases("train", "--out", two, "--steps", 10, "--batch", batch))
+    p1 = _params(one / "params_rank0.npz")
+    r0, r1 = _params(two / "params_rank0.npz"), _params(two / "params_rank1.npz")
+    # the ranks started from different initializations: the broadcast made them one
+    for k in r0:
+        np.testing.assert_array_equal(r0[k], r1[k], err_msg=f"{k} differs between ranks")
+    _assert_params_close(r0, p1, rtol=1e-6)
+    init = _cases_module().build_net(0).params
+    assert all(not np.allclose(init[k], p1[k]) for k in p1)  # training moved every one
+    l1 = json.loads((one / "losses_rank0.json").read_text())
+    l2 = json.loads((two / "losses_rank0.json").read_text())
+    assert len(l1) == len(l2) == 10
+    np.testing.assert_allclose(l2, l1, rtol=1e-12)  # the global loss, averaged in the buffer
+
+
+def _cases_module():
+    sys.path.insert(0, str(CASES.parent))
+    try:
+        import distributed_cases
+    finally:
+        sys.path.pop(0)
+    return distributed_cases
+
+
+@needs_mpi
+def test_batchnorm_statistics_are_per_replica_then_averaged(tmp_path):
+    _ok(_cases("batchnorm", "--out", tmp_path, "--steps", 5, "--batch", 32))
+    before = [_params(tmp_path / f"bn_before_rank{r}.npz") for r in (0, 1)]
+    after = [_params(tmp_path / f"bn_after_rank{r}.npz") for r in (0, 1)]
+    assert json.loads((tmp_path / "bn_count_rank0.json").read_text()) == 4  # 2 layers x 2
+    assert sorted(before[0]) == sorted(after[0]) and len(before[0]) == 4
+    for k in before[0]:
+        # per-replica: each rank normalised its own shard, so its statistics differ
+        assert not np.allclose(before[0][k], before[1][k]), k
+        # then averaged, identically on both ranks
+        np.testing.assert_array_equal(after[0][k], after[1][k])
+        np.testing.assert_allclose(after[0][k], (before[0][k] + before[1][k]) / 2, rtol=1e-14)
+    p0, p1 = _params(tmp_path / "params_rank0.npz"), _params(tmp_path / "params_rank1.npz")
+    for k in p0:  # gamma and beta too: the replicas stay identical
+        np.testing.assert_array_equal(p0[k], p1[k])
+
+
+@needs_mpi
+@pytest.mark.parametrize(
+    "what, expected",
+    [
+        ("shape", r"W1 is \(20, 16\) float64 on rank 0 but \(20, 12\) float64 on rank 1"),
+        ("version", r"rank 1 runs xpnet 0\.0\.0-other, rank 0 xpnet "),
+    ],
+    ids=["shape", "version"],
+)
+def test_different_models_or_versions_fail_at_start(what, expected):
+    proc, seconds = _cases("mismatch", "--what", what, timeout=60)
+    assert proc.returncode != 0
+    assert "DistributedError" in proc.stderr
+    assert re.search(expected, proc.stderr), proc.stderr[-3000:]
+    assert "consistency check passed" not in proc.stdout
+
+
+def _read_checkpoint(path):
+    with np.load(path, allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files}
+    meta = json.loads(str(arrays.pop("meta")))
+    for k, v in arrays.items():
+        assert np.all(np.isfinite(v)), k
+    return meta
+
+
+@needs_mpi
+def test_killed_rank_stops_the_job_and_the_checkpoint_resumes(tmp_path):
+    ck = tmp_path / "ck"
+    ck.mkdir()
+    run = ("train", "--out", tmp_path, "--steps", 12, "--ckpt", ck, "--ckpt-every", 4)
+    # rank 1 is SIGKILLed at step 6, after rank 0 checkpointed step 4
+    proc, seconds = _cases(*run, "--kill-rank", 1, "--kill-at", 6, timeout=90, timeout_s=10)
+    assert proc.returncode != 0
+    assert seconds < 60, f"the surviving rank took {seconds:.0f} s to stop"
+    assert not (tmp_path / "params_rank0.npz").exists()  # it did not go on training
+    assert _read_checkpoint(ck / "ckpt.npz")["step"] == 4
+    # resume on two processes: same end as one uninterrupted process
+    _ok(_cases(*run, "--resume"))
+    ref = tmp_path / "ref"
+    ref.mkdir()
+    _ok(_cases("train", "--out", ref, "--steps", 12, n=0))
+    _assert_params_close(_params(tmp_path / "params_rank0.npz"), _params(ref / "params_rank0.npz"),
+                         rtol=1e-6)
+    losses = json.loads((tmp_path / "losses_rank0.json").read_text())
+    assert len(losses) == 12
+
+
+@needs_mpi
+@pytest.mark.parametrize("sig, state", [("KILL", "died"), ("STOP", "is stopped")],
+                         ids=["killed", "stopped"])
+def test_missing_rank_is_named_within_the_deadline(tmp_path, sig, state):
+    """The deadline itself, where the launcher cannot help: a rank killed under a launcher
+    told not to clean up (MPICH's -disable-auto-cleanup), or a rank that hangs (SIGSTOP)
+    and that no launcher notices. The survivor must name it and end the job."""
+    ck = tmp_path / "ck"
+    ck.mkdir()
+    launcher, wrap = (), False
+    if sig == "KILL":
+        if "HYDRA" not in subprocess.run([MPIEXEC, "--version"], capture_output=True,
+                                         text=True).stdout:
+            pytest.skip("needs MPICH's Hydra launcher (-disable-auto-cleanup)")
+        launcher, wrap = ("-disable-auto-cleanup",), True
+    proc, seconds = _cases(
+        "train", "--out", tmp_path, "--steps", 12, "--ckpt", ck, "--ckpt-every", 4,
+        "--kill-rank", 1, "--kill-at", 6, "--signal", sig,
+        launcher=launcher, wrap=wrap, timeout=90, timeout_s=3,
+    )
+    assert proc.returncode != 0
+    assert seconds < 60
+    assert "DistributedError: rank 0 of 2 waited 3 s for the gradient allreduce (step 7)" in (
+        proc.stderr
+    ), proc.stderr[-3000:]
+    assert "rank 1 (pid " in proc.stderr and f") {state}" in proc.stderr
+    assert "--resume" in proc.stderr
+    assert _read_checkpoint(ck / "ckpt.npz")["step"] == 4
+
+
+@needs_mpi
+def test_world_of_one_runs_single_process_and_says_so(tmp_path):
+    proc = _ok(_run([MPIEXEC, "-n", "1", sys.executable, "-c",
+                     "from xpnet.distributed import get_communicator; "
+                     "print(get_communicator())"]))
+    assert proc.stdout.strip() == "None"
+    assert "running as single-process training (the MPI job has one process)" in proc.stderr
+
+
+# ---------------------------------------------------------------------------
+# NCCL on a real GPU: a world of one rank
+# ---------------------------------------------------------------------------
+
+
+def _nccl_or_skip():
+    from xpnet import backend
+
+    if not backend.gpu_available():
+        pytest.skip(backend.gpu_unavailable_reason())
+    try:
+        from cupy.cuda import nccl
+    except ImportError as exc:
+        pytest.skip(f"CuPy has no NCCL: {exc}")
+    if not getattr(nccl, "available", True):
+        pytest.skip("this CuPy build has no NCCL")
+
+
+@pytest.mark.gpu
+def test_nccl_world_of_one_trains_like_no_communicator():
+    _nccl_or_skip()
+    import cupy as cp
+
+    import xpnet
+    from xpnet.distributed import NCCLCommunicator
+    from xpnet.models import MultiLayerNetExtend
+    from xpnet.optimizers import Momentum
+
+    cases = _cases_module()
+    x, t = cases.toy_data()
+    x, t = cp.asarray(x), cp.asarray(t)
+
+    def run(comm):
+        xpnet.seed(0)
+        net = MultiLayerNetExtend(20, [16, 16], 4, use_batchnorm=True, dtype=np.float64,
+                                  device="gpu")
+        opt = Momentum(lr=0.1)
+        if comm is not None:
+            comm.check_consistency(net)
+            comm.broadcast_params(net.params)
+        rng = np.random.default_rng(3)
+        losses = []
+        for step in range(6):
+            idx = cp.asarray(rng.integers(0, len(x), size=32))
+            grads = net.gradient(x[idx], t[idx])
+            loss = net.last_loss
+            if comm is not None:
+                loss = comm.allreduce_mean(grads, loss=loss, step=step + 1)
+                assert all(isinstance(g, cp.ndarray) for g in grads.values())
+            opt.update(net.params, grads)
+            losses.append(float(loss))
+        if comm is not None:
+            assert comm.sync_batchnorm(net) == 4
+            comm.barrier()
+            assert comm.allreduce_sum([2.0, 3.0]).tolist() == [2.0, 3.0]
+        return {k: cp.asnumpy(v) for k, v in net.params.items()}, losses
+
+    comm = NCCLCommunicator()
+    assert (comm.rank, comm.size, comm.is_root) == (0, 1, True)
+    with_nccl, l1 = run(comm)
+    plain, l2 = run(None)
+    np.testing.assert_allclose(l1, l2, rtol=1e-12)
+    for k in plain:
+        np.testing.assert_allclose(with_nccl[k], plain[k], rtol=1e-12, err_msg=k)
