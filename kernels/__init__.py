@@ -13,6 +13,13 @@ Layout (the book's): ``col`` has rows ordered (N, out_h, out_w) and columns orde
     dx = col2im(dcol, x.shape, FH, FW, stride, pad)      # the adjoint of im2col
     out, argmax = maxpool_forward(x, PH, PW, stride, pad)
     dx = maxpool_backward(dout, argmax, x.shape, PH, PW, stride, pad)
+
+    out = conv2d_forward(x, W, b, stride, pad)           # the Convolution layer's products
+    dx, dW, db = conv2d_backward(x, W, dout, stride, pad)
+
+The convolution pair is fused on the CPU (``kernels.cpu``: im2col and GEMM per cache-sized
+chunk, no full ``col`` ever built); a backend without its own falls back to the book's
+im2col + GEMM + col2im (``kernels.generic``).
 """
 
 from __future__ import annotations
@@ -21,7 +28,15 @@ import operator
 
 from kernels.reference import conv_output_size
 
-__all__ = ["col2im", "conv_output_size", "im2col", "maxpool_backward", "maxpool_forward"]
+__all__ = [
+    "col2im",
+    "conv2d_backward",
+    "conv2d_forward",
+    "conv_output_size",
+    "im2col",
+    "maxpool_backward",
+    "maxpool_forward",
+]
 
 
 def _backend(a):
@@ -120,3 +135,53 @@ def maxpool_backward(dout, argmax, input_shape, pool_h, pool_w, stride=1, pad=0)
                 f"expected {expected}"
             )
     return _backend(dout).maxpool_backward(dout, argmax, input_shape, ph, pw, stride, pad)
+
+
+def _check_conv(what, x_shape, W, stride, pad):
+    if len(W.shape) != 4:
+        raise ValueError(f"{what}: expected W of shape (FN, C, FH, FW), got {tuple(W.shape)}")
+    if len(x_shape) != 4 or x_shape[1] != W.shape[1]:
+        raise ValueError(
+            f"{what}: x of shape {tuple(x_shape)} does not match W of shape {tuple(W.shape)}; "
+            f"expected x of shape (N, {W.shape[1]}, H, W)"
+        )
+    return _check(what, x_shape, W.shape[2], W.shape[3], stride, pad)
+
+
+def _conv_impl(a, name):
+    backend = _backend(a)
+    if hasattr(backend, name):
+        return getattr(backend, name)
+    from kernels import generic
+
+    return getattr(generic, name)
+
+
+def conv2d_forward(x, W, b, stride=1, pad=0):
+    """x: (N, C, H, W), W: (FN, C, FH, FW), b: (FN,) -> out: (N, FN, OH, OW), x's dtype.
+
+    ``out[n, f] = sum_c correlate(x[n, c], W[f, c]) + b[f]``, i.e. ``im2col(x) @ W.T + b``
+    in NCHW order: what the book's Convolution.forward returns.
+    """
+    *_, stride, pad, _, _ = _check_conv("conv2d_forward", x.shape, W, stride, pad)
+    if b.size != W.shape[0]:
+        raise ValueError(
+            f"conv2d_forward: b of shape {tuple(b.shape)} does not match {W.shape[0]} filters"
+        )
+    return _conv_impl(x, "conv2d_forward")(x, W, b, stride, pad)
+
+
+def conv2d_backward(x, W, dout, stride=1, pad=0):
+    """x: (N, C, H, W), W: (FN, C, FH, FW), dout: (N, FN, OH, OW) -> (dx, dW, db).
+
+    dx: (N, C, H, W), dW: (FN, C, FH, FW), db: (FN,), in dout's dtype: the gradients the
+    book's Convolution.backward computes, x being the input of the forward pass.
+    """
+    *_, stride, pad, out_h, out_w = _check_conv("conv2d_backward", x.shape, W, stride, pad)
+    expected = (x.shape[0], W.shape[0], out_h, out_w)
+    if tuple(dout.shape) != expected:
+        raise ValueError(
+            f"conv2d_backward: dout of shape {tuple(dout.shape)} does not match the forward "
+            f"output; expected {expected}"
+        )
+    return _conv_impl(x, "conv2d_backward")(x, W, dout, stride, pad)

@@ -12,6 +12,12 @@ other kernels compute in float32 and round once at the end.
 
 from __future__ import annotations
 
+import contextlib
+import itertools
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import numba
 import numpy as np
 from numba import njit, prange
 
@@ -121,6 +127,23 @@ def _maxpool_forward(x, pool_h, pool_w, stride, pad, out, argmax):
     for p in prange(N * C):
         n = p // C
         c = p - n * C
+        xs = x[n, c]
+        if pad == 0:  # every window lies inside the image: no clamping
+            for i in range(out_h):
+                for j in range(out_w):
+                    h0 = i * stride
+                    w0 = j * stride
+                    best = xs[h0, w0]
+                    best_k = 0
+                    for a in range(pool_h):
+                        for b in range(pool_w):
+                            v = xs[h0 + a, w0 + b]
+                            if not (v <= best) and best == best:  # see below
+                                best = v
+                                best_k = a * pool_w + b
+                    out[n, c, i, j] = best
+                    argmax[n, c, i, j] = best_k
+            continue
         for i in range(out_h):
             h0 = i * stride - pad
             a_lo = max(0, -h0)
@@ -130,13 +153,15 @@ def _maxpool_forward(x, pool_h, pool_w, stride, pad, out, argmax):
                 b_lo = max(0, -w0)
                 b_hi = min(pool_w, W - w0)
                 # start from the first element inside the image: padding is never selected
-                best = x[n, c, h0 + a_lo, w0 + b_lo]
+                best = xs[h0 + a_lo, w0 + b_lo]
                 best_k = a_lo * pool_w + b_lo
                 for a in range(a_lo, a_hi):
                     for b in range(b_lo, b_hi):
-                        v = x[n, c, h0 + a, w0 + b]
-                        # first maximum wins; a NaN beats any number (as np.argmax)
-                        if v > best or (v != v and best == best):
+                        v = xs[h0 + a, w0 + b]
+                        # a larger value wins, the first of equal ones stays; a NaN wins over
+                        # numbers and then stays (np.argmax's rule). Written this way it
+                        # compiles to selects, not branches (4x faster than `v > best or ...`).
+                        if not (v <= best) and best == best:
                             best = v
                             best_k = a * pool_w + b
                 out[n, c, i, j] = best
@@ -185,3 +210,317 @@ def maxpool_backward(dout, argmax, input_shape, pool_h, pool_w, stride=1, pad=0)
     dx = np.empty((N, C, H, W), dtype=dout.dtype)
     _maxpool_backward(dout, argmax, pool_w, stride, pad, dx)
     return dx
+
+
+# ---------------------------------------------------------------------------
+# Convolution, fused: im2col + GEMM per cache-sized chunk of samples
+# ---------------------------------------------------------------------------
+#
+# The book's Convolution builds the whole ``col`` (for DeepConvNet's second layer
+# 100 x 784 x 144 floats, 45 MB) and keeps it until backward. On the CPU that costs more
+# than the products themselves: the buffer is written and read back through main memory
+# and its fresh pages fault in on every step. Here ``col`` exists only for a few samples at
+# a time, transposed per sample to (C*FH*FW + 1, positions) so that one GEMM
+# ``[W | b] @ col`` yields the (FN, OH, OW) output of those samples directly in NCHW order
+# (the extra row of ones adds the bias, and in backward yields db as the last column of
+# dW). The chunk is sized to stay in the core's L2 cache; backward recomputes it from x
+# rather than keeping it.
+#
+# For stride 1 the positions are laid out over the *padded* width Wp (output columns
+# ow >= OW are junk and dropped): then every row of col is one contiguous run of the
+# zero-padded image, so im2col is a memcpy per (c, kh, kw) and col2im a vector add.
+# The batch is split between worker threads; each runs nogil Numba kernels and
+# single-threaded BLAS on its own chunks, and per-chunk partial dW are summed in chunk
+# order, so results do not depend on the number of threads.
+
+
+@njit(cache=True, nogil=True)
+def _pad_sample(x, n, pad, xpad):
+    """xpad[c*Hp*Wp + h*Wp + w] = x[n, c, h - pad, w - pad], zero outside (and in the tail)."""
+    C, H, W = x.shape[1], x.shape[2], x.shape[3]
+    Wp = W + 2 * pad
+    plane = (H + 2 * pad) * Wp
+    xpad[:] = 0
+    for c in range(C):
+        for h in range(H):
+            o = c * plane + (h + pad) * Wp + pad
+            for w in range(W):
+                xpad[o + w] = x[n, c, h, w]
+
+
+@njit(cache=True, nogil=True)
+def _im2col_t(x, n0, filter_h, filter_w, stride, pad, out_h, out_w, q, xpad, col):
+    """col[s]: (K+1, out_h*q) for sample n0+s; rows (c, kh, kw) then a row of ones.
+
+    q == W + 2*pad (stride 1): row (c, a, b) is xpad[c, a, b:][:out_h*q], contiguous.
+    q == out_w: the compact layout, any stride, read straight from x with bounds.
+    """
+    C, H, W = x.shape[1], x.shape[2], x.shape[3]
+    Wp = W + 2 * pad
+    plane = (H + 2 * pad) * Wp
+    P = out_h * q
+    K = C * filter_h * filter_w
+    for s in range(col.shape[0]):
+        n = n0 + s
+        if stride == 1 and q == Wp:
+            _pad_sample(x, n, pad, xpad)
+            k = 0
+            for c in range(C):
+                for a in range(filter_h):
+                    for b in range(filter_w):
+                        src = np.uint64(c * plane + a * Wp + b)
+                        dst = col[s, k]
+                        for p in range(P):
+                            dst[np.uint64(p)] = xpad[src + np.uint64(p)]
+                        k += 1
+        else:
+            k = 0
+            for c in range(C):
+                for a in range(filter_h):
+                    for b in range(filter_w):
+                        # output columns j that read inside the image
+                        j_lo = 0
+                        while j_lo < out_w and j_lo * stride - pad + b < 0:
+                            j_lo += 1
+                        j_hi = out_w
+                        while j_hi > j_lo and (j_hi - 1) * stride - pad + b >= W:
+                            j_hi -= 1
+                        dst = col[s, k]
+                        for i in range(out_h):
+                            h = i * stride - pad + a
+                            o = i * q
+                            if h < 0 or h >= H:
+                                for j in range(out_w):
+                                    dst[np.uint64(o + j)] = 0
+                            else:
+                                for j in range(j_lo):
+                                    dst[np.uint64(o + j)] = 0
+                                for j in range(j_lo, j_hi):
+                                    dst[np.uint64(o + j)] = x[n, c, h, j * stride - pad + b]
+                                for j in range(j_hi, out_w):
+                                    dst[np.uint64(o + j)] = 0
+                        k += 1
+        for p in range(P):
+            col[s, K, p] = 1
+
+
+@njit(cache=True, nogil=True)
+def _col2im_t(col, n0, filter_h, filter_w, stride, pad, out_h, out_w, q, xpad, dx):
+    """dx[n0+s] = the adjoint of _im2col_t applied to col[s, :K] (rows (c, kh, kw)).
+
+    col is the whole (m, K+1, P) buffer (C-contiguous, so the loops vectorize); its
+    last row is ignored."""
+    C, H, W = dx.shape[1], dx.shape[2], dx.shape[3]
+    Wp = W + 2 * pad
+    plane = (H + 2 * pad) * Wp
+    P = out_h * q
+    for s in range(col.shape[0]):
+        n = n0 + s
+        if stride == 1 and q == Wp:
+            xpad[:] = 0
+            k = 0
+            for c in range(C):
+                for a in range(filter_h):
+                    for b in range(filter_w):
+                        dst = np.uint64(c * plane + a * Wp + b)
+                        src = col[s, k]
+                        for p in range(P):
+                            xpad[dst + np.uint64(p)] += src[np.uint64(p)]
+                        k += 1
+            for c in range(C):
+                for h in range(H):
+                    o = c * plane + (h + pad) * Wp + pad
+                    for w in range(W):
+                        dx[n, c, h, w] = xpad[o + w]
+        else:
+            dx[n] = 0
+            k = 0
+            for c in range(C):
+                for a in range(filter_h):
+                    for b in range(filter_w):
+                        src = col[s, k]
+                        for i in range(out_h):
+                            h = i * stride - pad + a
+                            if h < 0 or h >= H:
+                                continue
+                            for j in range(out_w):
+                                w = j * stride - pad + b
+                                if w >= 0 and w < W:
+                                    dx[n, c, h, w] += src[i * q + j]
+                        k += 1
+
+
+_L2_BYTES = 1 << 20  # aim each worker's chunk at half a typical 2 MB L2
+
+
+class _Geometry:
+    """Sizes of one convolution call, and how it is cut into chunks of samples."""
+
+    def __init__(self, x_shape, w_shape, stride, pad, itemsize):
+        N, C, H, W = x_shape
+        FN, _, FH, FW = w_shape
+        self.N, self.C, self.H, self.W = N, C, H, W
+        self.FN, self.FH, self.FW = FN, FH, FW
+        self.stride, self.pad = stride, pad
+        self.out_h = conv_output_size(H, FH, stride, pad)
+        self.out_w = conv_output_size(W, FW, stride, pad)
+        self.K = C * FH * FW
+        # padded-width layout when it makes im2col a plain copy and wastes little work
+        Wp = W + 2 * pad
+        padded = stride == 1 and Wp <= self.out_w * 1.5
+        self.q = Wp if padded else self.out_w
+        self.P = self.out_h * self.q
+        self.xpad_size = C * (H + 2 * pad) * Wp + FW  # the tail covers the last row's overrun
+        per_sample = ((self.K + 1) + 2 * FN) * self.P * itemsize
+        self.nb = max(1, min(N, _L2_BYTES // per_sample))
+        self.chunks = [(n0, min(n0 + self.nb, N)) for n0 in range(0, N, self.nb)]
+
+
+_local = threading.local()
+
+
+def _scratch(name, shape, dtype):
+    """A per-thread buffer reused across calls (fresh pages would fault in every step)."""
+    key = (name, np.dtype(dtype).str)
+    buf = getattr(_local, "bufs", None)
+    if buf is None:
+        buf = _local.bufs = {}
+    size = int(np.prod(shape))
+    a = buf.get(key)
+    if a is None or a.size < size:
+        a = buf[key] = np.empty(size, dtype)
+    return a[:size].reshape(shape)
+
+
+def _run_chunks(work, chunks):
+    """Run work(i, n0, n1) for every chunk, on the worker threads; BLAS single-threaded."""
+    workers = min(numba.get_num_threads(), len(chunks))
+    if workers <= 1:
+        for i, (n0, n1) in enumerate(chunks):
+            work(i, n0, n1)
+        return
+    counter = itertools.count()  # next() is atomic under the GIL: chunks are handed out once
+
+    def worker():
+        while (i := next(counter)) < len(chunks):
+            work(i, *chunks[i])
+
+    with _blas_single_threaded():
+        futures = [_executor(workers).submit(worker) for _ in range(workers)]
+        for f in futures:
+            f.result()
+
+
+_pool = None
+_pool_size = 0
+_blas = None
+
+
+def _executor(workers):
+    global _pool, _pool_size
+    if _pool is None or _pool_size < workers:
+        if _pool is not None:
+            _pool.shutdown(wait=False)
+        _pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="xpnet-conv")
+        _pool_size = workers
+    return _pool
+
+
+@contextlib.contextmanager
+def _blas_single_threaded():
+    """Each worker calls BLAS on its own chunk: a multi-threaded BLAS would oversubscribe."""
+    global _blas
+    if _blas is None:
+        from threadpoolctl import ThreadpoolController
+
+        _blas = ThreadpoolController().select(user_api="blas").lib_controllers
+    before = [lib.get_num_threads() for lib in _blas]
+    for lib in _blas:
+        lib.set_num_threads(1)
+    try:
+        yield
+    finally:
+        for lib, n in zip(_blas, before):
+            lib.set_num_threads(n)
+
+
+def _half_as_single(fn):
+    """float16 has no BLAS: compute in float32 and round the results once."""
+
+    def wrapper(x, W, third, stride=1, pad=0):
+        if _HALF in (x.dtype, W.dtype, third.dtype):
+            f32 = np.float32
+            out = fn(x.astype(f32), W.astype(f32), third.astype(f32), stride, pad)
+            if isinstance(out, tuple):
+                return tuple(o.astype(_HALF) for o in out)
+            return out.astype(_HALF)
+        return fn(x, W, third, stride, pad)
+
+    wrapper.__doc__ = fn.__doc__
+    wrapper.__name__ = fn.__name__
+    return wrapper
+
+
+@_half_as_single
+def conv2d_forward(x, W, b, stride=1, pad=0):
+    """x: (N, C, H, W), W: (FN, C, FH, FW), b: (FN,) -> out: (N, FN, OH, OW), x's dtype."""
+    g = _Geometry(x.shape, W.shape, stride, pad, x.dtype.itemsize)
+    dt = x.dtype
+    Wb = np.empty((g.FN, g.K + 1), dt)  # [W | b]: the row of ones in col adds the bias
+    Wb[:, : g.K] = W.reshape(g.FN, g.K)
+    Wb[:, g.K] = b.reshape(g.FN)
+    out = np.empty((g.N, g.FN, g.out_h, g.out_w), dt)
+    compact = g.q == g.out_w
+
+    def work(i, n0, n1):
+        m = n1 - n0
+        col = _scratch("col", (g.nb, g.K + 1, g.P), dt)[:m]
+        xpad = _scratch("xpad", (g.xpad_size,), dt)
+        _im2col_t(x, n0, g.FH, g.FW, stride, pad, g.out_h, g.out_w, g.q, xpad, col)
+        if compact:
+            np.matmul(Wb, col, out=out[n0:n1].reshape(m, g.FN, g.P))
+        else:
+            y = _scratch("y", (g.nb, g.FN, g.out_h, g.q), dt)[:m]
+            np.matmul(Wb, col, out=y.reshape(m, g.FN, g.P))
+            out[n0:n1] = y[..., : g.out_w]
+
+    _run_chunks(work, g.chunks)
+    return out
+
+
+@_half_as_single
+def conv2d_backward(x, W, dout, stride=1, pad=0):
+    """x: (N, C, H, W), W: (FN, C, FH, FW), dout: (N, FN, OH, OW) -> (dx, dW, db)."""
+    g = _Geometry(x.shape, W.shape, stride, pad, x.dtype.itemsize)
+    dt = x.dtype
+    W = W.astype(dt, copy=False)
+    dout = dout.astype(dt, copy=False)
+    Wt = W.reshape(g.FN, g.K).T  # (K, FN), a transposed view: BLAS reads it as is
+    dx = np.empty((g.N, g.C, g.H, g.W), dt)
+    partial = np.empty((len(g.chunks), g.K + 1, g.FN), dt)  # per-chunk [dW | db]^T
+    compact = g.q == g.out_w
+
+    def work(i, n0, n1):
+        m = n1 - n0
+        col = _scratch("col", (g.nb, g.K + 1, g.P), dt)[:m]
+        xpad = _scratch("xpad", (g.xpad_size,), dt)
+        _im2col_t(x, n0, g.FH, g.FW, stride, pad, g.out_h, g.out_w, g.q, xpad, col)
+        if compact:
+            d = np.ascontiguousarray(dout[n0:n1]).reshape(m, g.FN, g.P)
+        else:  # junk columns get a zero gradient, so they add nothing below
+            dp = _scratch("dout", (g.nb, g.FN, g.out_h, g.q), dt)[:m]
+            dp[..., : g.out_w] = dout[n0:n1]
+            dp[..., g.out_w :] = 0
+            d = dp.reshape(m, g.FN, g.P)
+        # [dW | db]^T per sample as col @ dout^T: (K+1, FN), the faster orientation for BLAS
+        pw = _scratch("pw", (g.nb, g.K + 1, g.FN), dt)[:m]
+        np.matmul(col, d.transpose(0, 2, 1), out=pw)
+        np.sum(pw, axis=0, out=partial[i])
+        np.matmul(Wt, d, out=col[:, : g.K])  # col is spent: reuse it for dcol = W^T @ dout
+        _col2im_t(col, n0, g.FH, g.FW, stride, pad, g.out_h, g.out_w, g.q, xpad, dx)
+
+    _run_chunks(work, g.chunks)
+    total = partial.sum(axis=0)  # in chunk order: the same sums whatever the thread count
+    dW = np.ascontiguousarray(total[: g.K].T).reshape(W.shape)
+    db = total[g.K].copy()
+    return dx, dW, db

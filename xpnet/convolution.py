@@ -79,7 +79,7 @@ class Convolution:
 
         # intermediate data (used by backward)
         self.x = None
-        self.col = None
+        self._col = None
         self.col_W = None
 
         # gradients of the weight and bias
@@ -90,32 +90,44 @@ class Convolution:
         """x: (N, C, H, W) -> out: (N, FN, OH, OW), in x's dtype."""
         FN, C, FH, FW = self.W.shape
         _check_input("Convolution", x, C)
-        N, _, H, W = x.shape
-        out_h = _output_size("Convolution", x.shape, "height", H, FH, self.stride, self.pad)
-        out_w = _output_size("Convolution", x.shape, "width", W, FW, self.stride, self.pad)
-        xp = get_array_module(x, self.W)
+        _, _, H, W = x.shape
+        _output_size("Convolution", x.shape, "height", H, FH, self.stride, self.pad)
+        _output_size("Convolution", x.shape, "width", W, FW, self.stride, self.pad)
+        get_array_module(x, self.W)  # refuses a CPU batch for GPU weights and vice versa
 
-        col = kernels.im2col(x, FH, FW, self.stride, self.pad)  # (N*OH*OW, C*FH*FW)
         col_W = self.W.reshape(FN, -1).T.astype(x.dtype, copy=False)  # (C*FH*FW, FN)
-        out = xp.dot(col, col_W)  # (N*OH*OW, FN)
-        out += self.b.reshape(FN).astype(x.dtype, copy=False)
-        out = out.reshape(N, out_h, out_w, FN).transpose(0, 3, 1, 2)
+        b = self.b.reshape(FN).astype(x.dtype, copy=False)
+        # = im2col(x) @ col_W + b in NCHW order, without materializing col on the CPU
+        out = kernels.conv2d_forward(x, col_W.T.reshape(self.W.shape), b, self.stride, self.pad)
 
         self.x = x
-        self.col = col
+        self._col = None
         self.col_W = col_W
         return out
 
+    @property
+    def col(self):
+        """im2col of the last input, (N*OH*OW, C*FH*FW) -- built on first access only.
+
+        The kernels never need it whole (backward recomputes it chunk by chunk), so it is
+        not kept between forward and backward; reading it costs one im2col.
+        """
+        if self._col is None and self.x is not None:
+            _, _, FH, FW = self.W.shape
+            self._col = kernels.im2col(self.x, FH, FW, self.stride, self.pad)
+        return self._col
+
+    @col.setter
+    def col(self, value):
+        self._col = value
+
     def backward(self, dout):
         """dout: (N, FN, OH, OW) -> dx: (N, C, H, W); sets dW (FN, C, FH, FW) and db (FN,)."""
-        FN, C, FH, FW = self.W.shape
-        xp = get_array_module(dout)
-        dout = dout.transpose(0, 2, 3, 1).reshape(-1, FN)  # rows (N, OH, OW), like col
-
-        self.db = xp.sum(dout, axis=0)
-        self.dW = xp.dot(dout.T, self.col).reshape(FN, C, FH, FW)
-        dcol = xp.dot(dout, self.col_W.T)  # (N*OH*OW, C*FH*FW)
-        return kernels.col2im(dcol, self.x.shape, FH, FW, self.stride, self.pad)
+        if self.x is None:
+            raise RuntimeError("Convolution: backward() was called before forward()")
+        W = self.col_W.T.reshape(self.W.shape)  # W in the dtype of the forward pass
+        dx, self.dW, self.db = kernels.conv2d_backward(self.x, W, dout, self.stride, self.pad)
+        return dx
 
 
 class Pooling:
