@@ -168,6 +168,8 @@ class Pooling:
 
     def backward(self, dout):
         """dout: (N, C, OH, OW) -> dx: (N, C, H, W)."""
+        if self.x is None:
+            raise RuntimeError("Pooling: backward() was called before forward()")
         return kernels.maxpool_backward(
             dout, self.arg_max, self.x.shape, self.pool_h, self.pool_w, self.stride, self.pad
         )

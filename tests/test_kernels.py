@@ -1,0 +1,274 @@
+"""The CPU kernels against the plain NumPy reference, on randomized shapes."""
+
+import numba
+import numpy as np
+import pytest
+
+import kernels
+from kernels import generic
+from kernels import reference as ref
+
+
+def random_case(rng, max_hw=9, window_pad_limit=True):
+    """A random (shape, filter_h, filter_w, stride, pad) whose window fits the padded input."""
+    while True:
+        N, C = rng.integers(1, 4, size=2)
+        H, W = rng.integers(1, max_hw + 1, size=2)
+        fh, fw = rng.integers(1, 5, size=2)
+        stride = int(rng.integers(1, 4))
+        pad = int(rng.integers(0, 3))
+        if window_pad_limit and pad >= min(fh, fw):
+            continue  # max pooling needs pad < window
+        if H + 2 * pad >= fh and W + 2 * pad >= fw:
+            return (int(N), int(C), int(H), int(W)), int(fh), int(fw), stride, pad
+
+
+DTYPES = [np.float32, np.float64]
+SEEDS = range(12)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("seed", SEEDS)
+def test_im2col_equals_reference(dtype, seed):
+    rng = np.random.default_rng(seed)
+    shape, fh, fw, stride, pad = random_case(rng, window_pad_limit=False)
+    x = rng.standard_normal(shape).astype(dtype)
+    col = kernels.im2col(x, fh, fw, stride, pad)
+    assert col.dtype == dtype
+    np.testing.assert_array_equal(col, ref.im2col(x, fh, fw, stride, pad))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("seed", SEEDS)
+def test_col2im_equals_reference(dtype, seed):
+    rng = np.random.default_rng(seed)
+    shape, fh, fw, stride, pad = random_case(rng, window_pad_limit=False)
+    out_h = ref.conv_output_size(shape[2], fh, stride, pad)
+    out_w = ref.conv_output_size(shape[3], fw, stride, pad)
+    col = rng.standard_normal((shape[0] * out_h * out_w, shape[1] * fh * fw)).astype(dtype)
+    x = kernels.col2im(col, shape, fh, fw, stride, pad)
+    assert x.shape == shape and x.dtype == dtype
+    rtol = 1e-5 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(x, ref.col2im(col, shape, fh, fw, stride, pad), rtol=rtol,
+                               atol=rtol)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_col2im_is_the_adjoint_of_im2col(seed):
+    """<im2col(x), c> == <x, col2im(c)>: overlapping entries are summed, padding dropped."""
+    rng = np.random.default_rng(100 + seed)
+    shape, fh, fw, stride, pad = random_case(rng, window_pad_limit=False)
+    x = rng.standard_normal(shape)
+    col = kernels.im2col(x, fh, fw, stride, pad)
+    c = rng.standard_normal(col.shape)
+    lhs = np.vdot(col, c)
+    rhs = np.vdot(x, kernels.col2im(c, shape, fh, fw, stride, pad))
+    assert lhs == pytest.approx(rhs, rel=1e-12, abs=1e-12)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("seed", SEEDS)
+def test_maxpool_equals_reference(dtype, seed):
+    rng = np.random.default_rng(200 + seed)
+    shape, ph, pw, stride, pad = random_case(rng)
+    x = rng.standard_normal(shape).astype(dtype)
+    out, argmax = kernels.maxpool_forward(x, ph, pw, stride, pad)
+    out0, argmax0 = ref.maxpool_forward(x, ph, pw, stride, pad)
+    assert out.dtype == dtype and argmax.dtype == np.int32
+    np.testing.assert_array_equal(out, out0)
+    np.testing.assert_array_equal(argmax, argmax0)
+
+    dout = rng.standard_normal(out.shape).astype(dtype)
+    dx = kernels.maxpool_backward(dout, argmax, shape, ph, pw, stride, pad)
+    assert dx.shape == shape and dx.dtype == dtype
+    rtol = 1e-6 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(
+        dx, ref.maxpool_backward(dout, argmax0, shape, ph, pw, stride, pad), rtol=rtol, atol=rtol
+    )
+
+
+def test_maxpool_ties_pick_the_first_in_row_major_order():
+    # integers in a small range: every 3x3 window has ties, some several
+    rng = np.random.default_rng(7)
+    x = rng.integers(0, 3, size=(2, 3, 7, 8)).astype(np.float32)
+    x[0, 0] = 1.0  # a plane of equal values: the window's first element wins everywhere
+    for stride, pad in [(1, 0), (2, 1), (3, 2)]:
+        out, argmax = kernels.maxpool_forward(x, 3, 3, stride, pad)
+        out0, argmax0 = ref.maxpool_forward(x, 3, 3, stride, pad)
+        np.testing.assert_array_equal(argmax, argmax0)
+        np.testing.assert_array_equal(out, out0)
+    out, argmax = kernels.maxpool_forward(x, 3, 3, 1, 0)
+    assert (argmax[0, 0] == 0).all()
+
+
+def test_maxpool_never_selects_padding():
+    x = -1.0 - np.random.default_rng(0).random((1, 2, 5, 5))  # all negative: a 0 pad would win
+    out, argmax = kernels.maxpool_forward(x, 3, 3, 2, 2)
+    assert (out < -1.0).all()
+    np.testing.assert_array_equal(argmax, ref.maxpool_forward(x, 3, 3, 2, 2)[1])
+
+
+def test_maxpool_nan_wins_as_in_argmax():
+    x = np.zeros((1, 1, 2, 4))
+    x[0, 0, 0, 1] = np.nan
+    x[0, 0, 1, 0] = np.nan  # the second NaN in the window must not move the argmax
+    x[0, 0, 0, 2] = 5.0
+    out, argmax = kernels.maxpool_forward(x, 2, 2, 2)
+    assert np.isnan(out[0, 0, 0, 0]) and argmax[0, 0, 0, 0] == 1
+    assert out[0, 0, 0, 1] == 5.0 and argmax[0, 0, 0, 1] == 0
+
+
+def test_noncontiguous_inputs():
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((3, 7, 9, 2)).transpose(0, 3, 1, 2)  # (3, 2, 7, 9) view
+    np.testing.assert_array_equal(kernels.im2col(x, 3, 2, 2, 1), ref.im2col(x, 3, 2, 2, 1))
+    np.testing.assert_array_equal(
+        kernels.maxpool_forward(x, 2, 3, 1, 1)[0], ref.maxpool_forward(x, 2, 3, 1, 1)[0]
+    )
+
+
+def test_float16_is_exact_where_it_can_be():
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((2, 3, 6, 7)).astype(np.float16)
+    col = kernels.im2col(x, 3, 3, 1, 1)
+    assert col.dtype == np.float16
+    np.testing.assert_array_equal(col, ref.im2col(x, 3, 3, 1, 1))  # a copy: bit-exact
+    out, argmax = kernels.maxpool_forward(x, 2, 2, 2, 0)
+    out0, argmax0 = ref.maxpool_forward(x, 2, 2, 2, 0)
+    assert out.dtype == np.float16
+    np.testing.assert_array_equal(out, out0)
+    np.testing.assert_array_equal(argmax, argmax0)
+    x16 = kernels.col2im(col, x.shape, 3, 3, 1, 1)
+    assert x16.dtype == np.float16
+    np.testing.assert_allclose(
+        x16, ref.col2im(col.astype(np.float64), x.shape, 3, 3, 1, 1), rtol=1e-3, atol=1e-2
+    )
+
+
+# ----------------------------------------------------------------------------- convolution
+
+
+def conv_case(rng):
+    shape, fh, fw, stride, pad = random_case(rng, max_hw=11, window_pad_limit=False)
+    FN = int(rng.integers(1, 6))
+    return shape, (FN, shape[1], fh, fw), stride, pad
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("seed", range(16))
+def test_fused_conv_equals_im2col_gemm(dtype, seed):
+    """The CPU's fused convolution computes what the book's im2col + dot + col2im does."""
+    rng = np.random.default_rng(300 + seed)
+    shape, wshape, stride, pad = conv_case(rng)
+    x = rng.standard_normal(shape).astype(dtype)
+    W = rng.standard_normal(wshape).astype(dtype)
+    b = rng.standard_normal(wshape[0]).astype(dtype)
+    out = kernels.conv2d_forward(x, W, b, stride, pad)
+    out0 = generic.conv2d_forward(x, W, b, stride, pad)
+    assert out.dtype == dtype and out.shape == out0.shape and out.flags.c_contiguous
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(out, out0, rtol=tol, atol=tol)
+
+    dout = rng.standard_normal(out.shape).astype(dtype)
+    for got, want in zip(
+        kernels.conv2d_backward(x, W, dout, stride, pad),
+        generic.conv2d_backward(x, W, dout, stride, pad),
+    ):
+        assert got.dtype == dtype and got.shape == want.shape
+        np.testing.assert_allclose(got, want, rtol=tol, atol=tol * 10)
+
+
+def test_fused_conv_large_batch_several_chunks():
+    # DeepConvNet's second layer: many chunks per worker, the padded-width layout
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((24, 16, 28, 28)).astype(np.float32)
+    W = rng.standard_normal((16, 16, 3, 3)).astype(np.float32)
+    b = rng.standard_normal(16).astype(np.float32)
+    out = kernels.conv2d_forward(x, W, b, 1, 1)
+    np.testing.assert_allclose(out, generic.conv2d_forward(x, W, b, 1, 1), rtol=1e-4, atol=1e-4)
+    dout = rng.standard_normal(out.shape).astype(np.float32)
+    for got, want in zip(kernels.conv2d_backward(x, W, dout, 1, 1),
+                         generic.conv2d_backward(x, W, dout, 1, 1)):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-3)
+
+
+def test_conv_results_do_not_depend_on_the_thread_count():
+    if numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("needs Numba's pool to have at least 2 threads")
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((20, 8, 12, 12)).astype(np.float32)
+    W = rng.standard_normal((8, 8, 3, 3)).astype(np.float32)
+    dout = rng.standard_normal((20, 8, 12, 12)).astype(np.float32)
+    before = numba.get_num_threads()
+    try:
+        results = []
+        for n in (1, 2):
+            numba.set_num_threads(n)
+            results.append(kernels.conv2d_backward(x, W, dout, 1, 1))
+    finally:
+        numba.set_num_threads(before)
+    for a, b in zip(*results):
+        np.testing.assert_array_equal(a, b)  # bit for bit
+
+
+def test_conv_float16_computes_close_to_float32():
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((3, 4, 9, 9)).astype(np.float16)
+    W = (0.2 * rng.standard_normal((5, 4, 3, 3))).astype(np.float16)
+    b = rng.standard_normal(5).astype(np.float16)
+    out = kernels.conv2d_forward(x, W, b, 1, 1)
+    assert out.dtype == np.float16
+    want = generic.conv2d_forward(x.astype(np.float64), W.astype(np.float64),
+                                  b.astype(np.float64), 1, 1)
+    np.testing.assert_allclose(out, want, rtol=1e-2, atol=1e-2)
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+def test_bad_arguments_are_named():
+    x = np.zeros((1, 2, 5, 5))
+    with pytest.raises(TypeError, match="numpy.ndarray or a cupy.ndarray"):
+        kernels.im2col(x.tolist(), 3, 3)
+    with pytest.raises(ValueError, match=r"4-D \(N, C, H, W\)"):
+        kernels.im2col(np.zeros((2, 5, 5)), 3, 3)
+    with pytest.raises(ValueError, match="does not fit the input"):
+        kernels.im2col(x, 6, 3)
+    with pytest.raises(ValueError, match="stride must be >= 1"):
+        kernels.im2col(x, 3, 3, stride=0)
+    with pytest.raises(TypeError, match="pad must be an integer"):
+        kernels.im2col(x, 3, 3, pad=1.5)
+    with pytest.raises(ValueError, match=r"expected \(9, 18\)"):
+        kernels.col2im(np.zeros((8, 18)), x.shape, 3, 3)
+    with pytest.raises(ValueError, match="pad must be smaller"):
+        kernels.maxpool_forward(x, 2, 2, 2, pad=2)
+    out, argmax = kernels.maxpool_forward(x, 2, 2, 2)
+    with pytest.raises(ValueError, match="argmax of shape"):
+        kernels.maxpool_backward(out, argmax[:, :1], x.shape, 2, 2, 2)
+    with pytest.raises(ValueError, match=r"expected x of shape \(N, 3, H, W\)"):
+        kernels.conv2d_forward(x, np.zeros((4, 3, 3, 3)), np.zeros(4))
+
+
+# ----------------------------------------------------------------------------- threads
+
+
+def test_set_num_threads_sets_numba_and_blas_together():
+    from threadpoolctl import threadpool_info
+
+    from xpnet import threads
+
+    before = threads.get_num_threads()
+    try:
+        assert threads.set_num_threads(1) == 1
+        assert threads.get_num_threads() == numba.get_num_threads() == 1
+        blas = [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
+        assert blas and all(n == 1 for n in blas)
+        with threads.num_threads(1):
+            assert numba.get_num_threads() == 1
+        assert threads.default_num_threads() >= 1
+        with pytest.raises(ValueError, match="positive integer"):
+            threads.set_num_threads(0)
+        with pytest.raises(ValueError, match="NUMBA_NUM_THREADS"):
+            threads.set_num_threads(numba.config.NUMBA_NUM_THREADS + 1)
+    finally:
+        threads.set_num_threads(before)
