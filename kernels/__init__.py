@@ -85,12 +85,14 @@ def _check(what, shape, fh, fw, stride, pad, fh_name="filter_h", fw_name="filter
 
 def im2col(x, filter_h, filter_w, stride=1, pad=0):
     """x: (N, C, H, W) -> col: (N*out_h*out_w, C*filter_h*filter_w), same dtype and device."""
+    backend = _backend(x)
     fh, fw, stride, pad, _, _ = _check("im2col", x.shape, filter_h, filter_w, stride, pad)
-    return _backend(x).im2col(x, fh, fw, stride, pad)
+    return backend.im2col(x, fh, fw, stride, pad)
 
 
 def col2im(col, input_shape, filter_h, filter_w, stride=1, pad=0):
     """col: (N*out_h*out_w, C*filter_h*filter_w) -> x: input_shape (N, C, H, W), overlaps summed."""
+    backend = _backend(col)
     input_shape = tuple(int(s) for s in input_shape)
     fh, fw, stride, pad, out_h, out_w = _check(
         "col2im", input_shape, filter_h, filter_w, stride, pad
@@ -102,7 +104,7 @@ def col2im(col, input_shape, filter_h, filter_w, stride=1, pad=0):
             f"col2im: col of shape {tuple(col.shape)} does not match input_shape {input_shape} "
             f"with a {fh}x{fw} filter, stride {stride}, pad {pad}; expected {expected}"
         )
-    return _backend(col).col2im(col, input_shape, fh, fw, stride, pad)
+    return backend.col2im(col, input_shape, fh, fw, stride, pad)
 
 
 def _check_pool(what, shape, pool_h, pool_w, stride, pad):
@@ -116,12 +118,14 @@ def _check_pool(what, shape, pool_h, pool_w, stride, pad):
 
 def maxpool_forward(x, pool_h, pool_w, stride=1, pad=0):
     """x: (N, C, H, W) -> (out, argmax), both (N, C, out_h, out_w); argmax int32 in-window."""
+    backend = _backend(x)
     ph, pw, stride, pad, _, _ = _check_pool("maxpool_forward", x.shape, pool_h, pool_w, stride, pad)
-    return _backend(x).maxpool_forward(x, ph, pw, stride, pad)
+    return backend.maxpool_forward(x, ph, pw, stride, pad)
 
 
 def maxpool_backward(dout, argmax, input_shape, pool_h, pool_w, stride=1, pad=0):
     """dout, argmax: (N, C, out_h, out_w) -> dx: input_shape (N, C, H, W)."""
+    backend = _backend(dout)
     input_shape = tuple(int(s) for s in input_shape)
     ph, pw, stride, pad, out_h, out_w = _check_pool(
         "maxpool_backward", input_shape, pool_h, pool_w, stride, pad
@@ -134,7 +138,7 @@ def maxpool_backward(dout, argmax, input_shape, pool_h, pool_w, stride=1, pad=0)
                 f"{input_shape} with a {ph}x{pw} window, stride {stride}, pad {pad}; "
                 f"expected {expected}"
             )
-    return _backend(dout).maxpool_backward(dout, argmax, input_shape, ph, pw, stride, pad)
+    return backend.maxpool_backward(dout, argmax, input_shape, ph, pw, stride, pad)
 
 
 def _check_conv(what, x_shape, W, stride, pad):
@@ -163,12 +167,13 @@ def conv2d_forward(x, W, b, stride=1, pad=0):
     ``out[n, f] = sum_c correlate(x[n, c], W[f, c]) + b[f]``, i.e. ``im2col(x) @ W.T + b``
     in NCHW order: what the book's Convolution.forward returns.
     """
+    impl = _conv_impl(x, "conv2d_forward")
     *_, stride, pad, _, _ = _check_conv("conv2d_forward", x.shape, W, stride, pad)
     if b.size != W.shape[0]:
         raise ValueError(
             f"conv2d_forward: b of shape {tuple(b.shape)} does not match {W.shape[0]} filters"
         )
-    return _conv_impl(x, "conv2d_forward")(x, W, b, stride, pad)
+    return impl(x, W, b, stride, pad)
 
 
 def conv2d_backward(x, W, dout, stride=1, pad=0):
@@ -177,6 +182,7 @@ def conv2d_backward(x, W, dout, stride=1, pad=0):
     dx: (N, C, H, W), dW: (FN, C, FH, FW), db: (FN,), in dout's dtype: the gradients the
     book's Convolution.backward computes, x being the input of the forward pass.
     """
+    impl = _conv_impl(x, "conv2d_backward")
     *_, stride, pad, out_h, out_w = _check_conv("conv2d_backward", x.shape, W, stride, pad)
     expected = (x.shape[0], W.shape[0], out_h, out_w)
     if tuple(dout.shape) != expected:
@@ -184,4 +190,4 @@ def conv2d_backward(x, W, dout, stride=1, pad=0):
             f"conv2d_backward: dout of shape {tuple(dout.shape)} does not match the forward "
             f"output; expected {expected}"
         )
-    return _conv_impl(x, "conv2d_backward")(x, W, dout, stride, pad)
+    return impl(x, W, dout, stride, pad)
