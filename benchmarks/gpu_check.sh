@@ -97,7 +97,7 @@ timeout "$budget" "$PY" benchmarks/gpu_bench.py "$OUT/bench" >"$OUT/bench.log" 2
 rc=$?
 if [ $rc -ne 0 ]; then
     status=1
-    log "benchmark exit $rc (124: out of time); collecting the parts that finished"
+    log "benchmark exit $rc (124 means out of time); collecting the parts that finished"
     "$PY" benchmarks/gpu_bench.py "$OUT/bench" --report-only >>"$OUT/bench.log" 2>&1
 fi
 

@@ -64,11 +64,18 @@ def gpu_available() -> bool:
     return gpu_unavailable_reason() is None
 
 
+_gpu_checked = None  # the cupy module once it was found usable: later calls skip the check
+
+
 def require_gpu():
     """Return the ``cupy`` module, or raise DeviceError saying what is missing."""
+    global _gpu_checked
+    if _cupy is not None and _gpu_checked is _cupy:  # called per kernel launch: stay cheap
+        return _cupy
     reason = gpu_unavailable_reason()
     if reason is not None:
         raise DeviceError(f"device 'gpu' was asked for, but {reason}")
+    _gpu_checked = _cupy
     return _cupy
 
 
