@@ -10,6 +10,9 @@ As in the book, every step draws a random mini-batch (with replacement, like
 Unlike the book's trainer, the loss of a step is the one ``network.gradient`` just
 computed (``network.last_loss``), so no second forward pass is spent on it, and
 accuracy is evaluated in batches, never holding a whole test set's activations.
+The accuracy lists get one entry per epoch, as in the book, but taken at the *end* of
+each epoch (the book's trainer evaluates after the first step of each), so the last
+entry is the trained network's accuracy and equals the final test accuracy.
 
 Beyond the book (all keyword-only): ``seed`` for reproducible runs; ``device``
 (``'cpu'``/``'gpu'``; the data follows the model); a tqdm progress bar; checkpoints
