@@ -230,7 +230,16 @@ def environment_info(config) -> dict:
         "env": {name: os.environ.get(name) for name in ENV_VARS},
         "gpu": _gpu_info(),
         "load_average_start": getattr(config, "_xpnet_load_start", None),
+        "command": _command(config),
     }
+
+
+def _command(config) -> str:
+    """The pytest command line of the run, with the BLAS variables it removed or set."""
+    unset = [f"-u {name}" for name in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
+             if name not in os.environ]
+    prefix = f"env {' '.join(unset)} " if unset else ""
+    return prefix + "pytest " + " ".join(str(a) for a in config.invocation_params.args)
 
 
 def _numba_layer(numba) -> str | None:

@@ -139,8 +139,8 @@ def _scaling_bench(bench, sync, case, shape, kind, group, impl, device):
           label=f"{label(impl, 'float32', device)} {kind}={value}", kind=f"scaling-{kind}",
           impl=impl, dtype="float32", device=device, batch=n, image=image,
           flops=3 * conv_flops(shape, 16, 3, 1),
-          # the im2col matrix (and dcol, its size again): the working set that outgrows caches
-          col_bytes=n * image * image * 16 * 9 * 4)
+          # x, out, dout and dx (16 channels each, float32): the data a call must touch
+          activation_bytes=4 * n * 16 * image * image * 4)
 
 
 @pytest.mark.parametrize("impl,device", SCALING_IMPLS)

@@ -1,0 +1,188 @@
+"""The benchmark report (xpnet.bench) on a small synthetic pytest-benchmark JSON."""
+
+import json
+
+import pytest
+
+from xpnet import bench
+
+PEAK_N = 1000  # a 1000^3 sgemm: 2e9 FLOP
+
+
+def _entry(name, group, median, **extra):
+    return {
+        "name": name,
+        "group": group,
+        "stats": {"median": median, "iqr": median / 10, "rounds": 5, "min": median},
+        "extra_info": extra,
+    }
+
+
+def _scaling(kind, value, median, impl="xpnet"):
+    batch = value if kind == "batch" else 8
+    image = 28 if kind == "batch" else value
+    return _entry(
+        f"test_scaling_{kind}[{value}-{impl}]", f"scaling {kind}", median,
+        kind=f"scaling-{kind}", impl=impl, device="cpu", dtype="float32", batch=batch,
+        image=image, label=f"{impl} {kind}={value}", flops=1e6 * batch,
+        activation_bytes=4 * batch * 16 * image * image * 4,
+    )
+
+
+def synthetic_run():
+    deep = dict(kind="train-step", model="DeepConvNet", batch=100, flops=4e9)
+    infer = dict(kind="inference", model="DeepConvNet", batch=100, impl="xpnet", device="cpu")
+    acc = dict(kind="accuracy", model="DeepConvNet", impl="xpnet", device="cpu", images=500)
+    benchmarks = [
+        _entry("test_train_step[book]", "train DeepConvNet", 2.0, label="book float64",
+               baseline=True, impl="book", dtype="float64", device="cpu", **deep),
+        _entry("test_train_step[xpnet]", "train DeepConvNet", 0.2, label="xpnet float32",
+               impl="xpnet", dtype="float32", device="cpu", **deep),
+        _entry("test_train_step[torch]", "train DeepConvNet", 0.25, label="PyTorch float32",
+               impl="torch", dtype="float32", device="cpu", **deep),
+        _entry("test_gemm[numpy-f32]", "GEMM peak", 0.025, label="NumPy float32",
+               kind="gemm-peak", impl="numpy", dtype="float32", device="cpu", n=PEAK_N,
+               flops=2 * PEAK_N**3),
+        _entry("test_infer[f32]", "inference DeepConvNet", 0.05, label="xpnet float32",
+               dtype="float32", **infer),
+        _entry("test_infer[f16]", "inference DeepConvNet", 0.08, label="xpnet float16",
+               dtype="float16", **infer),
+        _entry("test_acc[f32]", "accuracy", 0.3, label="xpnet float32", dtype="float32",
+               accuracy=0.976, **acc),
+        _entry("test_acc[f16]", "accuracy", 0.5, label="xpnet float16", dtype="float16",
+               accuracy=0.974, **acc),
+        # time per sample: 1 ms, 0.5 ms, 0.41 ms, 0.4 ms, then 0.6 ms at 1024
+        _scaling("batch", 1, 1e-3),
+        _scaling("batch", 8, 4e-3),
+        _scaling("batch", 64, 0.41e-3 * 64),
+        _scaling("batch", 256, 0.4e-3 * 256),
+        _scaling("batch", 1024, 0.6e-3 * 1024),
+        # per pixel: flat
+        _scaling("image", 28, 8 * 1e-6 * 28**2),
+        _scaling("image", 56, 8 * 1e-6 * 56**2),
+        # a group from a benchmark without the suite's extra_info
+        _entry("test_other[slow]", "other", 3.0),
+        _entry("test_other[fast]", "other", 1.0),
+    ]
+    machine = {
+        "system": "Linux",
+        "release": "6.1",
+        "python_version": "3.11.7",
+        "xpnet": {
+            "mode": "quick",
+            "cpu": "Test CPU",
+            "cpus_usable": 2,
+            "cpu_caches": {"L1d": "48K", "L2": "2048K"},
+            "python": "3.11.7",
+            "versions": {"numpy": "2.4.6", "numba": "0.68.1", "cupy": None},
+            "blas": [{"user_api": "blas", "internal_api": "openblas", "version": "0.3.31",
+                      "architecture": "SkylakeX", "num_threads": 2,
+                      "threading_layer": "pthreads", "owner": "numpy"}],
+            "threads": {"xpnet (Numba and BLAS)": 2, "numba_threading_layer": "omp"},
+            "env": {"OPENBLAS_CORETYPE": None, "OMP_NUM_THREADS": "2"},
+            "gpu": {"available": False, "reason": "no CuPy"},
+            "load_average_start": [0.5, 0.4, 0.3],
+            "load_average_end": [1.5, 0.9, 0.4],
+            "command": "pytest benchmarks/ --quick",
+        },
+    }
+    return {"machine_info": machine, "commit_info": {"id": "0123456789abcdef"},
+            "datetime": "2026-01-01T00:00:00", "benchmarks": benchmarks}
+
+
+@pytest.fixture
+def run_json(tmp_path):
+    path = tmp_path / "bench.json"
+    path.write_text(json.dumps(synthetic_run()))
+    return path
+
+
+def test_headline_figures():
+    h = bench.headline(bench.load_cases(synthetic_run()))
+    assert h["naive_over_xpnet"] == pytest.approx(10.0)
+    assert h["xpnet_over_torch"] == pytest.approx(0.8)
+    assert h["gflops"] == pytest.approx(4e9 / 0.2 / 1e9)  # 20 GFLOP/s
+    assert h["peak_gflops"] == pytest.approx(2e9 / 0.025 / 1e9)  # 80 GFLOP/s
+    assert h["peak_fraction"] == pytest.approx(0.25)
+    cpu = h["inference_cpu"]
+    assert cpu["f16_over_f32"] == pytest.approx(1.6)
+    assert cpu["accuracy"] == {"float32": (0.976, 500), "float16": (0.974, 500)}
+    assert h["xpnet_gpu"] is None and h["gpu_over_cpu"] is None  # no GPU cases in the run
+
+
+def test_speedups_use_the_marked_baseline_else_the_slowest():
+    groups = bench.group_cases(bench.load_cases(synthetic_run()))
+    train = bench.speedups(groups["train DeepConvNet"])
+    assert train == pytest.approx({"xpnet float32": 10.0, "PyTorch float32": 8.0,
+                                   "book float64": 1.0})
+    # no extra_info: labels come from the test ids, the slowest case is the baseline
+    assert bench.speedups(groups["other"]) == pytest.approx({"fast": 3.0, "slow": 1.0})
+    assert [c.label for c in groups["train DeepConvNet"]] == [
+        "xpnet float32", "PyTorch float32", "book float64"]  # fastest first
+
+
+def test_batch_scaling_sentence_finds_the_knee_and_the_rise():
+    cases = bench.load_cases(synthetic_run())
+    series = bench.scaling_series(cases, "batch")
+    assert list(series) == ["xpnet"]
+    assert [x for x, _ in series["xpnet"]] == [1, 8, 64, 256, 1024]
+    text = bench.scaling_summary(series["xpnet"], "batch", {"L2": "2048K"})
+    assert "from batch 64 on" in text  # 0.41 ms is within 10% of the best 0.4 ms
+    assert "batch 256" in text  # where the best is
+    assert "At batch 1024 it is 50% above its best" in text
+    assert "2.1 MB L2" in text  # 2048K read from sysfs, in decimal megabytes
+    image = bench.scaling_summary(bench.scaling_series(cases, "image")["xpnet"], "image")
+    assert "proportional to the number of pixels" in image
+    assert "4× the pixels" in image
+
+
+def test_markdown_report_shows_figures_and_machine(run_json):
+    text = bench.render_markdown(json.loads(run_json.read_text()), source="bench.json")
+    assert "do not edit by hand" in text
+    assert "**10×**" in text  # book / xpnet
+    assert "**0.8**" in text  # xpnet / PyTorch
+    assert "**25.0%**" in text  # of the GEMM peak
+    assert "kernel **SkylakeX**" in text and "2 threads (pthreads)" in text
+    assert "`OPENBLAS_CORETYPE`=unset" in text and "`OMP_NUM_THREADS`=2" in text
+    assert "97.40% on 500 images" in text and "-0.20 points" in text
+    assert "float16 takes 1.6× the float32 time" in text
+    assert "### other" in text and "| fast | 1 s |" in text
+    assert "Time per sample against batch size" in text
+    assert "`pytest benchmarks/ --quick`" in text
+
+
+def test_write_report_with_charts(run_json, tmp_path):
+    pytest.importorskip("matplotlib")
+    out = tmp_path / "report" / "RESULTS.md"
+    assert bench.main([str(run_json), "-o", str(out), "--charts-dir",
+                       str(tmp_path / "report" / "img")]) == 0
+    text = out.read_text()
+    for name in ("speedups.png", "scaling.png"):
+        png = tmp_path / "report" / "img" / name
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert f"](img/{name})" in text  # linked relative to the report
+
+
+def test_write_report_without_charts(run_json, tmp_path):
+    out = tmp_path / "R.md"
+    assert bench.main([str(run_json), "-o", str(out), "--no-charts"]) == 0
+    assert ".png" not in out.read_text()
+    assert not list(tmp_path.glob("*.png"))
+
+
+@pytest.mark.parametrize("content, message", [
+    (None, "does not exist"),
+    ("{not json", "is not JSON"),
+    ('{"machine_info": {}}', "no 'benchmarks' list"),
+    ('{"benchmarks": []}', "holds no benchmarks"),
+    ('{"benchmarks": [{"name": "x", "stats": {}}]}', "has no stats.median"),
+])
+def test_bad_input_is_one_clear_error(tmp_path, capsys, content, message):
+    path = tmp_path / "bench.json"
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises(bench.ReportError, match=message):
+        bench.write_report(path, tmp_path / "R.md", charts=False)
+    assert bench.main([str(path), "-o", str(tmp_path / "R.md")]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "R.md").exists()
