@@ -30,6 +30,13 @@ FIGURES = {
         "numerical_training.png", "learning_curves.png",
     ],
     "ch05_backprop.py": ["computational_graph.png", "gradient_timing.png", "learning_curves.png"],
+    "ch06_learning_techniques.py": [
+        "optimizer_paths.png", "optimizer_compare.png", "weight_init_hist.png",
+        "weight_init_compare.png", "batchnorm.png", "overfitting.png", "hyperparameter_search.png",
+    ],
+    "ch07_cnn.py": ["conv_by_hand.png", "learning_curves.png", "filters_before.png",
+                    "filters_after.png"],
+    "ch08_deep_learning.py": ["misclassified.png", "dtype_speed.png"],
 }
 
 
