@@ -143,6 +143,80 @@ def test_shards_are_contiguous_cover_the_batch_and_weigh_to_the_batch_mean(size,
     assert np.concatenate([c.shard(idx) for c in comms]).tolist() == idx.tolist()
 
 
+class _Mirror(Communicator):
+    """A world of ``size`` identical replicas in one process: every rank holds what this
+    one holds, so a sum over ranks is ``size`` times the buffer. Counts the collectives."""
+
+    def __init__(self, size=2):
+        super().__init__(0, size, timeout=1)
+        self.calls = []
+
+    def _allreduce_sum_(self, buf, what):
+        self.calls.append(("allreduce", buf.size, buf.dtype, what))
+        buf *= self.size
+
+    def _broadcast_(self, buf, root, what):
+        self.calls.append(("broadcast", buf.size, buf.dtype, what))
+
+    def allgather_object(self, obj, what="an exchange"):
+        return [json.loads(json.dumps(obj))] * self.size
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+def test_allreduce_mean_is_one_fused_call_per_step_in_the_gradients_dtype(dtype):
+    from xpnet.models import MultiLayerNet
+
+    net = MultiLayerNet(20, [16, 16], 4, dtype=dtype)
+    x = np.random.default_rng(0).standard_normal((8, 20))
+    t = np.arange(8) % 4
+    comm = _Mirror(size=4)
+    for _ in range(3):
+        grads = net.gradient(x, t)
+        expected = {k: g.copy() for k, g in grads.items()}
+        loss = comm.allreduce_mean(grads, loss=net.last_loss, weight=0.5)
+        for k, g in grads.items():
+            assert g.dtype == np.dtype(dtype) and g.shape == expected[k].shape, k
+            # the mean over 4 identical ranks of 0.5 * g
+            np.testing.assert_allclose(g, 0.5 * expected[k].astype(np.float32), rtol=1e-3)
+        np.testing.assert_allclose(float(loss), 0.5 * float(net.last_loss), rtol=1e-3)
+    n_params = sum(p.size for p in net.params.values())
+    # one collective per step, over all 6 parameters and the loss; float16 is summed in float32
+    assert [c[:3] for c in comm.calls] == [
+        ("allreduce", n_params + 1, np.promote_types(dtype, np.float32))
+    ] * 3
+    assert len(comm._buffers) == 1  # the buffer is allocated once and reused
+
+
+def test_broadcast_params_writes_into_the_same_arrays_and_packs_in_key_order():
+    from xpnet.models import TwoLayerNet
+
+    net = TwoLayerNet(6, 5, 3, dtype=np.float64)
+    ids = {k: id(v) for k, v in net.params.items()}
+    before = {k: v.copy() for k, v in net.params.items()}
+    comm = _Mirror()
+    shuffled = {k: net.params[k] for k in reversed(list(net.params))}
+    comm.broadcast_params(shuffled)
+    assert {k: id(v) for k, v in net.params.items()} == ids  # layers keep seeing them
+    for k in before:
+        np.testing.assert_array_equal(net.params[k], before[k])  # root's values, round trip
+    layout, _ = comm._fused(net.params)
+    assert [e[0] for e in layout.entries] == sorted(net.params)  # any dict order packs alike
+
+
+def test_sync_batchnorm_averages_in_place_and_counts_the_arrays():
+    from xpnet.models import MultiLayerNetExtend
+
+    net = MultiLayerNetExtend(6, [5, 5], 3, use_batchnorm=True, dtype=np.float64)
+    comm = _Mirror()
+    assert comm.sync_batchnorm(net) == 0  # no forward pass yet: no statistics
+    net.gradient(np.random.default_rng(1).standard_normal((10, 6)), np.arange(10) % 3)
+    layer = net.layers["BatchNorm1"]
+    mean, mean_id = layer.running_mean.copy(), id(layer.running_mean)
+    assert comm.sync_batchnorm(net) == 4
+    assert id(layer.running_mean) == mean_id
+    np.testing.assert_allclose(layer.running_mean, mean, rtol=1e-15)  # mean of equal replicas
+
+
 def test_batch_smaller_than_world_is_a_clear_error():
     with pytest.raises(ValueError, match="cannot be split over 4 processes"):
         _Ranked(1, 4, timeout=1).shard_bounds(3)

@@ -296,8 +296,8 @@ class Communicator:
         return DistributedError(
             f"rank {self.rank} of {self.size} waited {waited:.0f} s for {what} and not every "
             f"rank took part: {who}. Training stops here (the job is aborted); the last "
-            f"checkpoint is intact -- start the job again with --resume (resume=True) to "
-            f"continue from it. If steps are legitimately slower than this, raise "
+            f"checkpoint written, if any, is intact -- start the job again with --resume "
+            f"(resume=True) to continue from it. If steps are legitimately slower than this, raise "
             f"{TIMEOUT_ENV} (now {self.timeout:g} s)."
         )
 
@@ -367,8 +367,11 @@ class Communicator:
         step: the training step, named in the error if a rank goes missing.
         """
         self._check_alive()
+        if not grads:
+            raise ValueError("allreduce_mean got no gradients (an empty dict)")
         extra = 0 if loss is None else 1
         layout, buf = self._fused(grads, extra)
+        dtype = next(iter(grads.values())).dtype
         self._pack(layout, buf, grads)
         if loss is not None:
             buf[layout.size] = loss  # stays on the device: no host round trip
@@ -379,7 +382,9 @@ class Communicator:
         self._allreduce_sum_(buf, f"the gradient allreduce ({label})")
         buf *= 1.0 / self.size  # exact for a power-of-two world
         for key, shape, offset, size in layout.entries:
-            grads[key] = buf[offset : offset + size].reshape(shape)
+            view = buf[offset : offset + size].reshape(shape)
+            # float16 gradients were summed in float32: hand them back in their own dtype
+            grads[key] = view if view.dtype == dtype else view.astype(dtype)
         return None if loss is None else buf[layout.size].copy()
 
     def allreduce_sum(self, values, what: str = "a sum over ranks") -> np.ndarray:
@@ -665,6 +670,7 @@ class NCCLCommunicator(Communicator):
         if mpi_comm is not None:
             uid = tuple(self.bcast_object(list(uid) if uid else None, 0, "the NCCL id"))
         self._comm = nccl.NcclCommunicator(size, uid, rank)
+        self._aborted = False
         self._pending = None  # event recorded after the last collective
         self._pending_what = ""
 
@@ -681,13 +687,14 @@ class NCCLCommunicator(Communicator):
         def done():
             try:
                 self._comm.check_async_error()
-            except self._nccl.NcclError as exc:
+            except getattr(self._nccl, "NcclError", RuntimeError) as exc:
                 raise DistributedError(
                     f"NCCL reported an error in {self._pending_what}: {exc}"
                 ) from None
             return event.done
 
         if not _backoff_wait(done, start + self.timeout):
+            self._aborted = True
             self._comm.abort()  # frees the GPU from the stuck kernel
             raise self._timeout_error(self._pending_what, time.monotonic() - start)
 
@@ -758,7 +765,9 @@ class NCCLCommunicator(Communicator):
 
     def abort(self, code=1):
         try:
-            self._comm.abort()
+            if not self._aborted:  # aborting an NCCL communicator twice is undefined
+                self._aborted = True
+                self._comm.abort()
         finally:
             if self._mpi is not None:
                 self._mpi.Abort(code)
