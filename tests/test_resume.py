@@ -273,3 +273,33 @@ def test_multilayernetextend_resumes_exactly(data, tmp_path):
         for attr in ("running_mean", "running_var"):
             np.testing.assert_array_equal(getattr(full.network.layers[name], attr),
                                           getattr(resumed.network.layers[name], attr))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not xpnet.gpu_available(), reason="needs a CUDA GPU with CuPy")
+def test_gpu_run_resumes_exactly_and_its_checkpoint_loads_on_the_cpu(data, tmp_path):
+    from xpnet.models import MultiLayerNetExtend
+
+    def net(init):
+        xpnet.seed(init)
+        return MultiLayerNetExtend(8, [12, 12], 3, use_dropout=True, dropout_ration=0.2,
+                                   use_batchnorm=True)
+
+    # 13 steps an epoch and 65 in all: the losses are read back in groups (every 50 steps
+    # and at each epoch's end), and a NaN check covers each group
+    opts = dict(epochs=5, mini_batch_size=16, optimizer="adam", seed=2, verbose=False,
+                device="gpu")
+    full = Trainer(net(0), *data, **opts)
+    full.train()
+    with pytest.raises(Interrupt):
+        Trainer(stops_at(net(0), 30), *data, checkpoint_dir=tmp_path, **opts).train()
+    resumed = Trainer(net(1), *data, checkpoint_dir=tmp_path, resume=True, **opts)
+    assert resumed.current_iter == 26
+    resumed.train()
+    assert_same_run(full, resumed)
+    # the checkpoint holds host arrays: a CPU run picks it up
+    on_cpu = Trainer(net(1), *data, checkpoint_dir=tmp_path, resume=True,
+                     **{**opts, "device": "cpu"})
+    assert on_cpu.current_iter == 65 and on_cpu.network.device == "cpu"
+    np.testing.assert_array_equal(on_cpu.network.params["W1"],
+                                  xpnet.as_numpy(full.network.params["W1"]))
