@@ -93,6 +93,8 @@ def case_train(args, comm):
     if comm:
         comm.check_consistency(net)
         comm.broadcast_params(net.params)
+        if args.deadline:  # short, but only once both ranks are up (start-up can be slow)
+            comm.timeout = args.deadline
     while step < args.steps:
         if comm and rank == args.kill_rank and step == args.kill_at:
             os.kill(os.getpid(), getattr(signal, "SIG" + args.signal))  # dies, or hangs
@@ -169,6 +171,8 @@ def main(argv=None):
     parser.add_argument("--kill-at", type=int, default=-1)
     parser.add_argument("--signal", default="KILL", choices=["KILL", "STOP"])
     parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--deadline", type=float, default=None,
+                        help="the communicator's timeout (s) once training starts")
     parser.add_argument("--what", default="shape")
     args = parser.parse_args(argv)
     comm = get_communicator()

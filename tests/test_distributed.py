@@ -314,7 +314,7 @@ def test_killed_rank_stops_the_job_and_the_checkpoint_resumes(tmp_path):
     ck.mkdir()
     run = ("train", "--out", tmp_path, "--steps", 12, "--ckpt", ck, "--ckpt-every", 4)
     # rank 1 is SIGKILLed at step 6, after rank 0 checkpointed step 4
-    proc, seconds = _cases(*run, "--kill-rank", 1, "--kill-at", 6, timeout=90, timeout_s=10)
+    proc, seconds = _cases(*run, "--kill-rank", 1, "--kill-at", 6, "--deadline", 10, timeout=90)
     assert proc.returncode != 0
     assert seconds < 60, f"the surviving rank took {seconds:.0f} s to stop"
     assert not (tmp_path / "params_rank0.npz").exists()  # it did not go on training
@@ -347,8 +347,8 @@ def test_missing_rank_is_named_within_the_deadline(tmp_path, sig, state):
         launcher, wrap = ("-disable-auto-cleanup",), True
     proc, seconds = _cases(
         "train", "--out", tmp_path, "--steps", 12, "--ckpt", ck, "--ckpt-every", 4,
-        "--kill-rank", 1, "--kill-at", 6, "--signal", sig,
-        launcher=launcher, wrap=wrap, timeout=90, timeout_s=3,
+        "--kill-rank", 1, "--kill-at", 6, "--signal", sig, "--deadline", 3,
+        launcher=launcher, wrap=wrap, timeout=90,
     )
     assert proc.returncode != 0
     assert seconds < 60
