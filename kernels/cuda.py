@@ -39,7 +39,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import cuda
+from numba import cuda, int64, uint32
 
 from xpnet import backend
 
@@ -51,6 +51,19 @@ MAX_BLOCKS = 65_535
 # ---------------------------------------------------------------------------
 # Raw kernels
 # ---------------------------------------------------------------------------
+
+# Flat indices are split into (n, c, h, w) by division. Numba types indices as int64, and
+# a 64-bit division is a long software sequence on the GPU (several times a 32-bit one);
+# the arrays here have fewer than 2**31 elements (checked at launch), so the divisions are
+# done on uint32 operands, which LLVM lowers to the hardware's 32-bit unsigned division.
+MAX_ELEMENTS = 2**31 - 1
+
+
+@cuda.jit(device=True, inline=True)
+def _divmod(a, b):
+    """(a // b, a % b) for 0 <= a < 2**31 and 0 < b < 2**31, in 32-bit unsigned arithmetic."""
+    q = int64(uint32(a) // uint32(b))
+    return q, a - q * b
 
 
 @cuda.jit(cache=True)
@@ -64,16 +77,11 @@ def _im2col_kernel(x, col, filter_h, filter_w, stride, pad, out_h, out_w):
     ncols = col.shape[1]
     total = col.shape[0] * ncols
     for i in range(cuda.grid(1), total, cuda.gridsize(1)):
-        row = i // ncols
-        k = i - row * ncols
-        ow = row % out_w
-        t = row // out_w
-        oh = t % out_h
-        n = t // out_h
-        kw = k % filter_w
-        t = k // filter_w
-        kh = t % filter_h
-        c = t // filter_h
+        row, k = _divmod(i, ncols)
+        t, ow = _divmod(row, out_w)
+        n, oh = _divmod(t, out_h)
+        t, kw = _divmod(k, filter_w)
+        c, kh = _divmod(t, filter_h)
         h = oh * stride + kh - pad
         w = ow * stride + kw - pad
         if 0 <= h < height and 0 <= w < width:
@@ -95,20 +103,17 @@ def _col2im_kernel(col, x, filter_h, filter_w, stride, pad, out_h, out_w, zero):
     n_channels, height, width = x.shape[1], x.shape[2], x.shape[3]
     total = x.shape[0] * n_channels * height * width
     for i in range(cuda.grid(1), total, cuda.gridsize(1)):
-        w = i % width
-        t = i // width
-        h = t % height
-        t = t // height
-        c = t % n_channels
-        n = t // n_channels
+        t, w = _divmod(i, width)
+        t, h = _divmod(t, height)
+        n, c = _divmod(t, n_channels)
         hp = h + pad
         wp = w + pad
         # output rows whose window covers hp: oh*stride <= hp < oh*stride + filter_h.
         # Walking oh downwards walks kh upwards: the reference's (kh, kw) summation order.
-        oh_lo = max(0, (hp - filter_h + stride) // stride)
-        oh_hi = min(out_h - 1, hp // stride)
-        ow_lo = max(0, (wp - filter_w + stride) // stride)
-        ow_hi = min(out_w - 1, wp // stride)
+        oh_lo = _divmod(hp - filter_h, stride)[0] + 1 if hp >= filter_h else 0
+        oh_hi = min(out_h - 1, _divmod(hp, stride)[0])
+        ow_lo = _divmod(wp - filter_w, stride)[0] + 1 if wp >= filter_w else 0
+        ow_hi = min(out_w - 1, _divmod(wp, stride)[0])
         acc = zero
         for oh in range(oh_hi, oh_lo - 1, -1):
             row_base = (n * out_h + oh) * out_w
@@ -128,16 +133,11 @@ def _col2im_scatter_kernel(col, x, filter_h, filter_w, stride, pad, out_h, out_w
     ncols = col.shape[1]
     total = col.shape[0] * ncols
     for i in range(cuda.grid(1), total, cuda.gridsize(1)):
-        row = i // ncols
-        k = i - row * ncols
-        ow = row % out_w
-        t = row // out_w
-        oh = t % out_h
-        n = t // out_h
-        kw = k % filter_w
-        t = k // filter_w
-        kh = t % filter_h
-        c = t // filter_h
+        row, k = _divmod(i, ncols)
+        t, ow = _divmod(row, out_w)
+        n, oh = _divmod(t, out_h)
+        t, kw = _divmod(k, filter_w)
+        c, kh = _divmod(t, filter_h)
         h = oh * stride + kh - pad
         w = ow * stride + kw - pad
         if 0 <= h < height and 0 <= w < width:
@@ -156,12 +156,9 @@ def _maxpool_forward_kernel(x, out, argmax, pool_h, pool_w, stride, pad, lowest)
     out_h, out_w = out.shape[2], out.shape[3]
     total = out.shape[0] * n_channels * out_h * out_w
     for i in range(cuda.grid(1), total, cuda.gridsize(1)):
-        ow = i % out_w
-        t = i // out_w
-        oh = t % out_h
-        t = t // out_h
-        c = t % n_channels
-        n = t // n_channels
+        t, ow = _divmod(i, out_w)
+        t, oh = _divmod(t, out_h)
+        n, c = _divmod(t, n_channels)
         best = lowest
         best_k = -1
         for kh in range(pool_h):
@@ -193,19 +190,16 @@ def _maxpool_backward_kernel(dout, argmax, dx, pool_h, pool_w, stride, pad, zero
     out_h, out_w = dout.shape[2], dout.shape[3]
     total = dx.shape[0] * n_channels * height * width
     for i in range(cuda.grid(1), total, cuda.gridsize(1)):
-        w = i % width
-        t = i // width
-        h = t % height
-        t = t // height
-        c = t % n_channels
-        n = t // n_channels
+        t, w = _divmod(i, width)
+        t, h = _divmod(t, height)
+        n, c = _divmod(t, n_channels)
         hp = h + pad
         wp = w + pad
         # windows covering (hp, wp), visited in ascending (oh, ow): the reference's order
-        oh_lo = max(0, (hp - pool_h + stride) // stride)
-        oh_hi = min(out_h - 1, hp // stride)
-        ow_lo = max(0, (wp - pool_w + stride) // stride)
-        ow_hi = min(out_w - 1, wp // stride)
+        oh_lo = _divmod(hp - pool_h, stride)[0] + 1 if hp >= pool_h else 0
+        oh_hi = min(out_h - 1, _divmod(hp, stride)[0])
+        ow_lo = _divmod(wp - pool_w, stride)[0] + 1 if wp >= pool_w else 0
+        ow_hi = min(out_w - 1, _divmod(wp, stride)[0])
         acc = zero
         for oh in range(oh_lo, oh_hi + 1):
             k_base = (hp - oh * stride) * pool_w + wp
@@ -224,6 +218,16 @@ def _grid(total: int, threads: int, max_blocks: int) -> int:
     return max(1, min(math.ceil(total / threads), max_blocks))
 
 
+def _check_size(*arrays):
+    """The kernels index in 32 bits (see ``_divmod``): refuse arrays they cannot address."""
+    for a in arrays:
+        if a.size > MAX_ELEMENTS:
+            raise ValueError(
+                f"an array of shape {tuple(a.shape)} ({a.size} elements) is too large for the "
+                f"GPU kernels (at most {MAX_ELEMENTS}); use a smaller batch"
+            )
+
+
 def _scalar(dtype, value):
     """A NumPy scalar of ``dtype``: Numba types the kernel argument, and so the sum, by it."""
     return np.dtype(dtype).type(value)
@@ -234,6 +238,7 @@ def launch_im2col(x, col, filter_h, filter_w, stride, pad, *, stream=0,
     """Fill ``col`` (N*out_h*out_w, C*FH*FW) from ``x`` (N, C, H, W); both on the device."""
     out_h, out_w = _conv_out(x.shape, filter_h, filter_w, stride, pad)
     _expect_shape("col", col.shape, _col_shape(x.shape, filter_h, filter_w, out_h, out_w))
+    _check_size(x, col)
     if col.size:
         blocks = _grid(col.size, threads, max_blocks)
         _im2col_kernel[blocks, threads, stream](
@@ -246,6 +251,7 @@ def launch_col2im(col, x, filter_h, filter_w, stride, pad, *, stream=0,
     """Write ``x`` (N, C, H, W) as the sum of the overlapping windows in ``col`` (gather)."""
     out_h, out_w = _conv_out(x.shape, filter_h, filter_w, stride, pad)
     _expect_shape("col", col.shape, _col_shape(x.shape, filter_h, filter_w, out_h, out_w))
+    _check_size(x, col)
     if x.size:
         blocks = _grid(x.size, threads, max_blocks)
         _col2im_kernel[blocks, threads, stream](
@@ -258,6 +264,7 @@ def launch_col2im_scatter(col, x, filter_h, filter_w, stride, pad, *, stream=0,
     """Add the windows in ``col`` into ``x`` with atomics; ``x`` must be zeroed first."""
     out_h, out_w = _conv_out(x.shape, filter_h, filter_w, stride, pad)
     _expect_shape("col", col.shape, _col_shape(x.shape, filter_h, filter_w, out_h, out_w))
+    _check_size(x, col)
     if col.size:
         blocks = _grid(col.size, threads, max_blocks)
         _col2im_scatter_kernel[blocks, threads, stream](
@@ -272,6 +279,7 @@ def launch_maxpool_forward(x, out, argmax, pool_h, pool_w, stride, pad, *, strea
     shape = (x.shape[0], x.shape[1], out_h, out_w)
     _expect_shape("out", out.shape, shape)
     _expect_shape("argmax", argmax.shape, shape)
+    _check_size(x, out)
     if out.size:
         blocks = _grid(out.size, threads, max_blocks)
         _maxpool_forward_kernel[blocks, threads, stream](
@@ -286,6 +294,7 @@ def launch_maxpool_backward(dout, argmax, dx, pool_h, pool_w, stride, pad, *, st
     shape = (dx.shape[0], dx.shape[1], out_h, out_w)
     _expect_shape("dout", dout.shape, shape)
     _expect_shape("argmax", argmax.shape, shape)
+    _check_size(dx, dout)
     if dx.size:
         blocks = _grid(dx.size, threads, max_blocks)
         _maxpool_backward_kernel[blocks, threads, stream](

@@ -199,3 +199,11 @@ def test_launch_rejects_mismatched_shapes():
     with pytest.raises(ValueError, match="argmax has shape"):
         gpu.launch_maxpool_forward(x, np.zeros((2, 3, 2, 2), np.float32),
                                    np.zeros((2, 3, 1, 1), np.int32), 2, 2, 2, 0)
+
+
+def test_launch_refuses_arrays_beyond_32_bit_indexing():
+    # zero-stride views: the shapes are huge, the memory is not
+    x = np.broadcast_to(np.float32(0), (1, 1, 2**16, 2**15 + 1))
+    col = np.broadcast_to(np.float32(0), (2**16 * (2**15 + 1), 1))
+    with pytest.raises(ValueError, match="too large for the GPU kernels"):
+        gpu.launch_im2col(x, col, 1, 1, 1, 0)
