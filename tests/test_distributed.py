@@ -13,13 +13,14 @@ import signal
 import subprocess
 import sys
 import time
+import types
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from xpnet import distributed
-from xpnet.distributed import Communicator, get_communicator
+from xpnet.distributed import Communicator, DistributedError, get_communicator
 
 REPO = Path(__file__).resolve().parents[1]
 CASES = REPO / "tests" / "distributed_cases.py"
@@ -385,6 +386,119 @@ def _nccl_or_skip():
         pytest.skip(f"CuPy has no NCCL: {exc}")
     if not getattr(nccl, "available", True):
         pytest.skip("this CuPy build has no NCCL")
+
+
+class _DeviceArray(np.ndarray):
+    """A stand-in for a CuPy array: a NumPy array with ``.data.ptr``."""
+
+    @property
+    def data(self):
+        return types.SimpleNamespace(ptr=self.__array_interface__["data"][0])
+
+
+class _FakeNCCL:
+    """Records what NCCLCommunicator asks of ``cupy.cuda.nccl`` (a world of one rank)."""
+
+    NCCL_FLOAT16, NCCL_FLOAT32, NCCL_FLOAT64, NCCL_SUM = 6, 7, 8, 0
+
+    class NcclError(RuntimeError):
+        pass
+
+    def __init__(self):
+        self.calls = []
+        self.fake = self
+
+    def get_unique_id(self):
+        return tuple(range(128))
+
+    def NcclCommunicator(self, ndev, uid, rank):  # noqa: N802 - CuPy's name
+        assert (ndev, rank, len(uid)) == (1, 0, 128)
+        fake = self
+
+        class Comm:
+            def allReduce(self, send, recv, count, dtype, op, stream):  # noqa: N802
+                fake.calls.append(("allReduce", send == recv, count, dtype, op))
+
+            def bcast(self, buff, count, dtype, root, stream):
+                fake.calls.append(("bcast", count, dtype, root))
+
+            def check_async_error(self):
+                pass
+
+            def abort(self):
+                fake.calls.append(("abort",))
+
+        return Comm()
+
+
+@pytest.fixture
+def fake_cupy(monkeypatch):
+    """CuPy and its NCCL module replaced by NumPy-backed fakes, so NCCLCommunicator's own
+    logic (packing, stream events, deadlines, abort) runs without a GPU."""
+    from xpnet import backend
+
+    nccl = _FakeNCCL()
+    events = {"done": True}
+    stream = types.SimpleNamespace(
+        ptr=0, record=lambda: types.SimpleNamespace(done=events["done"])
+    )
+    cp = types.SimpleNamespace(
+        __name__="cupy",
+        ndarray=_DeviceArray,
+        empty=lambda n, dtype: np.empty(n, dtype).view(_DeviceArray),
+        zeros=lambda n, dtype: np.zeros(n, dtype).view(_DeviceArray),
+        asarray=lambda a: np.array(a).view(_DeviceArray),
+        asnumpy=lambda a: np.array(a).view(np.ndarray),
+        cuda=types.SimpleNamespace(get_current_stream=lambda: stream, nccl=nccl),
+    )
+    monkeypatch.setattr(backend, "_cupy", cp)
+    monkeypatch.setattr(backend, "gpu_unavailable_reason", lambda: None)
+    monkeypatch.setitem(sys.modules, "cupy", cp)
+    monkeypatch.setitem(sys.modules, "cupy.cuda", cp.cuda)
+    monkeypatch.setitem(sys.modules, "cupy.cuda.nccl", nccl)
+    at_exit = []
+    monkeypatch.setattr(distributed.atexit, "register", lambda *a: at_exit.append(a))
+    return types.SimpleNamespace(nccl=nccl, events=events, at_exit=at_exit)
+
+
+def test_nccl_path_with_a_fake_cupy(fake_cupy):
+    from xpnet.distributed import NCCLCommunicator
+
+    comm = NCCLCommunicator(timeout=5)
+    params = {"W1": np.arange(6.0).reshape(2, 3).view(_DeviceArray),
+              "b1": np.ones(3).view(_DeviceArray)}
+    comm.check_consistency(types.SimpleNamespace(params=params))
+    comm.broadcast_params(params)
+    grads = {k: (2 * v).view(_DeviceArray) for k, v in params.items()}
+    loss = comm.allreduce_mean(grads, loss=np.float64(0.5), step=1)
+    assert all(isinstance(g, _DeviceArray) for g in grads.values())  # stays on the device
+    np.testing.assert_array_equal(grads["W1"], 2 * np.arange(6.0).reshape(2, 3))
+    assert float(loss) == 0.5
+    assert comm.allreduce_sum([2.0, 3.0]).tolist() == [2.0, 3.0]  # a host buffer, via device
+    comm.barrier()
+    calls = fake_cupy.nccl.calls
+    assert calls[0] == ("bcast", 9, _FakeNCCL.NCCL_FLOAT64, 0)
+    # one fused in-place reduction: 9 parameters and the loss
+    assert calls[1] == ("allReduce", True, 10, _FakeNCCL.NCCL_FLOAT64, _FakeNCCL.NCCL_SUM)
+    assert [c[0] for c in calls] == ["bcast", "allReduce", "allReduce", "allReduce"]
+    assert fake_cupy.at_exit == []  # nothing failed
+
+
+def test_nccl_collective_that_never_finishes_aborts_within_the_deadline(fake_cupy):
+    from xpnet.distributed import NCCLCommunicator
+
+    comm = NCCLCommunicator(timeout=0.3)
+    grads = {"W1": np.ones(4).view(_DeviceArray)}
+    fake_cupy.events["done"] = False  # the GPU never finishes: a peer is gone
+    comm.allreduce_mean(grads, step=1)  # queued: the host does not wait for it
+    start = time.monotonic()
+    with pytest.raises(DistributedError, match=r"waited 0 s for the gradient allreduce \(step 1\)"):
+        comm.allreduce_mean(grads, step=2)  # waits for step 1 first
+    assert time.monotonic() - start < 5
+    assert fake_cupy.nccl.calls[-1] == ("abort",)
+    assert len(fake_cupy.at_exit) == 1  # the job is aborted when the process exits
+    with pytest.raises(DistributedError, match="has failed"):
+        comm.allreduce_mean(grads, step=3)
 
 
 @pytest.mark.gpu

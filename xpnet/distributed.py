@@ -267,11 +267,16 @@ class Communicator:
 
     # -- faults ---------------------------------------------------------------------------
 
-    def _timeout_error(self, what: str, waited: float) -> DistributedError:
-        """The error for a collective that did not complete: which peers are missing."""
+    def _mark_failed(self) -> None:
+        """No collective can be trusted any more: refuse new ones, and abort the job at exit
+        (MPI_Finalize would wait for the missing peer forever)."""
         if not self._failed:
             self._failed = True
             atexit.register(_abort_at_exit, self)
+
+    def _timeout_error(self, what: str, waited: float) -> DistributedError:
+        """The error for a collective that did not complete: which peers are missing."""
+        self._mark_failed()
         here = socket.gethostname()
         dead, stopped, silent, remote = [], [], [], []
         for r, (host, pid) in enumerate(self._peers or []):
@@ -688,8 +693,10 @@ class NCCLCommunicator(Communicator):
             try:
                 self._comm.check_async_error()
             except getattr(self._nccl, "NcclError", RuntimeError) as exc:
+                self._mark_failed()
                 raise DistributedError(
-                    f"NCCL reported an error in {self._pending_what}: {exc}"
+                    f"NCCL reported an error in {self._pending_what}: {exc}; training stops "
+                    "here (the job is aborted)"
                 ) from None
             return event.done
 
