@@ -47,6 +47,11 @@ Design decisions, each visible in the code below:
   saved and evaluated statistics are the replicas' average and identical on every rank.
   (With BatchNorm, B/2 per replica is therefore *not* the same computation as B in one
   process: the batch statistics come from B/2 samples.)
+- **Random streams.** The ranks share one seed so that they draw the same global
+  mini-batches; Dropout draws from that same stream, so the k-th sample of every shard
+  gets the same mask (the masks are still independent across the samples of a shard and
+  across steps). Runs with Dropout are therefore reproducible for a given world size, but
+  not equal to a one-process run -- nor are runs with BatchNorm (above).
 - **Faults never hang.** Every collective is non-blocking (``Iallreduce``, ``Ibcast``,
   ``Ibarrier`` ...) and waited for with a deadline (``timeout`` seconds, default
   ``XPNET_DISTRIBUTED_TIMEOUT`` or 300). When it passes, :class:`DistributedError` names
