@@ -15,7 +15,7 @@ Writes
 and prints the book's 4x4 example (7.2.3), the check of im2col + product against the
 Convolution layer, and the accuracies.
 
-Quick mode trains on 1,000 images for 2 epochs (the filters barely move from noise; the
+Quick mode trains on 2,000 images for 2 epochs (the filters barely move from noise; the
 book's trained ones show the edge and blob detectors); ``--full`` trains the book's
 20 epochs on every training image.
 """
@@ -85,7 +85,7 @@ def conv_by_hand(args, xp, image):
 def train(args, x_train, t_train, x_test, t_test):
     """7.5: the book's train_convnet.py -- SimpleConvNet, Adam lr 0.001, batch 100."""
     if not args.full:
-        x_train, t_train = x_train[:1000], t_train[:1000]
+        x_train, t_train = x_train[:2000], t_train[:2000]
     epochs = 20 if args.full else 2
     network = SimpleConvNet(input_dim=(1, 28, 28),
                             conv_param={"filter_num": 30, "filter_size": 5, "pad": 0,
