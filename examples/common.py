@@ -95,12 +95,24 @@ def main(run, parser, argv=None) -> int:
 def load_data(args, flatten=True, inference_only=False):
     """``(x_train, t_train), (x_test, t_test), name`` as the book's ``load_mnist`` gives them.
 
+    In quick mode (no ``--full``) at most 8,000 training and 2,000 test images are kept,
+    so that a quick run costs the same whichever dataset it finds.
+
     ``--dataset mnist``: the standard MNIST files from ``--data-dir`` or xpnet's usual
     places; or, when ``--data-dir`` holds only the 10,000 digits of MNIST's test set, those
     split 8,000 for training and 2,000 for testing (all 10,000 for testing when
     ``inference_only``, e.g. for the book's pretrained weights). No MNIST at all: a printed
     note, then Fashion-MNIST (same format, same shapes).
     """
+    (x_train, t_train), (x_test, t_test), name = _load(args, flatten, inference_only)
+    if not args.full:
+        n_test = 10000 if inference_only else 2000
+        x_train, t_train = x_train[:8000], t_train[:8000]
+        x_test, t_test = x_test[:n_test], t_test[:n_test]
+    return (x_train, t_train), (x_test, t_test), name
+
+
+def _load(args, flatten, inference_only):
     name = args.dataset
     if name == "mnist":
         images = args.data_dir / "images-idx3-ubyte.gz"

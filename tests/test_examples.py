@@ -40,8 +40,8 @@ FIGURES = {
 }
 
 
-def run_example(script, *args, timeout=240):
-    env = dict(os.environ, MPLBACKEND="Agg")
+def run_example(script, *args, timeout=240, env=None):
+    env = dict(os.environ, MPLBACKEND="Agg", **(env or {}))
     # Run from a fresh clone without installing: the repository is the import path.
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     return subprocess.run(
@@ -77,3 +77,37 @@ def test_device_gpu_without_gpu_fails_with_one_sentence(tmp_path):
     assert "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
     assert not list(tmp_path.glob("*.png"))
+
+
+def test_without_mnist_the_examples_fall_back_to_fashion_mnist(tmp_path, fashion_dir):
+    if Path("/usr/share/datasets/mnist").exists():
+        pytest.skip("a system-wide MNIST is installed")
+    proc = run_example("ch01_python_numpy.py", "--out", str(tmp_path), "--threads", "1",
+                       "--data-dir", str(tmp_path / "no-mnist-here"),
+                       env={"XPNET_DATA": str(tmp_path / "empty-cache")})
+    assert proc.returncode == 0, proc.stderr
+    assert "note: no MNIST found" in proc.stdout
+    assert "image: Fashion-MNIST" in proc.stdout
+    assert (tmp_path / "image.png").stat().st_size > 1000
+
+
+def test_without_the_books_weights_chapter_3_trains_its_own(tmp_path, mnist10k_dir):
+    proc = run_example("ch03_neural_network.py", "--out", str(tmp_path), "--threads", "1",
+                       "--weights", str(tmp_path / "no-weights-here"))
+    assert proc.returncode == 0, proc.stderr
+    assert "note: the book's weights ch03_sample_weight.pkl are not in" in proc.stdout
+    accuracy = float(proc.stdout.split("Accuracy (batches of 100):")[1].split()[0])
+    assert accuracy > 0.8  # two epochs of Adam on 8,000 digits
+    assert (tmp_path / "predictions.png").stat().st_size > 1000
+
+
+def test_chapter_3_reaches_the_books_accuracy_with_its_weights(tmp_path, book_fixture,
+                                                               mnist10k_dir):
+    book_fixture("ch03_sample_weight.pkl")
+    proc = run_example("ch03_neural_network.py", "--out", str(tmp_path), "--threads", "1",
+                       "--full")
+    assert proc.returncode == 0, proc.stderr
+    assert "y = [0.31682708 0.69627909]" in proc.stdout
+    # the fixture's README: 93.74% on these 10,000 digits
+    assert "Accuracy (batches of 100): 0.9374" in proc.stdout
+    assert "Accuracy (one by one):    0.9374" in proc.stdout
