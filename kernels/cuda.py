@@ -314,7 +314,8 @@ def im2col(x, filter_h, filter_w, stride=1, pad=0):
     _check_geometry(x.shape, filter_h, filter_w, stride, pad, "filter")
     out_h, out_w = _conv_out(x.shape, filter_h, filter_w, stride, pad)
     col = cp.empty(_col_shape(x.shape, filter_h, filter_w, out_h, out_w), dtype=x.dtype)
-    launch_im2col(_dev(x), _dev(col), filter_h, filter_w, stride, pad, stream=_stream())
+    if col.size:  # an empty batch has no device buffer to hand to Numba
+        launch_im2col(_dev(x), _dev(col), filter_h, filter_w, stride, pad, stream=_stream())
     return col
 
 
@@ -326,7 +327,8 @@ def col2im(col, input_shape, filter_h, filter_w, stride=1, pad=0):
     shape = _shape4(input_shape)
     _check_geometry(shape, filter_h, filter_w, stride, pad, "filter")
     x = cp.empty(shape, dtype=col.dtype)
-    launch_col2im(_dev(col), _dev(x), filter_h, filter_w, stride, pad, stream=_stream())
+    if x.size:
+        launch_col2im(_dev(col), _dev(x), filter_h, filter_w, stride, pad, stream=_stream())
     return x
 
 
@@ -342,8 +344,9 @@ def col2im_scatter(col, input_shape, filter_h, filter_w, stride=1, pad=0):
     shape = _shape4(input_shape)
     _check_geometry(shape, filter_h, filter_w, stride, pad, "filter")
     x = cp.zeros(shape, dtype=col.dtype)
-    launch_col2im_scatter(_dev(col), _dev(x), filter_h, filter_w, stride, pad,
-                          stream=_stream())
+    if x.size:
+        launch_col2im_scatter(_dev(col), _dev(x), filter_h, filter_w, stride, pad,
+                              stream=_stream())
     return x
 
 
@@ -356,8 +359,9 @@ def maxpool_forward(x, pool_h, pool_w, stride=1, pad=0):
     shape = (x.shape[0], x.shape[1], out_h, out_w)
     out = cp.empty(shape, dtype=x.dtype)
     argmax = cp.empty(shape, dtype=np.int32)
-    launch_maxpool_forward(_dev(x), _dev(out), _dev(argmax), pool_h, pool_w, stride, pad,
-                           stream=_stream())
+    if out.size:
+        launch_maxpool_forward(_dev(x), _dev(out), _dev(argmax), pool_h, pool_w, stride, pad,
+                               stream=_stream())
     return out, argmax
 
 
@@ -371,8 +375,9 @@ def maxpool_backward(dout, argmax, input_shape, pool_h, pool_w, stride=1, pad=0)
     shape = _shape4(input_shape)
     _check_geometry(shape, pool_h, pool_w, stride, pad, "pool")
     dx = cp.empty(shape, dtype=dout.dtype)
-    launch_maxpool_backward(_dev(dout), _dev(argmax), _dev(dx), pool_h, pool_w, stride, pad,
-                            stream=_stream())
+    if dx.size:
+        launch_maxpool_backward(_dev(dout), _dev(argmax), _dev(dx), pool_h, pool_w, stride,
+                                pad, stream=_stream())
     return dx
 
 

@@ -106,6 +106,16 @@ def test_kernels_accept_non_contiguous_input():
     np.testing.assert_array_equal(out.get(), ref.maxpool_forward(x, 2, 2, 2, 0)[0])
 
 
+def test_kernels_on_an_empty_batch_return_empty_arrays():
+    x = cp.zeros((0, 2, 5, 5), np.float32)
+    col = gpu_kernels.im2col(x, 3, 3, 1, 1)
+    assert col.shape == (0, 18)
+    assert gpu_kernels.col2im(col, x.shape, 3, 3, 1, 1).shape == x.shape
+    out, arg = gpu_kernels.maxpool_forward(x, 2, 2, 2, 0)
+    assert out.shape == arg.shape == (0, 2, 2, 2)
+    assert gpu_kernels.maxpool_backward(out, arg, x.shape, 2, 2, 2, 0).shape == x.shape
+
+
 def test_col2im_scatter_agrees_with_gather():
     rng = np.random.default_rng(2)
     shape, fh, fw, stride, pad = (8, 16, 14, 14), 3, 3, 1, 1
