@@ -17,6 +17,7 @@ from xpnet.models import (
     init_network,
     predict,
 )
+from xpnet.threads import num_threads
 
 F64 = np.float64
 
@@ -41,12 +42,15 @@ def _check_gradients(net, x, t, seed=None, tol=1e-6, zero=()):
     for key, value in net.params.items():
         if key.startswith("b"):
             value[...] = rng.uniform(-0.2, 0.2, value.shape)
-    if seed is not None:
-        xpnet.seed(seed)
-    backprop = net.gradient(x, t)
-    if seed is not None:
-        xpnet.seed(seed)
-    numerical = net.numerical_gradient(x, t)
+    # One thread: on these tiny shapes, waking a pool of threads for every kernel and
+    # product costs far more than the work, and a check makes thousands of passes.
+    with num_threads(1):
+        if seed is not None:
+            xpnet.seed(seed)
+        backprop = net.gradient(x, t)
+        if seed is not None:
+            xpnet.seed(seed)
+        numerical = net.numerical_gradient(x, t)
     assert list(backprop) == list(net.params) == list(numerical)
     for key in zero:
         assert np.abs(backprop[key]).max() < 1e-12 and np.abs(numerical[key]).max() < 1e-8, key
@@ -371,6 +375,28 @@ def test_load_errors_name_the_key(tmp_path):
         np.testing.assert_array_equal(value, before[key])
 
 
+def test_load_refuses_values_beyond_float16(tmp_path):
+    big = TwoLayerNet(4, 3, 2, dtype=F64)
+    big.params["W2"][0, 1] = 1e6
+    big.save_params(tmp_path / "big.npz")
+    half = TwoLayerNet(4, 3, 2, dtype=np.float16)
+    with pytest.raises(ValueError, match=r"'W2'.*float16"):
+        half.load_params(tmp_path / "big.npz")
+
+
+def test_load_the_books_pickle_format(tmp_path):
+    """The book's save_params writes a pickled dict; load_params reads it (safely)."""
+    import pickle
+
+    src = TwoLayerNet(4, 3, 2, dtype=F64)
+    with open(tmp_path / "params.pkl", "wb") as f:
+        pickle.dump({k: v.copy() for k, v in src.params.items()}, f)
+    dst = TwoLayerNet(4, 3, 2)
+    dst.load_params(tmp_path / "params.pkl")
+    for key in src.params:
+        np.testing.assert_array_equal(dst.params[key], src.params[key].astype(np.float32))
+
+
 # ---------------------------------------------------------------------------
 # Devices and bad input
 # ---------------------------------------------------------------------------
@@ -410,6 +436,13 @@ def test_bad_input_is_named():
         conv.predict(np.zeros((2, 64)))
     # the book feeds flattened or image-shaped batches to its dense nets alike
     assert net.predict(np.zeros((2, 1, 2, 2))).shape == (2, 2)
+
+
+def test_input_dim_too_small():
+    with pytest.raises(ValueError, match=r"DeepConvNet.*\(1, 3, 3\)"):
+        DeepConvNet((1, 3, 3))
+    with pytest.raises(ValueError, match="SimpleConvNet"):
+        SimpleConvNet((1, 4, 4))
 
 
 def test_batchnorm_layer_types():

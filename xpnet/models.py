@@ -35,7 +35,6 @@ from xpnet.backend import (
     device_of,
     get_array_module,
     get_default_dtype,
-    get_rng,
     get_rng_state,
     namespace,
     set_rng_state,
@@ -236,8 +235,8 @@ class Network:
         ``train_flg=False``."""
         x = self._input(x)
         t = self._target(t, x.shape[0])
-        y = self._forward(x, train_flg)
-        return self.last_layer.forward(y, t) + self._weight_decay()
+        loss = self.last_layer.forward(self._forward(x, train_flg), t)
+        return loss + self._weight_decay() if self.weight_decay_lambda else loss
 
     def accuracy(self, x, t, batch_size=100):
         """Fraction of rows of x whose highest score is the class of t (labels or one-hot).
@@ -286,9 +285,11 @@ class Network:
         layer's state and of x, whatever the network's dtype: a step h = 1e-4 in float32
         would lose most digits of the difference. The network is left as it was.
 
-        Random layers (Dropout) see the same random draws in every evaluation (on the CPU
-        the generator's state is restored before each), so the differences are those of
-        the one sub-network that :meth:`gradient` uses from the same random state.
+        Random layers (Dropout) see the same random draws in every evaluation (the
+        generator's state is restored before each), so the differences are those of one
+        fixed sub-network: on the CPU, the one :meth:`gradient` uses after the same
+        ``xpnet.seed``. (On the GPU, taking the generator's state reseeds it, so the masks
+        repeat but need not be those of a :meth:`gradient` call.)
         """
         x = self._input(x)
         t = self._target(t, x.shape[0])
@@ -297,12 +298,10 @@ class Network:
         with self._working_copy(np.float64):
             x64 = x.astype(np.float64)
             t64 = t.astype(np.float64) if t.dtype.kind == "f" else t
-            state = get_rng_state(xp) if xp is np else None
-            get_rng(xp)  # make sure the generator exists before its state is taken
+            state = get_rng_state(xp)
 
             def f(_):
-                if state is not None:
-                    set_rng_state(state, xp)
+                set_rng_state(state, xp)
                 return self.loss(x64, t64, train_flg=True)
 
             grads = {key: _numerical_gradient(f, value) for key, value in self.params.items()}
@@ -355,6 +354,8 @@ class Network:
         device = check_device(device)
         if device != self.device:
             self._map_arrays(lambda a: to_device(a, device))
+            if self.last_loss is not None:
+                self.last_loss = to_device(self.last_loss, device)
             self.device = device
         return self
 
@@ -376,10 +377,12 @@ class Network:
     def load_params(self, file_name="params.npz"):
         """Read parameters from an ``.npz`` written by :meth:`save_params` or from one of the
         book's ``.pkl`` files, into the existing arrays (cast to the network's dtype), so
-        layers and optimizers holding them see the new values.
+        layers and optimizers holding them see the new values. BatchNormalization's running
+        statistics are read too when the file has them.
 
-        Every key of ``params`` must be in the file with the same shape; nothing is written
-        unless all are. Raises KeyError or ValueError naming the key (and both shapes).
+        Every key of ``params`` must be in the file with the same shape, and the file may
+        hold nothing else; nothing is written unless all is well. Raises KeyError naming
+        the missing or unexpected keys, or ValueError naming the key and both shapes.
         """
         loaded = io.load_params(file_name)
         name = type(self).__name__
@@ -395,17 +398,39 @@ class Network:
                 f"{file_name} holds {', '.join(unexpected)}, which {name} does not have "
                 f"(its parameters are {', '.join(self.params)})"
             )
-        for key, value in self.params.items():
-            if tuple(loaded[key].shape) != tuple(value.shape):
+        expected = {key: tuple(value.shape) for key, value in self.params.items()}
+        for key, (layer, _) in self._buffers.items():
+            expected[key] = (int(layer.gamma.size),)
+        arrays = {}
+        for key, shape in expected.items():
+            if key not in loaded:
+                continue
+            value = loaded[key]
+            got = tuple(value.shape)
+            if key in self._buffers:
+                got = (int(value.size),)  # per-unit statistics may be stored flat or not
+            if got != shape:
                 raise ValueError(
-                    f"{file_name}: parameter {key!r} has shape {tuple(loaded[key].shape)} "
-                    f"but {name} expects {tuple(value.shape)}"
+                    f"{file_name}: {key!r} has shape {tuple(value.shape)} but {name} "
+                    f"expects {shape}"
                 )
+            with np.errstate(over="ignore"):  # overflow is reported just below
+                cast = value.astype(self.dtype)
+            if value.dtype.kind == "f" and not np.isfinite(cast).all() and np.isfinite(value).all():
+                raise ValueError(
+                    f"{file_name}: {key!r} has values beyond the range of {self.dtype} "
+                    f"(largest magnitude {np.abs(value).max():.3g})"
+                )
+            arrays[key] = to_device(cast, self.device)
         for key, value in self.params.items():
-            value[...] = to_device(loaded[key].astype(self.dtype), self.device)
+            value[...] = arrays[key]
         for key, (layer, attr) in self._buffers.items():
-            if key in loaded:
-                setattr(layer, attr, to_device(loaded[key].astype(self.dtype), self.device))
+            if key in arrays:
+                current = getattr(layer, attr, None)
+                if current is not None and current.size == arrays[key].size:
+                    current[...] = arrays[key].reshape(current.shape)  # in place, as BN does
+                else:
+                    setattr(layer, attr, arrays[key])
 
 
 # ---------------------------------------------------------------------------
@@ -643,6 +668,11 @@ class SimpleConvNet(Network):
         pad, stride = conv_param["pad"], conv_param["stride"]
         conv_h, conv_w = _out_size(H, fs, stride, pad), _out_size(W, fs, stride, pad)
         pool_output_size = fn * _out_size(conv_h, 2, 2) * _out_size(conv_w, 2, 2)
+        if pool_output_size < 1:
+            raise ValueError(
+                f"SimpleConvNet: input_dim {tuple(input_dim)} is too small for a "
+                f"{fs}x{fs} convolution (pad {pad}, stride {stride}) and a 2x2 pooling"
+            )
         p = self.params
         p["W1"] = self._weight((fn, C, fs, fs), weight_init_std)
         p["b1"] = self._zeros(fn)
@@ -712,9 +742,12 @@ class DeepConvNet(Network):
             if idx % 2 == 0:
                 self.layers.append(Pooling(pool_h=2, pool_w=2, stride=2))
                 h, w = _out_size(h, 2, 2), _out_size(w, 2, 2)
+            if h < 1 or w < 1:
+                raise ValueError(
+                    f"DeepConvNet: input_dim {tuple(input_dim)} is too small; after "
+                    f"convolution {idx} the feature map would be {h}x{w}"
+                )
         flat = channels * h * w  # 64 * 4 * 4 for a 28x28 input
-        if h < 1 or w < 1:
-            raise ValueError(f"DeepConvNet: input_dim {input_dim} is too small for 3 poolings")
         p["W7"] = self._weight((flat, hidden_size), "he")
         p["b7"] = self._zeros(hidden_size)
         p["W8"] = self._weight((hidden_size, output_size), "he")
