@@ -69,9 +69,19 @@ def pytest_addoption(parser):
         help="run only the cases marked 'quick' with a small time budget (about 2 minutes "
         "on 2 cores); without it the full suite runs",
     )
+    group.addoption(
+        "--bench-report",
+        metavar="PATH",
+        default=None,
+        help="after the run, write the Markdown report (python -m xpnet.bench) of the "
+        "--benchmark-json file to PATH, with its charts beside it",
+    )
 
 
 def pytest_configure(config):
+    if config.getoption("--bench-report") and not config.getoption("benchmark_json"):
+        raise pytest.UsageError("--bench-report needs --benchmark-json=FILE (the report is "
+                                "made from that file)")
     config.addinivalue_line("markers", "quick: part of the quick benchmark run (--quick)")
     config.addinivalue_line("markers", "gpu: needs a CUDA GPU with CuPy (skipped without one)")
     config.addinivalue_line("markers", "torch: compares with PyTorch (skipped without it)")
@@ -92,6 +102,23 @@ def pytest_sessionstart(session):
     # pytest-benchmark gathers machine_info at the end; the load before the run is kept here
     if hasattr(os, "getloadavg"):
         session.config._xpnet_load_start = list(os.getloadavg())
+
+
+def pytest_sessionfinish(session, exitstatus):
+    # pytest-benchmark's own sessionfinish (a hook wrapper) has written the JSON by now
+    report = session.config.getoption("--bench-report")
+    if report:
+        from xpnet.bench import write_report
+
+        json_file = session.config.getoption("benchmark_json")
+        path = write_report(getattr(json_file, "name", json_file), report)
+        session.config._xpnet_report = path
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    path = getattr(config, "_xpnet_report", None)
+    if path is not None:
+        terminalreporter.write_line(f"benchmark report written to {path}")
 
 
 def pytest_collection_modifyitems(config, items):
@@ -324,6 +351,12 @@ class Bench:
                 sync()
 
         budget = BUDGETS[self.mode]
+        self.benchmark.group = group
+        self.benchmark.extra_info.update(
+            {"group": group, "label": label, "baseline": bool(baseline), **extra}
+        )
+        if self.benchmark.disabled:  # --benchmark-disable: run each case once, as a test
+            return self.benchmark.pedantic(call)
         if warmup:
             call()
         if rounds is None:
@@ -335,10 +368,6 @@ class Bench:
             rounds = min(max(rounds, budget["min_rounds"]), budget["max_rounds"])
         else:
             iterations = 1
-        self.benchmark.group = group
-        self.benchmark.extra_info.update(
-            {"group": group, "label": label, "baseline": bool(baseline), **extra}
-        )
         return self.benchmark.pedantic(call, rounds=rounds, iterations=iterations)
 
 

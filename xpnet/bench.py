@@ -632,6 +632,8 @@ def draw_scaling(cases: list[Case], path) -> Path | None:
     panels = [(k, s) for k, s in panels if s]
     if not panels:
         return None
+    from matplotlib.ticker import NullFormatter
+
     fig = new_figure(figsize=(5 * len(panels), 4), layout="constrained")
     for i, (kind, series) in enumerate(panels, start=1):
         ax = fig.add_subplot(1, len(panels), i)
@@ -643,6 +645,9 @@ def draw_scaling(cases: list[Case], path) -> Path | None:
         ax.set_xlabel("batch size" if kind == "batch" else "image size (pixels per side)")
         ax.set_ylabel("time per sample (ms)")
         ax.set_xticks(xs, [str(x) for x in xs], fontsize=7)
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.yaxis.set_major_formatter(lambda v, _: f"{v:g}")
+        ax.yaxis.set_minor_formatter(NullFormatter())
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8)
         group = next(c.group for s in series.values() for _, c in s)
@@ -711,6 +716,12 @@ def write_report(json_path, output, *, charts_dir=None, charts=True, command=Non
                 written = draw(folder / f"{key}.png")
                 if written is not None:
                     links[key] = Path(os.path.relpath(written, output.parent)).as_posix()
+    if command is None:  # how to regenerate this very report
+        command = f"python -m xpnet.bench {Path(json_path).as_posix()} -o {output.as_posix()}"
+        if charts_dir:
+            command += f" --charts-dir {Path(charts_dir).as_posix()}"
+        if not charts:
+            command += " --no-charts"
     text = render_markdown(data, source=Path(json_path).as_posix(), command=command,
                            charts=links)
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -734,11 +745,8 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    command = f"python -m xpnet.bench {args.json} -o {args.output}"
-    if args.charts_dir:
-        command += f" --charts-dir {args.charts_dir}"
     path = write_report(args.json, args.output, charts_dir=args.charts_dir,
-                        charts=not args.no_charts, command=command)
+                        charts=not args.no_charts)
     print(f"wrote {path}")
     return 0
 
