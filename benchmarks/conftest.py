@@ -311,6 +311,10 @@ def pytest_benchmark_update_machine_info(config, machine_info):
         machine_info["python_executable"] = Path(machine_info["python_executable"]).name
 
 
+def pytest_benchmark_update_commit_info(config, commit_info):
+    commit_info.pop("project", None)  # the checkout's folder name, not the project's
+
+
 def pytest_benchmark_update_json(config, benchmarks, output_json):
     info = output_json.get("machine_info", {}).get("xpnet")
     if info is not None and hasattr(os, "getloadavg"):

@@ -206,7 +206,7 @@ def test_inference(bench, device_sync, request, model, impl, dtype, device):
 # float16 vs float32 vs float64 on real digits with the book's trained weights
 # ---------------------------------------------------------------------------
 
-ACCURACY_IMAGES = {"quick": 200, "full": 2000}
+ACCURACY_IMAGES = {"quick": 500, "full": 10_000}
 
 
 @pytest.mark.parametrize("dtype,device", [
@@ -219,7 +219,7 @@ ACCURACY_IMAGES = {"quick": 200, "full": 2000}
 def test_accuracy_book_weights(bench, device_sync, request, mnist10k, book_weights, dtype,
                                device):
     """One pass of the book's trained DeepConvNet over the first n real MNIST digits
-    (``XPNET_BENCH_ACCURACY_IMAGES``, default 200 quick / 2,000 full; all 10,000 on a GPU)."""
+    (``XPNET_BENCH_ACCURACY_IMAGES``; default 500 in the quick run, else all 10,000)."""
     sync = device_sync(device)
     x, t = mnist10k
     mode = bench.mode

@@ -130,7 +130,7 @@ def test_batch_scaling_sentence_finds_the_knee_and_the_rise():
     assert "from batch 64 on" in text  # 0.41 ms is within 10% of the best 0.4 ms
     assert "batch 256" in text  # where the best is
     assert "At batch 1024 it is 50% above its best" in text
-    assert "2.1 MB L2" in text  # 2048K read from sysfs, in decimal megabytes
+    assert "L2 cache 2.1 MB per core" in text  # 2048K from sysfs, in decimal megabytes
     image = bench.scaling_summary(bench.scaling_series(cases, "image")["xpnet"], "image")
     assert "proportional to the number of pixels" in image
     assert "4× the pixels" in image

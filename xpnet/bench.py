@@ -404,9 +404,10 @@ def scaling_summary(points: list[tuple[int, Case]], kind: str, caches: dict | No
             act = points[-1][1].get("activation_bytes")
             text += f". At batch {xs[-1]} it is {last / best - 1:.0%} above its best"
             if act and l2:
-                text += (f": a call then touches {fmt_bytes(act)} of activations and "
-                         f"gradients, against a {fmt_bytes(l2)} L2 cache per core, so it "
-                         "runs at memory bandwidth rather than from cache")
+                text += (f": the work per sample is the same, but a call then touches "
+                         f"{fmt_bytes(act)} of activations and gradients ({_caches_text(caches)}"
+                         "), so more of its time goes to moving data between memory and the "
+                         "cores than to arithmetic")
         return text + "."
     # image size: per-pixel cost
     xs = [x for x, _ in points]
@@ -422,13 +423,21 @@ def scaling_summary(points: list[tuple[int, Case]], kind: str, caches: dict | No
         text += (f", lowest at {xs[best_i]}×{xs[best_i]}: beyond it the cost per pixel rises, "
                  "as the planes of one image outgrow the cache")
         if act and l2:
-            text += f" (a call touches {fmt_bytes(act)} there; L2 is {fmt_bytes(l2)} per core)"
+            text += f" (a call touches {fmt_bytes(act)} there; {_caches_text(caches)})"
     elif cost[0] > 1.15 * min(cost):
         text += (": small images cost more per pixel, because the fixed cost of a call and "
                  "the edges of each plane (padding, partial vectors) weigh more")
     else:
         text += ": the cost is proportional to the number of pixels over this range"
     return text + "."
+
+
+def _caches_text(caches: dict) -> str:
+    l2, l3 = _cache_bytes(caches.get("L2")), _cache_bytes(caches.get("L3"))
+    parts = [f"L2 cache {fmt_bytes(l2)} per core"] if l2 else []
+    if l3:
+        parts.append(f"L3 {fmt_bytes(l3)} shared")
+    return ", ".join(parts)
 
 
 def _scaling_markdown(cases: list[Case], caches: dict, chart: str | None) -> list[str]:
