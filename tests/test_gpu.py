@@ -349,6 +349,29 @@ def test_networks_on_gpu_equal_cpu(name, build, shape, monkeypatch):
     assert gnet.accuracy(x, t, batch_size=3) == net.accuracy(x, t, batch_size=3)
 
 
+def test_gradient_check_on_gpu():
+    """Backpropagation against central differences, both computed on the device (float64)."""
+    from xpnet.gradient import relative_error
+    from xpnet.models import MultiLayerNetExtend, SimpleConvNet
+
+    rng = np.random.default_rng(15)
+    conv = {"filter_num": 2, "filter_size": 3, "pad": 1, "stride": 1}
+    for net, shape in ((MultiLayerNetExtend(6, [5, 4], 3, use_batchnorm=True, dtype=np.float64,
+                                            device="gpu"), (6,)),
+                       (SimpleConvNet((1, 6, 6), conv, 4, 3, weight_init_std=0.3,
+                                      dtype=np.float64, device="gpu"),
+                        (1, 6, 6))):
+        x = cp.asarray(rng.standard_normal((3, *shape)))
+        t = cp.asarray(rng.integers(0, 3, size=3))
+        numeric = net.numerical_gradient(x, t)
+        analytic = net.gradient(x, t)
+        for key in net.params:
+            assert isinstance(numeric[key], cp.ndarray), key
+            # (a bias before BatchNormalization has a zero gradient: only noise to compare)
+            tiny = float(abs(numeric[key] - analytic[key]).max()) < 1e-9
+            assert tiny or relative_error(numeric[key], analytic[key]) < 1e-6, key
+
+
 def _same_dropout_masks(monkeypatch):
     """Make Dropout draw the same uniforms on both devices (from one host stream)."""
     import xpnet.layers
