@@ -258,6 +258,21 @@ def test_float32_numerical_gradient_is_accurate():
     assert net.dtype == np.float32
 
 
+def test_numerical_gradient_leaves_batchnorm_state_alone():
+    rng = np.random.default_rng(15)
+    net = MultiLayerNetExtend(4, [5], 3, use_batchnorm=True)
+    x, t = _batch(rng, 6, (4,), 3)
+    net.gradient(x, t)
+    bn = net.layers["BatchNorm1"]
+    mean, var = bn.running_mean, bn.running_var
+    saved = mean.copy(), var.copy()
+    net.numerical_gradient(x, t)  # dozens of training-mode passes, on float64 copies
+    assert bn.running_mean is mean and bn.running_var is var
+    np.testing.assert_array_equal(mean, saved[0])
+    np.testing.assert_array_equal(var, saved[1])
+    assert mean.dtype == np.float32
+
+
 def test_float32_in_float32_out():
     rng = np.random.default_rng(9)
     net = MultiLayerNetExtend(6, [5], 3, use_batchnorm=True, use_dropout=True)

@@ -106,7 +106,7 @@ class Network:
     @property
     def xp(self):
         """The array namespace of the network's device (numpy or cupy)."""
-        return namespace(self.device)
+        return np if self.device == "cpu" else namespace(self.device)
 
     def _weight(self, shape, weight_init_std):
         """A weight of ``shape`` in the network's dtype, on its device, initialized as the
