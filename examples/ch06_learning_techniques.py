@@ -85,10 +85,9 @@ def train_losses(networks, optimizers, x_train, t_train, steps, batch_size=128):
 
     networks, optimizers: dicts keyed alike. Returns {key: [loss per step]}.
     """
-    xp = networks[next(iter(networks))].xp
-    x_train, t_train = (to_device(a, networks[next(iter(networks))].device)
-                        for a in (x_train, t_train))
-    rng = get_rng(xp)
+    first = next(iter(networks.values()))
+    x_train, t_train = (to_device(a, first.device) for a in (x_train, t_train))
+    rng = get_rng(first.xp)
     losses = {key: [] for key in networks}
     for _ in range(steps):
         mask = rng.integers(0, len(x_train), size=batch_size)
