@@ -186,3 +186,13 @@ def test_bad_input_is_one_clear_error(tmp_path, capsys, content, message):
     assert bench.main([str(path), "-o", str(tmp_path / "R.md")]) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "R.md").exists()
+
+
+def test_batch_scaling_still_falling_and_flat_from_the_start():
+    falling = [(b, bench.load_cases({"benchmarks": [_scaling("batch", b, t)]})[0])
+               for b, t in ((1, 1e-3), (4, 2e-3), (16, 4e-3))]
+    text = bench.scaling_summary(falling, "batch")
+    assert "still falling" in text and "at batch 16" in text
+    flat = [(b, bench.load_cases({"benchmarks": [_scaling("batch", b, 1e-3 * b)]})[0])
+            for b in (1, 4, 16)]
+    assert "already at batch 1" in bench.scaling_summary(flat, "batch")

@@ -370,8 +370,16 @@ def per_sample(case: Case) -> float:
     return case.median / int(case.get("batch", 1))
 
 
+_FIXED_COST = {
+    ("xpnet", "cpu"): "Python dispatch, waking the Numba and BLAS threads, allocations",
+    ("torch", "cpu"): "operator dispatch, waking the OpenMP threads, allocations",
+    ("xpnet", "gpu"): "Python dispatch and kernel launches",
+    ("torch", "gpu"): "operator dispatch and kernel launches",
+}
+
+
 def scaling_summary(points: list[tuple[int, Case]], kind: str, caches: dict | None = None,
-                    device: str = "cpu") -> str:
+                    device: str | None = None) -> str:
     """A sentence on where time per sample (batch) or per pixel (image) stops improving, and
     the likely reason, from the measured points."""
     if len(points) < 2:
@@ -385,14 +393,18 @@ def scaling_summary(points: list[tuple[int, Case]], kind: str, caches: dict | No
         best = cost[best_i]
         knee_i = next(i for i, v in enumerate(cost) if v <= 1.1 * best)
         fixed = points[0][1].median - best * xs[0]  # a call's cost beyond its samples' share
-        why_small = ("a call's fixed cost (Python dispatch of the layer and, on the GPU, "
-                     "kernel launches)" if device == "gpu" else
-                     "a call's fixed cost (Python dispatch, waking the Numba and BLAS "
-                     "threads, allocations)")
+        first = points[0][1]
+        reason = _FIXED_COST.get((first.get("impl"), device or first.get("device", "cpu")))
+        why_small = "a call's fixed cost" + (f" ({reason})" if reason else "")
         if knee_i == 0:
             text = (f"Time per sample is within 10% of its best ({fmt_time(best)}, at batch "
                     f"{xs[best_i]}) already at batch {xs[0]}: {why_small} is small next to the "
                     "work of one sample, and larger batches buy nothing more")
+        elif knee_i == len(cost) - 1:
+            text = (f"Time per sample falls from {fmt_time(cost[0])} at batch {xs[0]} to "
+                    f"{fmt_time(cost[-1])} at batch {xs[-1]} and is still falling there: "
+                    f"{why_small} of about {fmt_time(fixed)} is not yet shared by enough "
+                    "samples to be negligible")
         else:
             text = (f"Time per sample falls from {fmt_time(cost[0])} at batch {xs[0]} to "
                     f"within 10% of its best ({fmt_time(best)}, at batch {xs[best_i]}) from "
@@ -419,11 +431,12 @@ def scaling_summary(points: list[tuple[int, Case]], kind: str, caches: dict | No
             f"{fmt_time(cost[0])} to {fmt_time(cost[-1])}")
     best_i = min(range(len(cost)), key=cost.__getitem__)
     if cost[-1] > 1.15 * cost[best_i] and best_i < len(cost) - 1:
-        act = points[best_i][1].get("activation_bytes")
+        act = points[-1][1].get("activation_bytes")
         text += (f", lowest at {xs[best_i]}×{xs[best_i]}: beyond it the cost per pixel rises, "
-                 "as the planes of one image outgrow the cache")
+                 "as the data a call touches outgrow the caches")
         if act and l2:
-            text += f" (a call touches {fmt_bytes(act)} there; {_caches_text(caches)})"
+            text += (f" (at {xs[-1]}×{xs[-1]} a call touches {fmt_bytes(act)}; "
+                     f"{_caches_text(caches)})")
     elif cost[0] > 1.15 * min(cost):
         text += (": small images cost more per pixel, because the fixed cost of a call and "
                  "the edges of each plane (padding, partial vectors) weigh more")
@@ -468,8 +481,7 @@ def _scaling_markdown(cases: list[Case], caches: dict, chart: str | None) -> lis
             lines.append(f"| {label} | " + " | ".join(cells) + " |")
         lines.append("")
         for n in names:
-            device = "gpu" if n.endswith("GPU") else "cpu"
-            lines.append(f"- **{n}**: {scaling_summary(series[n], kind, caches, device)}")
+            lines.append(f"- **{n}**: {scaling_summary(series[n], kind, caches)}")
         lines.append("")
     if lines and chart:
         lines += [f"![time per sample against batch and image size]({chart})", ""]
