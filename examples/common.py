@@ -16,6 +16,7 @@ Every example takes::
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -27,8 +28,9 @@ from xpnet.plot import save_figure
 from xpnet.threads import set_num_threads
 
 REPO = Path(__file__).resolve().parents[1]
-# The project's shared data sit next to the repository: ../shared/data, ../shared/fixtures.
-SHARED = REPO.parent / "shared"
+# The project's shared data sit next to the repository (../shared/data, ../shared/fixtures)
+# unless XPNET_SHARED says otherwise, as for the tests.
+SHARED = Path(os.environ.get("XPNET_SHARED", REPO.parent / "shared"))
 MNIST_10K = SHARED / "data" / "mnist-10k"
 BOOK_WEIGHTS = SHARED / "fixtures" / "book"
 
