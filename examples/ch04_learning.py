@@ -138,13 +138,13 @@ def numerical_training(args, x_train, t_train):
     for _ in range(steps):
         idx = rng.integers(0, len(x_small), batch)
         xb, tb = (to_device(a[idx], args.device) for a in (x_small, t_small))
-        with Timer() as tn:
+        with Timer() as numerical:
             g_num = slow.numerical_gradient(xb, tb)
         loss_num.append(to_scalar(slow.loss(xb, tb)))
-        with Timer() as tb_:
+        with Timer() as backprop:
             g_bp = fast.gradient(xb, tb)
             loss_bp.append(to_scalar(fast.last_loss))
-        t_num, t_bp = t_num + tn.seconds, t_bp + tb_.seconds
+        t_num, t_bp = t_num + numerical.seconds, t_bp + backprop.seconds
         errors.append(max(relative_error(g_num[k], g_bp[k]) for k in g_num))
         for net, grads in ((slow, g_num), (fast, g_bp)):
             for key in net.params:
