@@ -21,13 +21,19 @@ import sys
 import time
 from pathlib import Path
 
-import xpnet
-from xpnet import backend
-from xpnet.datasets import DatasetError, load_idx_pair, load_mnist
-from xpnet.plot import save_figure
-from xpnet.threads import set_num_threads
-
 REPO = Path(__file__).resolve().parents[1]
+
+try:
+    import xpnet
+except ImportError:  # run from a clone without `pip install -e .`: use the clone's xpnet
+    sys.path.insert(0, str(REPO))
+    import xpnet
+
+from xpnet import backend  # noqa: E402
+from xpnet.datasets import DatasetError, load_idx_pair, load_mnist  # noqa: E402
+from xpnet.plot import save_figure  # noqa: E402
+from xpnet.threads import set_num_threads  # noqa: E402
+
 # The project's shared data sit next to the repository (../shared/data, ../shared/fixtures)
 # unless XPNET_SHARED says otherwise, as for the tests.
 SHARED = Path(os.environ.get("XPNET_SHARED", REPO.parent / "shared"))

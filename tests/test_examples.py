@@ -41,9 +41,9 @@ FIGURES = {
 
 
 def run_example(script, *args, timeout=240, env=None):
+    # As a reader runs them: no PYTHONPATH needed (the examples find the clone's xpnet
+    # when it is not installed), headless Matplotlib.
     env = dict(os.environ, MPLBACKEND="Agg", **(env or {}))
-    # Run from a fresh clone without installing: the repository is the import path.
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     return subprocess.run(
         [sys.executable, str(EXAMPLES / script), *args],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout,
