@@ -111,3 +111,31 @@ def test_chapter_3_reaches_the_books_accuracy_with_its_weights(tmp_path, book_fi
     # the fixture's README: 93.74% on these 10,000 digits
     assert "Accuracy (batches of 100): 0.9374" in proc.stdout
     assert "Accuracy (one by one):    0.9374" in proc.stdout
+
+
+def test_chapter_8_prints_the_benchmark_headline_table(tmp_path, monkeypatch, capsys):
+    report = tmp_path / "benchmarks" / "RESULTS.md"
+    report.parent.mkdir()
+    report.write_text(
+        "# Benchmark results\n\n## Machine and settings\n\n| CPU | x |\n\n"
+        "## DeepConvNet at batch 100\n\n| figure | value |\n|---|---|\n"
+        "| GPU speed-up over xpnet on the CPU | 41.0x |\n\n"
+        "### Inference in float64, float32, float16 (CPU, book 8.3.4)\n\n| float16 | 1 ms |\n\n"
+        "## All groups\n\nSpeed-up = the baseline's median / the case's median\n",
+        encoding="utf-8",
+    )
+    monkeypatch.syspath_prepend(str(EXAMPLES))
+    import ch08_deep_learning as ch08
+
+    monkeypatch.setattr(ch08, "REPO", tmp_path)
+    monkeypatch.setattr(ch08, "RESULTS", report)
+    ch08.speedup_table()
+    out = capsys.readouterr().out
+    assert "8.3 from benchmarks/RESULTS.md" in out
+    assert "| GPU speed-up over xpnet on the CPU | 41.0x |" in out
+    assert "(CPU, book 8.3.4)" in out
+    assert "Machine and settings" not in out and "All groups" not in out
+
+    report.unlink()
+    ch08.speedup_table()
+    assert "no benchmark results yet" in capsys.readouterr().out
