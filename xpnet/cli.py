@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -304,9 +305,7 @@ def _model_builder(args, input_shape, classes=10):
         kw["use_batchnorm"] = args.batchnorm
         if args.dropout is not None:
             kw.update(use_dropout=True, dropout_ration=args.dropout)
-    size = 1
-    for s in input_shape:
-        size *= s
+    size = math.prod(input_shape)
 
     def build(weight_decay=None):
         if name == "TwoLayerNet":
