@@ -77,9 +77,9 @@ timeout "$(limit 150 270)" "${PYTEST[@]}" -m gpu --junitxml "$OUT/junit-gpu.xml"
 rc=$?
 tail -n 3 "$OUT/tests-gpu.log" | tee -a "$OUT/gpu_check.log"
 if [ $rc -ne 0 ]; then status=1; log "GPU tests failed (exit $rc), see tests-gpu.log"; fi
-if grep -q " skipped" <(tail -n 1 "$OUT/tests-gpu.log"); then
+if ! tail -n 1 "$OUT/tests-gpu.log" | grep -q " passed"; then
     status=1
-    log "GPU tests were skipped: the GPU was not usable"
+    log "no GPU test passed (all skipped or none ran): the GPU was not usable"
 fi
 
 # -- 3. the rest of the suite ---------------------------------------------------------------
