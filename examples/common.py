@@ -31,6 +31,7 @@ except ImportError:  # run from a clone without `pip install -e .`: use the clon
 
 from xpnet import backend  # noqa: E402
 from xpnet.datasets import DatasetError, load_idx_pair, load_mnist  # noqa: E402
+from xpnet.io import ParameterFileError  # noqa: E402
 from xpnet.plot import save_figure  # noqa: E402
 from xpnet.threads import set_num_threads  # noqa: E402
 
@@ -78,7 +79,8 @@ def main(run, parser, argv=None) -> int:
     """Parse the command line, check the device, make the output folder and ``run(args)``.
 
     A device that cannot be used (``--device gpu`` without CuPy or a GPU) ends the example
-    with xpnet's one-sentence DeviceError and exit status 2, as do missing data files.
+    with xpnet's one-sentence DeviceError and exit status 2, as do missing data files and
+    unreadable or refused parameter files.
     """
     args = parser.parse_args(argv)
     try:
@@ -93,7 +95,7 @@ def main(run, parser, argv=None) -> int:
     start = time.perf_counter()
     try:
         run(args)
-    except (backend.DeviceError, DatasetError) as exc:
+    except (backend.DeviceError, DatasetError, ParameterFileError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(f"done in {time.perf_counter() - start:.1f} s; figures in {args.out}")

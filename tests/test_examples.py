@@ -139,3 +139,19 @@ def test_chapter_8_prints_the_benchmark_headline_table(tmp_path, monkeypatch, ca
     report.unlink()
     ch08.speedup_table()
     assert "no benchmark results yet" in capsys.readouterr().out
+
+
+def test_a_malicious_weights_file_is_refused_with_one_message(tmp_path):
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    marker = tmp_path / "pwned"
+    # A pickle that would run `touch <marker>` through os.system if it were unpickled.
+    (weights / "ch03_sample_weight.pkl").write_bytes(
+        b"cos\nsystem\n(S'touch " + str(marker).encode() + b"'\ntR."
+    )
+    proc = run_example("ch03_neural_network.py", "--out", str(tmp_path / "out"),
+                       "--weights", str(weights))
+    assert proc.returncode == 2
+    assert "refused to load global 'os.system'" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not marker.exists()
