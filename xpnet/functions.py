@@ -11,7 +11,7 @@ the floating dtype it is given: float32 in, float32 out. Integer inputs (the boo
 
 from __future__ import annotations
 
-from xpnet.backend import get_array_module
+from xpnet.backend import get_array_module, is_gpu_array
 
 __all__ = [
     "identity_function",
@@ -174,9 +174,10 @@ def check_targets(y, t, name="cross_entropy_error"):
             f"(one-hot targets must have y's shape {y.shape})"
         )
     n_classes = y.shape[-1]
-    # One reduction and one host transfer: without this check an out-of-range label would
-    # index the wrong class silently (CuPy wraps indices around).
-    if t.size and bool(((t < 0) | (t >= n_classes)).any()):
+    # Without this check an out-of-range label would index the wrong class silently. It needs
+    # a host transfer, so it runs on host arrays only: on the GPU it would stall every training
+    # step, and the Trainer checks its labels once, on the host, before moving them there.
+    if not is_gpu_array(t) and t.size and bool(((t < 0) | (t >= n_classes)).any()):
         lo, hi = int(t.min()), int(t.max())
         raise ValueError(
             f"{name}: class labels must lie in [0, {n_classes}) for {n_classes} classes, "

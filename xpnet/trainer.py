@@ -157,6 +157,11 @@ class Trainer:
         self.x_train, self.t_train, self.x_test, self.t_test = (
             self._to_model(a, dtype) for a in (x_train, t_train, x_test, t_test)
         )
+        # Labels are range-checked once here, on the host: the per-step loss skips that check
+        # on the GPU, where it would stall every step on a device-to-host transfer.
+        n_classes = network.predict(self.x_train[:1]).shape[-1]
+        for name, t in (("t_train", t_train), ("t_test", t_test)):
+            _check_labels(as_numpy(t), n_classes, name)
 
         if optimizer_param is None:  # the book's default, {'lr': 0.01}, whatever the optimizer
             optimizer_param = {} if not isinstance(optimizer, str) else {"lr": 0.01}
@@ -504,6 +509,15 @@ class Trainer:
         self.seed = tr["seed"]
         self.checkpoint_every = every
         self._reseed_pending = True
+
+
+def _check_labels(t: np.ndarray, n_classes: int, name: str) -> None:
+    """Integer labels must lie in [0, n_classes); one-hot targets need no check."""
+    if t.dtype.kind in "iu" and t.size and (t.min() < 0 or t.max() >= n_classes):
+        raise ValueError(
+            f"{name} holds labels from {t.min()} to {t.max()}, but the network has "
+            f"{n_classes} outputs; labels must lie in [0, {n_classes})"
+        )
 
 
 def _model_device(network) -> str:
