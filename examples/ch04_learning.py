@@ -127,7 +127,7 @@ def descent(args):
 def numerical_training(args, x_train, t_train):
     """TwoLayerNet trained by numerical gradient on a small subset -- and a twin trained on
     the same batches by backpropagation, which follows the same path far faster."""
-    hidden, batch, steps, lr = (10, 10, 60, 0.5) if args.full else (5, 10, 3, 0.5)
+    hidden, batch, steps, lr = (10, 20, 60, 0.3) if args.full else (5, 10, 3, 0.5)
     x_small, t_small = x_train[:100], t_train[:100]
     slow = TwoLayerNet(784, hidden, 10, dtype=np.float64, device=args.device)
     fast = TwoLayerNet(784, hidden, 10, dtype=np.float64, device=args.device)
@@ -153,8 +153,10 @@ def numerical_training(args, x_train, t_train):
     print(f"4.5 TwoLayerNet(784, {hidden}, 10), {n_params} parameters, batch {batch}, "
           f"{steps} steps on {len(x_small)} images:")
     print(f"    numerical gradient {t_num / steps:.3f} s/step, backprop {t_bp / steps * 1e3:.3f} "
-          f"ms/step ({t_num / t_bp:.0f}x faster); largest relative difference of the "
-          f"gradients {max(errors):.1e}")
+          f"ms/step ({t_num / t_bp:.0f}x faster)")
+    # A step of h = 1e-4 across a ReLU's kink makes an occasional larger difference.
+    print(f"    relative difference of the two gradients: median {np.median(errors):.1e}, "
+          f"largest {max(errors):.1e}")
     print(f"    loss {loss_num[0]:.4f} -> {loss_num[-1]:.4f} (numerical), "
           f"{loss_bp[0]:.4f} -> {loss_bp[-1]:.4f} (backprop)")
 
