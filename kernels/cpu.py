@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import math
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -350,7 +351,7 @@ def _col2im_t(col, n0, filter_h, filter_w, stride, pad, out_h, out_w, q, xpad, d
                         k += 1
 
 
-_L2_BYTES = 1 << 20  # aim each worker's chunk at half a typical 2 MB L2
+_L2_BYTES = 3 << 19  # 1.5 MB: a chunk and its products stay in a 2 MB L2 cache
 
 
 class _Geometry:
@@ -385,25 +386,28 @@ def _scratch(name, shape, dtype):
     buf = getattr(_local, "bufs", None)
     if buf is None:
         buf = _local.bufs = {}
-    size = int(np.prod(shape))
+    size = math.prod(shape)
     a = buf.get(key)
     if a is None or a.size < size:
         a = buf[key] = np.empty(size, dtype)
     return a[:size].reshape(shape)
 
 
-def _run_chunks(work, chunks):
-    """Run work(i, n0, n1) for every chunk, on the worker threads; BLAS single-threaded."""
+def _run_chunks(work, chunks, buffers):
+    """Run work(bufs, i, n0, n1) for every chunk on the worker threads, BLAS single-threaded;
+    ``bufs = buffers()`` is called once per worker (its scratch arrays)."""
     workers = min(numba.get_num_threads(), len(chunks))
     if workers <= 1:
+        bufs = buffers()
         for i, (n0, n1) in enumerate(chunks):
-            work(i, n0, n1)
+            work(bufs, i, n0, n1)
         return
     counter = itertools.count()  # next() is atomic under the GIL: chunks are handed out once
 
     def worker():
+        bufs = buffers()
         while (i := next(counter)) < len(chunks):
-            work(i, *chunks[i])
+            work(bufs, i, *chunks[i])
 
     with _blas_single_threaded():
         futures = [_executor(workers).submit(worker) for _ in range(workers)]
@@ -472,19 +476,21 @@ def conv2d_forward(x, W, b, stride=1, pad=0):
     out = np.empty((g.N, g.FN, g.out_h, g.out_w), dt)
     compact = g.q == g.out_w
 
-    def work(i, n0, n1):
+    def buffers():
+        return (_scratch("col", (g.nb, g.K + 1, g.P), dt), _scratch("xpad", (g.xpad_size,), dt),
+                _scratch("y", (g.nb, g.FN, g.out_h, g.q), dt))
+
+    def work(bufs, i, n0, n1):
         m = n1 - n0
-        col = _scratch("col", (g.nb, g.K + 1, g.P), dt)[:m]
-        xpad = _scratch("xpad", (g.xpad_size,), dt)
+        col, xpad, y = bufs[0][:m], bufs[1], bufs[2][:m]
         _im2col_t(x, n0, g.FH, g.FW, stride, pad, g.out_h, g.out_w, g.q, xpad, col)
         if compact:
             np.matmul(Wb, col, out=out[n0:n1].reshape(m, g.FN, g.P))
         else:
-            y = _scratch("y", (g.nb, g.FN, g.out_h, g.q), dt)[:m]
             np.matmul(Wb, col, out=y.reshape(m, g.FN, g.P))
             out[n0:n1] = y[..., : g.out_w]
 
-    _run_chunks(work, g.chunks)
+    _run_chunks(work, g.chunks, buffers)
     return out
 
 
@@ -500,26 +506,28 @@ def conv2d_backward(x, W, dout, stride=1, pad=0):
     partial = np.empty((len(g.chunks), g.K + 1, g.FN), dt)  # per-chunk [dW | db]^T
     compact = g.q == g.out_w
 
-    def work(i, n0, n1):
+    def buffers():
+        return (_scratch("col", (g.nb, g.K + 1, g.P), dt), _scratch("xpad", (g.xpad_size,), dt),
+                _scratch("y", (g.nb, g.FN, g.out_h, g.q), dt),
+                _scratch("pw", (g.nb, g.K + 1, g.FN), dt))
+
+    def work(bufs, i, n0, n1):
         m = n1 - n0
-        col = _scratch("col", (g.nb, g.K + 1, g.P), dt)[:m]
-        xpad = _scratch("xpad", (g.xpad_size,), dt)
+        col, xpad, dp, pw = bufs[0][:m], bufs[1], bufs[2][:m], bufs[3][:m]
         _im2col_t(x, n0, g.FH, g.FW, stride, pad, g.out_h, g.out_w, g.q, xpad, col)
         if compact:
             d = np.ascontiguousarray(dout[n0:n1]).reshape(m, g.FN, g.P)
         else:  # junk columns get a zero gradient, so they add nothing below
-            dp = _scratch("dout", (g.nb, g.FN, g.out_h, g.q), dt)[:m]
             dp[..., : g.out_w] = dout[n0:n1]
             dp[..., g.out_w :] = 0
             d = dp.reshape(m, g.FN, g.P)
         # [dW | db]^T per sample as col @ dout^T: (K+1, FN), the faster orientation for BLAS
-        pw = _scratch("pw", (g.nb, g.K + 1, g.FN), dt)[:m]
         np.matmul(col, d.transpose(0, 2, 1), out=pw)
         np.sum(pw, axis=0, out=partial[i])
         np.matmul(Wt, d, out=col[:, : g.K])  # col is spent: reuse it for dcol = W^T @ dout
         _col2im_t(col, n0, g.FH, g.FW, stride, pad, g.out_h, g.out_w, g.q, xpad, dx)
 
-    _run_chunks(work, g.chunks)
+    _run_chunks(work, g.chunks, buffers)
     total = partial.sum(axis=0)  # in chunk order: the same sums whatever the thread count
     dW = np.ascontiguousarray(total[: g.K].T).reshape(W.shape)
     db = total[g.K].copy()

@@ -257,17 +257,26 @@ def test_set_num_threads_sets_numba_and_blas_together():
 
     from xpnet import threads
 
+    def blas():
+        return [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
+
     before = threads.get_num_threads()
     try:
-        assert threads.set_num_threads(1) == 1
+        assert threads.set_num_threads(1, blas_threads=2) == 1
         assert threads.get_num_threads() == numba.get_num_threads() == 1
-        blas = [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
-        assert blas and all(n == 1 for n in blas)
-        with threads.num_threads(1):
-            assert numba.get_num_threads() == 1
+        assert blas() and all(n == 2 for n in blas())
+        threads.ensure_default()  # the user has chosen: nothing changes
+        assert numba.get_num_threads() == 1 and all(n == 2 for n in blas())
+        threads.set_num_threads(1)  # BLAS single-threaded by default: the kernels' workers
+        assert all(n == 1 for n in blas())  # call it, one product per worker
+        with threads.num_threads(1, blas_threads=2):
+            assert numba.get_num_threads() == 1 and all(n == 2 for n in blas())
+        assert all(n == 1 for n in blas())
         assert threads.default_num_threads() >= 1
         with pytest.raises(ValueError, match="positive integer"):
             threads.set_num_threads(0)
+        with pytest.raises(ValueError, match="blas_threads must be a positive integer"):
+            threads.set_num_threads(1, blas_threads=0)
         with pytest.raises(ValueError, match="NUMBA_NUM_THREADS"):
             threads.set_num_threads(numba.config.NUMBA_NUM_THREADS + 1)
     finally:

@@ -12,7 +12,8 @@ promoted to float64 by float64 weights (the weights are cast for the product ins
 from __future__ import annotations
 
 import kernels
-from xpnet.backend import get_array_module
+from xpnet import threads
+from xpnet.backend import get_array_module, is_gpu_array
 
 __all__ = ["Convolution", "Pooling"]
 
@@ -94,6 +95,8 @@ class Convolution:
         _output_size("Convolution", x.shape, "height", H, FH, self.stride, self.pad)
         _output_size("Convolution", x.shape, "width", W, FW, self.stride, self.pad)
         get_array_module(x, self.W)  # refuses a CPU batch for GPU weights and vice versa
+        if not is_gpu_array(x):
+            threads.ensure_default()  # kernel workers with single-threaded BLAS, once
 
         col_W = self.W.reshape(FN, -1).T.astype(x.dtype, copy=False)  # (C*FH*FW, FN)
         b = self.b.reshape(FN).astype(x.dtype, copy=False)
