@@ -97,6 +97,7 @@ def im2col(x, filter_h, filter_w, stride=1, pad=0):
     out_w = conv_output_size(W, filter_w, stride, pad)
     if x.dtype == _HALF:  # a pure copy: move the bits, exactly
         return im2col(x.view(np.uint16), filter_h, filter_w, stride, pad).view(_HALF)
+    x = np.ascontiguousarray(x)  # one compiled layout (views are copied once)
     col = np.empty((N * out_h * out_w, C * filter_h * filter_w), dtype=x.dtype)
     _im2col(x, filter_h, filter_w, stride, pad, out_h, out_w, col)
     return col
@@ -111,6 +112,7 @@ def col2im(col, input_shape, filter_h, filter_w, stride=1, pad=0):
         return col2im(col.astype(np.float32), input_shape, filter_h, filter_w, stride, pad).astype(
             _HALF
         )
+    col = np.ascontiguousarray(col)
     x = np.empty((N, C, H, W), dtype=col.dtype)
     _col2im(col, filter_h, filter_w, stride, pad, out_h, out_w, x)
     return x
@@ -195,6 +197,7 @@ def maxpool_forward(x, pool_h, pool_w, stride=1, pad=0):
     if x.dtype == _HALF:  # float32 holds every float16 exactly: the same maxima
         out, argmax = maxpool_forward(x.astype(np.float32), pool_h, pool_w, stride, pad)
         return out.astype(_HALF), argmax
+    x = np.ascontiguousarray(x)
     out = np.empty((N, C, out_h, out_w), dtype=x.dtype)
     argmax = np.empty((N, C, out_h, out_w), dtype=np.int32)
     _maxpool_forward(x, pool_h, pool_w, stride, pad, out, argmax)
@@ -208,6 +211,8 @@ def maxpool_backward(dout, argmax, input_shape, pool_h, pool_w, stride=1, pad=0)
         dx = maxpool_backward(dout.astype(np.float32), argmax, input_shape, pool_h, pool_w,
                               stride, pad)
         return dx.astype(_HALF)
+    dout = np.ascontiguousarray(dout)
+    argmax = np.ascontiguousarray(argmax, dtype=np.int32)
     dx = np.empty((N, C, H, W), dtype=dout.dtype)
     _maxpool_backward(dout, argmax, pool_w, stride, pad, dx)
     return dx
@@ -470,6 +475,7 @@ def conv2d_forward(x, W, b, stride=1, pad=0):
     """x: (N, C, H, W), W: (FN, C, FH, FW), b: (FN,) -> out: (N, FN, OH, OW), x's dtype."""
     g = _Geometry(x.shape, W.shape, stride, pad, x.dtype.itemsize)
     dt = x.dtype
+    x = np.ascontiguousarray(x)
     Wb = np.empty((g.FN, g.K + 1), dt)  # [W | b]: the row of ones in col adds the bias
     Wb[:, : g.K] = W.reshape(g.FN, g.K)
     Wb[:, g.K] = b.reshape(g.FN)
@@ -499,6 +505,7 @@ def conv2d_backward(x, W, dout, stride=1, pad=0):
     """x: (N, C, H, W), W: (FN, C, FH, FW), dout: (N, FN, OH, OW) -> (dx, dW, db)."""
     g = _Geometry(x.shape, W.shape, stride, pad, x.dtype.itemsize)
     dt = x.dtype
+    x = np.ascontiguousarray(x)
     W = W.astype(dt, copy=False)
     dout = dout.astype(dt, copy=False)
     Wt = W.reshape(g.FN, g.K).T  # (K, FN), a transposed view: BLAS reads it as is
