@@ -203,20 +203,12 @@ class Momentum(Optimizer):
             params[key] += v[key]
 
 
-class Nesterov(Optimizer):
+class Nesterov(Momentum):
     """Nesterov's accelerated gradient in the book's form (Bengio et al., 2012, eq. 7):
 
     ``v <- momentum * v - lr * g``;
     ``W <- W + momentum**2 * v - (1 + momentum) * lr * g``.
     """
-
-    hyperparams = ("lr", "momentum")
-    slots = ("v",)
-
-    def __init__(self, lr=0.01, momentum=0.9):
-        super().__init__()
-        self.lr = lr
-        self.momentum = momentum
 
     def update(self, params, grads):
         (v,) = self._state(params)
