@@ -19,6 +19,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import platform
@@ -85,8 +86,9 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "quick: part of the quick benchmark run (--quick)")
     config.addinivalue_line("markers", "gpu: needs a CUDA GPU with CuPy (skipped without one)")
     config.addinivalue_line("markers", "torch: compares with PyTorch (skipped without it)")
-    # Numba's kernels and BLAS use the same number of threads (all the cores this process
-    # may use, or XPNET_NUM_THREADS), and so does PyTorch: the comparison is like for like.
+    # xpnet's defaults, applied up front so that every xpnet case runs with them (not only
+    # those after the first convolution): its kernels on all the cores this process may use
+    # (or XPNET_NUM_THREADS), BLAS single-threaded inside them. PyTorch gets as many threads.
     from xpnet.threads import set_num_threads
 
     n = set_num_threads()
@@ -250,7 +252,8 @@ def environment_info(config) -> dict:
         },
         "blas": _blas_info(),
         "threads": {
-            "xpnet (Numba and BLAS)": get_num_threads(),
+            "xpnet kernels": get_num_threads(),
+            "numpy BLAS (outside the kernels)": numpy_blas_threads(),
             "numba_threading_layer": _numba_layer(numba),
         },
         "torch": _torch_info(),
@@ -296,7 +299,8 @@ def pytest_report_header(config):
     return [
         f"xpnet benchmarks ({info['mode']}): {info['cpu']}, {info['cpus_usable']} usable CPUs",
         f"BLAS: {_blas_summary(info['blas'])}",
-        f"threads: xpnet {info['threads']['xpnet (Numba and BLAS)']}"
+        f"threads: xpnet kernels {info['threads']['xpnet kernels']}, NumPy BLAS "
+        f"{info['threads']['numpy BLAS (outside the kernels)']}"
         + (f", torch {torch['num_threads']}" if torch else ", torch not installed"),
         f"thread/BLAS environment: {env}",
         "GPU: " + (info["gpu"].get("name") if info["gpu"]["available"] else info["gpu"]["reason"]),
@@ -343,12 +347,26 @@ class Bench:
     inside every timed call. Extra keywords go to ``extra_info``.
     """
 
-    def __init__(self, benchmark, mode: str):
+    def __init__(self, benchmark, mode: str, cores: int):
         self.benchmark = benchmark
         self.mode = mode
+        self.cores = cores  # the threads xpnet's kernels, PyTorch and a full BLAS use
 
     def __call__(self, fn, *, group, label, baseline=False, sync=None, rounds=None,
-                 warmup=True, **extra):
+                 warmup=True, blas_threads=None, **extra):
+        """``blas_threads``: run the case with NumPy's BLAS on that many threads (the book's
+        code and the GEMM peak use every core, as plain NumPy does); None keeps xpnet's
+        own setting (its kernels run single-threaded BLAS products on worker threads)."""
+        from threadpoolctl import threadpool_limits
+
+        if blas_threads is None:
+            limits = contextlib.nullcontext()
+        else:
+            limits = threadpool_limits(limits=blas_threads, user_api="blas")
+        with limits:
+            return self._run(fn, group, label, baseline, sync, rounds, warmup, extra)
+
+    def _run(self, fn, group, label, baseline, sync, rounds, warmup, extra):
         def call():
             fn()
             if sync is not None:
@@ -372,12 +390,28 @@ class Bench:
             rounds = min(max(rounds, budget["min_rounds"]), budget["max_rounds"])
         else:
             iterations = 1
-        return self.benchmark.pedantic(call, rounds=rounds, iterations=iterations)
+        result = self.benchmark.pedantic(call, rounds=rounds, iterations=iterations)
+        # what the case ran with (xpnet's kernels change BLAS threads inside their calls,
+        # so this is the setting outside them)
+        self.benchmark.extra_info["blas_threads"] = numpy_blas_threads()
+        return result
+
+
+def numpy_blas_threads() -> int | None:
+    """Threads of the BLAS that NumPy's products use, as threadpoolctl sees it now."""
+    from threadpoolctl import threadpool_info
+
+    for pool in threadpool_info():
+        if pool.get("user_api") == "blas" and _pool_owner(pool.get("filepath", "")) == "numpy":
+            return int(pool["num_threads"])
+    return None
 
 
 @pytest.fixture
 def bench(benchmark, request):
-    return Bench(benchmark, run_mode(request.config))
+    from xpnet.threads import get_num_threads
+
+    return Bench(benchmark, run_mode(request.config), get_num_threads())
 
 
 @pytest.fixture(scope="session")

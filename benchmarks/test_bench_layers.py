@@ -99,7 +99,8 @@ def test_convolution(bench, device_sync, request, direction, name, shape, fn, si
     group = (f"conv {direction}: {name} x{shape} W({fn},{shape[1]},{size},{size}) pad {pad}")
     bench(getattr(case, direction), sync=sync, group=group, label=label(impl, dtype, device),
           baseline=impl == "book", kind=f"conv-{direction}", impl=impl, dtype=dtype,
-          device=device, batch=shape[0], flops=flops)
+          device=device, batch=shape[0], flops=flops,
+          blas_threads=bench.cores if impl == "book" else None)
 
 
 # ---------------------------------------------------------------------------

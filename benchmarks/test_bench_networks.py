@@ -10,7 +10,9 @@ Implementations:
   and CUDA.
 
 A training step is forward, backward and the Adam update (lr 0.001), on a random batch of
-100 with labels; inference is ``predict`` (dropout off, no gradients).
+100 with labels; inference is ``predict`` (dropout off, no gradients). The book's code and
+the GEMM peak run with NumPy's BLAS on every core (plain NumPy's default); xpnet runs with
+its own thread settings; PyTorch with as many threads as xpnet's kernels.
 """
 
 from __future__ import annotations
@@ -190,6 +192,7 @@ def test_train_step(bench, device_sync, request, model, impl, dtype, device):
     case = NetCase(model, impl, dtype, device, request)
     bench(case.train_step, sync=sync, group=f"train-step {model} batch={BATCH}",
           label=label(impl, dtype, device), baseline=impl == "book",
+          blas_threads=bench.cores if impl == "book" else None,
           **_extra(model, impl, dtype, device, "train-step"))
 
 
@@ -199,6 +202,7 @@ def test_inference(bench, device_sync, request, model, impl, dtype, device):
     case = NetCase(model, impl, dtype, device, request)
     bench(case.infer, sync=sync, group=f"inference {model} batch={BATCH}",
           label=label(impl, dtype, device), baseline=impl == "book",
+          blas_threads=bench.cores if impl == "book" else None,
           **_extra(model, impl, dtype, device, "inference"))
 
 
@@ -280,4 +284,4 @@ def test_gemm_peak(bench, device_sync, request, impl, dtype, device):
     bench(fn, sync=sync, group=f"GEMM peak {where}: ({n}x{n}) @ ({n}x{n})",
           label=f"{name} {dtype}" + (" GPU" if device == "gpu" else ""),
           baseline=dtype == "float64", kind="gemm-peak", impl=impl, dtype=dtype, device=device,
-          n=n, flops=2 * n**3)
+          n=n, flops=2 * n**3, blas_threads=bench.cores if impl == "numpy" else None)

@@ -35,9 +35,10 @@ def synthetic_run():
     acc = dict(kind="accuracy", model="DeepConvNet", impl="xpnet", device="cpu", images=500)
     benchmarks = [
         _entry("test_train_step[book]", "train DeepConvNet", 2.0, label="book float64",
-               baseline=True, impl="book", dtype="float64", device="cpu", **deep),
+               baseline=True, impl="book", dtype="float64", device="cpu", blas_threads=2,
+               **deep),
         _entry("test_train_step[xpnet]", "train DeepConvNet", 0.2, label="xpnet float32",
-               impl="xpnet", dtype="float32", device="cpu", **deep),
+               impl="xpnet", dtype="float32", device="cpu", blas_threads=1, **deep),
         _entry("test_train_step[torch]", "train DeepConvNet", 0.25, label="PyTorch float32",
                impl="torch", dtype="float32", device="cpu", **deep),
         _entry("test_gemm[numpy-f32]", "GEMM peak", 0.025, label="NumPy float32",
@@ -78,7 +79,8 @@ def synthetic_run():
             "blas": [{"user_api": "blas", "internal_api": "openblas", "version": "0.3.31",
                       "architecture": "SkylakeX", "num_threads": 2,
                       "threading_layer": "pthreads", "owner": "numpy"}],
-            "threads": {"xpnet (Numba and BLAS)": 2, "numba_threading_layer": "omp"},
+            "threads": {"xpnet kernels": 2, "numpy BLAS (outside the kernels)": 1,
+                        "numba_threading_layer": "omp"},
             "env": {"OPENBLAS_CORETYPE": None, "OMP_NUM_THREADS": "2"},
             "gpu": {"available": False, "reason": "no CuPy"},
             "load_average_start": [0.5, 0.4, 0.3],
@@ -143,6 +145,8 @@ def test_markdown_report_shows_figures_and_machine(run_json):
     assert "**0.8**" in text  # xpnet / PyTorch
     assert "**25.0%**" in text  # of the GEMM peak
     assert "kernel **SkylakeX**" in text and "2 threads (pthreads)" in text
+    assert "2 for the kernels; NumPy's BLAS 1 outside them" in text
+    assert "BLAS threads during the cases | book: 2, xpnet: 1" in text
     assert "`OPENBLAS_CORETYPE`=unset" in text and "`OMP_NUM_THREADS`=2" in text
     assert "97.40% on 500 images" in text and "-0.20 points" in text
     assert "float16 takes 1.6× the float32 time" in text

@@ -493,6 +493,15 @@ def _scaling_markdown(cases: list[Case], caches: dict, chart: str | None) -> lis
 # ---------------------------------------------------------------------------
 
 
+def _blas_threads_by_impl(cases: list[Case]) -> dict[str, set]:
+    """impl -> the NumPy BLAS thread counts its CPU cases ran with (recorded per case)."""
+    out: dict[str, set] = {}
+    for c in cases:
+        if c.get("blas_threads") is not None and c.get("device", "cpu") == "cpu":
+            out.setdefault(str(c.get("impl", "?")), set()).add(int(c.get("blas_threads")))
+    return out
+
+
 def _machine_markdown(data: dict) -> list[str]:
     mi = data.get("machine_info") or {}
     info = mi.get("xpnet") or {}
@@ -520,9 +529,13 @@ def _machine_markdown(data: dict) -> list[str]:
                 f"({pool.get('threading_layer')})")
     threads = info.get("threads") or {}
     if threads:
-        row("xpnet threads (Numba kernels and BLAS)",
-            f"{threads.get('xpnet (Numba and BLAS)')}, Numba threading layer "
-            f"{threads.get('numba_threading_layer')}")
+        row("xpnet threads", f"{threads.get('xpnet kernels')} for the kernels; NumPy's BLAS "
+            f"{threads.get('numpy BLAS (outside the kernels)')} outside them; Numba threading "
+            f"layer {threads.get('numba_threading_layer')}")
+    per_impl = _blas_threads_by_impl(load_cases(data))
+    if per_impl:
+        row("BLAS threads during the cases", ", ".join(
+            f"{impl}: {'/'.join(str(n) for n in sorted(ns))}" for impl, ns in per_impl.items()))
     torch = info.get("torch")
     if torch:
         yes = {True: "yes", False: "no"}
