@@ -391,9 +391,10 @@ class Bench:
         else:
             iterations = 1
         result = self.benchmark.pedantic(call, rounds=rounds, iterations=iterations)
-        # what the case ran with (xpnet's kernels change BLAS threads inside their calls,
-        # so this is the setting outside them)
-        self.benchmark.extra_info["blas_threads"] = numpy_blas_threads()
+        if extra.get("impl") not in ("torch", "cupy"):  # those do not use NumPy's BLAS
+            # what the case ran with (xpnet's kernels change BLAS threads inside their
+            # calls, so this is the setting outside them)
+            self.benchmark.extra_info["blas_threads"] = numpy_blas_threads()
         return result
 
 
