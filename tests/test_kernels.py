@@ -99,6 +99,12 @@ def test_maxpool_ties_pick_the_first_in_row_major_order():
         np.testing.assert_array_equal(out, out0)
     out, argmax = kernels.maxpool_forward(x, 3, 3, 1, 0)
     assert (argmax[0, 0] == 0).all()
+    # the networks' 2x2 stride-2 pooling has its own unrolled kernel (odd width: 8 -> 4 dropped)
+    out, argmax = kernels.maxpool_forward(x, 2, 2, 2, 0)
+    out0, argmax0 = ref.maxpool_forward(x, 2, 2, 2, 0)
+    np.testing.assert_array_equal(argmax, argmax0)
+    np.testing.assert_array_equal(out, out0)
+    assert (argmax[0, 0] == 0).all()
 
 
 def test_maxpool_never_selects_padding():
