@@ -5,10 +5,12 @@
     python benchmarks/bench_cpu_training.py --memory-only
 
 Timing: batch 100, float32 for xpnet and PyTorch, float64 for the book's code (as ch. 7
-writes it). A training step is forward + backward + Adam (lr 0.001); inference is the
-forward pass in evaluation mode. The contenders are timed *interleaved* -- round r times
-xpnet, then PyTorch, then the book -- so a burst of load on this shared machine hits them
-alike; the table gives medians over the rounds and the ratios of the medians.
+writes it); ``--threads n`` threads for each (xpnet's kernel workers, PyTorch's pool, the
+BLAS under the book's code). A training step is forward + backward + Adam (lr 0.001);
+inference is the forward pass in evaluation mode. The contenders are timed *interleaved*
+-- round r times xpnet, then PyTorch, then the book -- so a burst of load on this shared
+machine hits them alike; the table gives medians over the rounds and the ratios of the
+medians.
 
 Peak memory of one DeepConvNet training step: each framework in its own fresh process,
 warmed up by two steps of a throw-away network, then the first step of a fresh network,
@@ -66,10 +68,11 @@ def batch(seed=0):
     return x, t
 
 
-def contenders(model: str, naive: bool):
-    """{name: (train_step, infer)} for one architecture."""
+def contenders(model: str, naive: bool, threads: int = 1):
+    """{name: (train_step, infer)} for one architecture; ``threads`` for the book's BLAS."""
     import torch
     import torch_nets
+    from threadpoolctl import threadpool_limits
 
     from xpnet import models, optimizers
 
@@ -93,8 +96,15 @@ def contenders(model: str, naive: bool):
         np.random.seed(0)  # noqa: NPY002 - the book's code draws from the global generator
         bnet, bopt = getattr(naive_book, model)(), naive_book.Adam()
         x64 = x.astype(np.float64)
-        out["naive"] = (lambda: bopt.update(bnet.params, bnet.gradient(x64, t)),
-                        lambda: bnet.predict(x64))
+
+        def with_blas(fn):  # the book's code as its readers run it: BLAS on every thread
+            def run():
+                with threadpool_limits(limits=threads, user_api="blas"):
+                    return fn()
+            return run
+
+        out["naive"] = (with_blas(lambda: bopt.update(bnet.params, bnet.gradient(x64, t))),
+                        with_blas(lambda: bnet.predict(x64)))
     return out
 
 
@@ -115,10 +125,10 @@ def timed_rounds(fns: dict, rounds: int, slow_every: dict) -> dict:
     return times
 
 
-def run_timing(models, rounds, naive):
+def run_timing(models, rounds, naive, threads):
     rows = []
     for model in models:
-        cands = contenders(model, naive)
+        cands = contenders(model, naive, threads)
         for phase, idx in (("train step", 0), ("inference", 1)):
             fns = {name: pair[idx] for name, pair in cands.items()}
             slow = {"naive": max(1, rounds // 5)}  # the book's code: 5 rounds are enough
@@ -230,13 +240,14 @@ def main(argv=None):
         print(json.dumps(memory_child(args.memory_child)))
         return
 
-    print(f"threads: xpnet {n} (Numba and BLAS), PyTorch {torch.get_num_threads()}")
+    print(f"threads: xpnet {n} kernel workers (single-threaded BLAS inside), PyTorch "
+          f"{torch.get_num_threads()}, the book's NumPy code {n} BLAS threads")
     print("env: " + ", ".join(f"{k}={os.environ.get(k)}" for k in
                               ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OMP_NUM_THREADS")))
     if hasattr(os, "getloadavg"):
         print(f"load average before: {os.getloadavg()}")
     if not args.memory_only:
-        rows = run_timing(args.models, args.rounds, naive=not args.no_naive)
+        rows = run_timing(args.models, args.rounds, naive=not args.no_naive, threads=n)
         print("BLAS after the run (threadpoolctl):")
         for line in blas_report():
             print("  " + line)
