@@ -176,7 +176,7 @@ def plot_misclassified(x, t, y, path, max_view=20, ncols=5) -> list[tuple[int, i
     shown = [(int(i), int(t[i]), int(y[i])) for i in wrong]
     nrows = max(1, math.ceil(len(shown) / ncols))
     fig = new_figure(figsize=(ncols * 1.4, nrows * 1.6))
-    fig.subplots_adjust(left=0, right=1, bottom=0, top=0.92, hspace=0.4, wspace=0.2)
+    fig.subplots_adjust(left=0, right=1, bottom=0.02, top=0.92, hspace=0.4, wspace=0.2)
     for k, (i, label, pred) in enumerate(shown):
         ax = fig.add_subplot(nrows, ncols, k + 1, xticks=[], yticks=[])
         ax.imshow(images[i], cmap="gray_r", interpolation="nearest")
