@@ -391,18 +391,6 @@ def _col2im_t(col, n0, filter_h, filter_w, stride, pad, out_h, out_w, q, xpad, d
 
 
 @njit(cache=True, nogil=True)
-def _drop_junk_columns(y, n0, out):
-    """out[n0+s, f, i, j] = y[s, f, i*q + j] for j < OW: the padded-width rows, compacted."""
-    q = y.shape[2] // out.shape[2]
-    for s in range(y.shape[0]):
-        for f in range(out.shape[1]):
-            for i in range(out.shape[2]):
-                o = i * q
-                for j in range(out.shape[3]):
-                    out[n0 + s, f, i, j] = y[s, f, o + j]
-
-
-@njit(cache=True, nogil=True)
 def _add_junk_columns(dout, n0, d):
     """d[s, f, i*q + j] = dout[n0+s, f, i, j], and 0 in the junk columns j >= OW."""
     out_h, out_w = dout.shape[2], dout.shape[3]
@@ -533,33 +521,31 @@ def _half_as_single(fn):
 
 @_half_as_single
 def conv2d_forward(x, W, b, stride=1, pad=0):
-    """x: (N, C, H, W), W: (FN, C, FH, FW), b: (FN,) -> out: (N, FN, OH, OW), x's dtype."""
+    """x: (N, C, H, W), W: (FN, C, FH, FW), b: (FN,) -> out: (N, FN, OH, OW), x's dtype.
+
+    ``out`` may be a view with a row stride wider than OW (see below)."""
     g = _Geometry(x.shape, W.shape, stride, pad, x.dtype.itemsize)
     dt = x.dtype
     x = np.ascontiguousarray(x)
     Wb = np.empty((g.FN, g.K + 1), dt)  # [W | b]: the row of ones in col adds the bias
     Wb[:, : g.K] = W.reshape(g.FN, g.K)
     Wb[:, g.K] = b.reshape(g.FN)
-    out = np.empty((g.N, g.FN, g.out_h, g.out_w), dt)
-    compact = g.q == g.out_w
+    # The products land in (N, FN, OH, q) rows: for the padded-width layout the junk
+    # columns ow >= OW are left in place and a view without them is returned (the next
+    # layer reads it once anyway; a compacting copy here would be one more pass).
+    full = np.empty((g.N, g.FN, g.out_h, g.q), dt)
 
     def buffers():
-        return (_scratch("col", (g.nb, g.K + 1, g.P), dt), _scratch("xpad", (g.xpad_size,), dt),
-                _scratch("y", (g.nb, g.FN, g.out_h, g.q), dt))
+        return (_scratch("col", (g.nb, g.K + 1, g.P), dt), _scratch("xpad", (g.xpad_size,), dt))
 
     def work(bufs, i, n0, n1):
         m = n1 - n0
-        col, xpad, y = bufs[0][:m], bufs[1], bufs[2][:m]
+        col, xpad = bufs[0][:m], bufs[1]
         _im2col_t(x, n0, g.FH, g.FW, stride, pad, g.out_h, g.out_w, g.q, xpad, col)
-        if compact:
-            np.matmul(Wb, col, out=out[n0:n1].reshape(m, g.FN, g.P))
-        else:
-            y = y.reshape(m, g.FN, g.P)
-            np.matmul(Wb, col, out=y)
-            _drop_junk_columns(y, n0, out)
+        np.matmul(Wb, col, out=full[n0:n1].reshape(m, g.FN, g.P))
 
     _run_chunks(work, g.chunks, buffers)
-    return out
+    return full if g.q == g.out_w else full[..., : g.out_w]
 
 
 @_half_as_single
