@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import math
+import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -471,16 +472,20 @@ def _run_chunks(work, chunks, buffers):
 
 _pool = None
 _pool_size = 0
+_pool_pid = None
 _blas = None
 
 
 def _executor(workers):
-    global _pool, _pool_size
-    if _pool is None or _pool_size < workers:
-        if _pool is not None:
+    """The worker pool, grown on demand; a forked child (whose copy of the pool has no
+    threads) makes its own."""
+    global _pool, _pool_size, _pool_pid
+    if _pool is None or _pool_size < workers or _pool_pid != os.getpid():
+        if _pool is not None and _pool_pid == os.getpid():
             _pool.shutdown(wait=False)
         _pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="xpnet-conv")
         _pool_size = workers
+        _pool_pid = os.getpid()
     return _pool
 
 

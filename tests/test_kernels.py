@@ -287,3 +287,19 @@ def test_set_num_threads_sets_numba_and_blas_together():
             threads.set_num_threads(numba.config.NUMBA_NUM_THREADS + 1)
     finally:
         threads.set_num_threads(before)
+
+
+def test_conv_after_fork():
+    """The worker pool does not survive fork(); a child must build its own, not hang."""
+    import multiprocessing as mp
+
+    if "fork" not in mp.get_all_start_methods() or numba.get_num_threads() < 2:
+        pytest.skip("needs fork() and at least 2 threads")
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((300, 4, 10, 10)).astype(np.float32)  # several chunks
+    W = rng.standard_normal((4, 4, 3, 3)).astype(np.float32)
+    b = np.zeros(4, np.float32)
+    want = kernels.conv2d_forward(x, W, b, 1, 1)  # the parent's pool now exists
+    with mp.get_context("fork").Pool(1) as pool:
+        got = pool.apply_async(kernels.conv2d_forward, (x, W, b, 1, 1)).get(timeout=60)
+    np.testing.assert_array_equal(got, want)
