@@ -1,0 +1,90 @@
+"""The README's commands run as written.
+
+Every command in a ```bash block of README.md is accounted for here:
+- `xpnet ...` training and search commands are run, as written, in a scratch directory;
+- the chapter examples are run by tests/test_examples.py (quick mode); here we check that the
+  README names each of them and that each exists;
+- the quick start and the test command are run by CI (.ci/run), which this test reads;
+- commands that need a GPU run only where one is present (they are skipped otherwise).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from xpnet.backend import gpu_available
+
+REPO = Path(__file__).resolve().parents[1]
+README = REPO / "README.md"
+
+
+def bash_commands() -> list[str]:
+    """Every command line of the README's ```bash blocks (comments stripped)."""
+    commands = []
+    for block in re.findall(r"```bash\n(.*?)```", README.read_text(encoding="utf-8"), re.S):
+        for line in block.splitlines():
+            line = line.split("  #")[0].strip()
+            if line and not line.startswith("#"):
+                commands.append(line)
+    return commands
+
+
+def needs_gpu(command: str) -> bool:
+    return "--device gpu" in command or "[gpu" in command or "gpu_check" in command
+
+
+QUICK_START = bash_commands()[0]
+XPNET_COMMANDS = [c for c in bash_commands() if c.startswith("xpnet ") and not needs_gpu(c)]
+
+
+def test_the_quick_start_and_the_test_command_are_what_ci_runs():
+    ci = (REPO / ".ci" / "run").read_text(encoding="utf-8")
+    assert bash_commands()[1] == "pytest -q"
+    assert "python3 -m pytest -q" in ci
+    # CI runs the quick start's training command as written (its installs are done above it).
+    training = QUICK_START.split("&&")[-1].strip()
+    assert training.startswith("xpnet train")
+    assert training in ci
+
+
+def test_every_example_named_in_the_readme_exists_and_is_tested():
+    named = {Path(shlex.split(c)[1]).name for c in bash_commands() if c.startswith("python ex")}
+    on_disk = {p.name for p in (REPO / "examples").glob("ch*.py")}
+    assert named == on_disk
+    tested = (REPO / "tests" / "test_examples.py").read_text(encoding="utf-8")
+    assert "glob(" in tested or all(name in tested for name in named)
+
+
+@pytest.mark.parametrize("command", XPNET_COMMANDS, ids=lambda c: " ".join(c.split()[:4]))
+def test_xpnet_command_runs_as_written(command, tmp_path, fashion_dir):
+    env = dict(os.environ, MPLBACKEND="Agg")
+    args = [sys.executable, "-m", "xpnet", *shlex.split(command)[1:]]
+    if "--resume" in command:  # the resume example continues the run the line before it made
+        earlier = XPNET_COMMANDS[XPNET_COMMANDS.index(command) - 1]
+        first = [sys.executable, "-m", "xpnet", *shlex.split(earlier)[1:]]
+        subprocess.run(first, cwd=tmp_path, env=env, check=True, capture_output=True, timeout=600)
+    done = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    out_dir = tmp_path / shlex.split(command)[shlex.split(command).index("--out") + 1]
+    assert any(out_dir.iterdir()), f"{command} wrote nothing to {out_dir}"
+
+
+@pytest.mark.skipif(not gpu_available(), reason="needs a CUDA GPU with CuPy")
+@pytest.mark.parametrize("command", [c for c in bash_commands() if needs_gpu(c)])
+def test_gpu_command_runs_as_written(command, tmp_path, fashion_dir):
+    if command.startswith("pip "):
+        pytest.skip("installing is left to the person at the GPU machine")
+    args = shlex.split(command)
+    if args[0] == "xpnet":
+        args = [sys.executable, "-m", "xpnet", *args[1:]]
+    elif args[0] == "bash":
+        args = ["bash", str(REPO / args[1]), str(tmp_path / "gpu_check")]
+    done = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-2000:]
