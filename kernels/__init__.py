@@ -17,6 +17,9 @@ Layout (the book's): ``col`` has rows ordered (N, out_h, out_w) and columns orde
     out = conv2d_forward(x, W, b, stride, pad)           # the Convolution layer's products
     dx, dW, db = conv2d_backward(x, W, dout, stride, pad)
 
+    out = relu_forward(x)                                # max(x, 0): one pass, no mask
+    dx = relu_backward(dout, out)                        # 0 where out <= 0, else dout
+
 The convolution pair is fused on the CPU (``kernels.cpu``: im2col and GEMM per cache-sized
 chunk, no full ``col`` ever built); a backend without its own falls back to the book's
 im2col + GEMM + col2im (``kernels.generic``).
@@ -36,6 +39,8 @@ __all__ = [
     "im2col",
     "maxpool_backward",
     "maxpool_forward",
+    "relu_backward",
+    "relu_forward",
 ]
 
 
@@ -152,7 +157,7 @@ def _check_conv(what, x_shape, W, stride, pad):
     return _check(what, x_shape, W.shape[2], W.shape[3], stride, pad)
 
 
-def _conv_impl(a, name):
+def _impl(a, name):
     backend = _backend(a)
     if hasattr(backend, name):
         return getattr(backend, name)
@@ -167,7 +172,7 @@ def conv2d_forward(x, W, b, stride=1, pad=0):
     ``out[n, f] = sum_c correlate(x[n, c], W[f, c]) + b[f]``, i.e. ``im2col(x) @ W.T + b``
     in NCHW order: what the book's Convolution.forward returns.
     """
-    impl = _conv_impl(x, "conv2d_forward")
+    impl = _impl(x, "conv2d_forward")
     *_, stride, pad, _, _ = _check_conv("conv2d_forward", x.shape, W, stride, pad)
     if b.size != W.shape[0]:
         raise ValueError(
@@ -182,7 +187,7 @@ def conv2d_backward(x, W, dout, stride=1, pad=0):
     dx: (N, C, H, W), dW: (FN, C, FH, FW), db: (FN,), in dout's dtype: the gradients the
     book's Convolution.backward computes, x being the input of the forward pass.
     """
-    impl = _conv_impl(x, "conv2d_backward")
+    impl = _impl(x, "conv2d_backward")
     *_, stride, pad, out_h, out_w = _check_conv("conv2d_backward", x.shape, W, stride, pad)
     expected = (x.shape[0], W.shape[0], out_h, out_w)
     if tuple(dout.shape) != expected:
@@ -191,3 +196,22 @@ def conv2d_backward(x, W, dout, stride=1, pad=0):
             f"output; expected {expected}"
         )
     return impl(x, W, dout, stride, pad)
+
+
+def relu_forward(x):
+    """x: any shape -> out = max(x, 0) (a NaN stays NaN), a new array of x's dtype.
+
+    Reads strided views (a convolution's output) in place and returns a contiguous array.
+    """
+    return _impl(x, "relu_forward")(x)
+
+
+def relu_backward(dout, out):
+    """dout, out: the shape of relu_forward's result ``out`` -> dx: 0 where out <= 0
+    (exactly where the input was <= 0), else dout; a new array, dout is left as it was."""
+    if tuple(dout.shape) != tuple(out.shape):
+        raise ValueError(
+            f"relu_backward: dout of shape {tuple(dout.shape)} does not match the forward "
+            f"output of shape {tuple(out.shape)}"
+        )
+    return _impl(dout, "relu_backward")(dout, out)

@@ -254,6 +254,102 @@ def maxpool_backward(dout, argmax, input_shape, pool_h, pool_w, stride=1, pad=0)
 
 
 # ---------------------------------------------------------------------------
+# ReLU
+# ---------------------------------------------------------------------------
+#
+# NumPy's ``maximum(x, 0)`` plus the book's mask ``x <= 0`` and ``dout * ~mask`` make four
+# passes over memory and two temporaries; here forward is one pass (reading a strided
+# view, such as a convolution's output without its junk columns, in place) and backward
+# one pass over dout and the kept output (``out <= 0`` exactly where ``x <= 0``, NaN
+# included), with no mask array at all.
+
+_RELU_BLOCK = 1 << 14  # elements per parallel task
+
+
+@njit(parallel=True, cache=True)
+def _relu_forward_flat(x, out):
+    n = x.size
+    for t in prange((n + _RELU_BLOCK - 1) // _RELU_BLOCK):
+        lo = t * _RELU_BLOCK
+        for i in range(lo, min(lo + _RELU_BLOCK, n)):
+            v = x[i]
+            # a NaN is kept, as np.maximum keeps it; written as a select (no branch)
+            out[i] = 0 if v <= 0 else v
+
+
+@njit(parallel=True, cache=True)
+def _relu_forward_rows(x, pitch, out):
+    """out (R, L) from rows of length L starting every ``pitch`` elements of 1-D x."""
+    R, L = out.shape
+    for r in prange(R):
+        o = r * pitch
+        for j in range(L):
+            v = x[o + j]
+            out[r, j] = 0 if v <= 0 else v
+
+
+@njit(parallel=True, cache=True)
+def _relu_backward_flat(dout, out, dx):
+    n = dx.size
+    for t in prange((n + _RELU_BLOCK - 1) // _RELU_BLOCK):
+        lo = t * _RELU_BLOCK
+        for i in range(lo, min(lo + _RELU_BLOCK, n)):
+            # the book's dout[mask] = 0 (mask = x <= 0), as a select: a zeroed unit passes
+            # 0 even for an infinite or NaN dout
+            dx[i] = 0 if out[i] <= 0 else dout[i]
+
+
+def _as_rows(x):
+    """(data, pitch, R, L): x's elements as R rows of L = x.shape[-1], row r starting at
+    data[r * pitch] of a 1-D contiguous view of x's memory -- or None when x's layout is
+    not that (then the caller copies)."""
+    if x.ndim < 2 or x.strides[-1] != x.itemsize or x.size == 0:
+        return None
+    L = x.shape[-1]
+    R = x.size // L
+    pitch_bytes = x.strides[-2]
+    # the leading axes must nest: stride[k] == shape[k+1] * stride[k+1] for k < ndim-2
+    for k in range(x.ndim - 2):
+        if x.shape[k] > 1 and x.strides[k] != x.shape[k + 1] * x.strides[k + 1]:
+            return None
+    if pitch_bytes % x.itemsize or pitch_bytes < L * x.itemsize:
+        return None
+    pitch = pitch_bytes // x.itemsize
+    span = (R - 1) * pitch + L
+    data = np.lib.stride_tricks.as_strided(x, shape=(span,), strides=(x.itemsize,))
+    return data, pitch, R, L
+
+
+def relu_forward(x):
+    """x: any shape -> max(x, 0) (NaN kept), a new C-contiguous array of x's dtype."""
+    if x.dtype not in (np.float32, np.float64):  # float16: no Numba arithmetic
+        return np.maximum(x, x.dtype.type(0), order="C")
+    out = np.empty(x.shape, x.dtype)
+    if x.flags.c_contiguous:
+        _relu_forward_flat(x.reshape(-1), out.reshape(-1))
+        return out
+    rows = _as_rows(x)
+    if rows is None:
+        _relu_forward_flat(np.ascontiguousarray(x).reshape(-1), out.reshape(-1))
+        return out
+    data, pitch, R, L = rows
+    _relu_forward_rows(data, pitch, out.reshape(R, L))
+    return out
+
+
+def relu_backward(dout, out):
+    """dout, out: the shape of relu_forward's output ``out`` -> dx = 0 where out <= 0,
+    else dout; a new array of dout's dtype."""
+    if dout.dtype not in (np.float32, np.float64) or out.dtype != dout.dtype:
+        return np.where(out <= 0, dout.dtype.type(0), dout)
+    dout = np.ascontiguousarray(dout)
+    out = np.ascontiguousarray(out)
+    dx = np.empty(dout.shape, dout.dtype)
+    _relu_backward_flat(dout.reshape(-1), out.reshape(-1), dx.reshape(-1))
+    return dx
+
+
+# ---------------------------------------------------------------------------
 # Convolution, fused: im2col + GEMM per cache-sized chunk of samples
 # ---------------------------------------------------------------------------
 #

@@ -1,13 +1,32 @@
-"""Convolution as the book writes it -- im2col, one GEMM, col2im -- for any array backend.
+"""Convolution as the book writes it -- im2col, one GEMM, col2im -- and ReLU as array
+expressions, for any array backend.
 
-Used for arrays whose kernel module has no fused convolution of its own (CuPy arrays:
-cuBLAS is at its best on the one large product). Only the kernel entry points and array
-methods are used, so the arrays stay on their device.
+Used for arrays whose kernel module has no fused version of its own (CuPy arrays: cuBLAS
+is at its best on the one large product, and CuPy fuses the elementwise ReLU itself).
+Only the kernel entry points and the array's own namespace are used, so the arrays stay
+on their device.
 """
 
 from __future__ import annotations
 
+import importlib
+
 import kernels
+
+
+def _namespace(a):
+    """numpy for a NumPy array, cupy for a CuPy array (the module that made ``a``)."""
+    return importlib.import_module(type(a).__module__.partition(".")[0])
+
+
+def relu_forward(x):
+    """x: any shape -> max(x, 0), NaN kept, x's dtype."""
+    return _namespace(x).maximum(x, 0)
+
+
+def relu_backward(dout, out):
+    """dx = 0 where the forward output ``out`` <= 0, else dout (the book's mask x <= 0)."""
+    return _namespace(dout).where(out <= 0, dout.dtype.type(0), dout)
 
 
 def conv2d_forward(x, W, b, stride=1, pad=0):

@@ -303,3 +303,58 @@ def test_conv_after_fork():
     with mp.get_context("fork").Pool(1) as pool:
         got = pool.apply_async(kernels.conv2d_forward, (x, W, b, 1, 1)).get(timeout=60)
     np.testing.assert_array_equal(got, want)
+
+
+# ---------------------------------------------------------------------------
+# ReLU
+# ---------------------------------------------------------------------------
+
+
+def _relu_inputs(rng, dtype):
+    """Contiguous, a convolution-like view without its last columns, a transposed view,
+    a 1-D array longer than one parallel block; with NaN, infinities and signed zeros."""
+    full = rng.standard_normal((3, 4, 5, 9)).astype(dtype)
+    long = rng.standard_normal(40_000).astype(dtype)
+    special = np.array([np.nan, np.inf, -np.inf, 0.0, -0.0, 1e-30, -1e-30], dtype)
+    return [full, full[..., :7], full.transpose(0, 3, 1, 2), full[:, ::2], long, special]
+
+
+@pytest.mark.parametrize("dtype", DTYPES + [np.float16])
+def test_relu_forward_equals_maximum(dtype):
+    rng = np.random.default_rng(0)
+    for x in _relu_inputs(rng, dtype):
+        out = kernels.relu_forward(x)
+        assert out.dtype == x.dtype and out.shape == x.shape and out.flags.c_contiguous
+        np.testing.assert_array_equal(out, np.maximum(x, 0))  # NaN where x is NaN
+        assert kernels.relu_forward(x) is not x
+
+
+@pytest.mark.parametrize("dtype", DTYPES + [np.float16])
+def test_relu_backward_zeroes_where_the_input_was_not_positive(dtype):
+    rng = np.random.default_rng(1)
+    for x in _relu_inputs(rng, dtype):
+        out = kernels.relu_forward(x)
+        dout = rng.standard_normal(x.shape).astype(dtype)
+        dout.flat[:3] = [np.inf, np.nan, -np.inf][: dout.size]
+        before = dout.copy()
+        dx = kernels.relu_backward(dout, out)
+        assert dx.dtype == dout.dtype and dx.shape == x.shape
+        # the book: dout[x <= 0] = 0 (a NaN input passes its gradient, as x <= 0 is False)
+        np.testing.assert_array_equal(dx, np.where(x <= 0, 0, dout))
+        np.testing.assert_array_equal(dout, before)  # dout is not modified
+
+
+def test_relu_generic_matches_cpu():
+    rng = np.random.default_rng(2)
+    for x in _relu_inputs(rng, np.float32):
+        out = kernels.relu_forward(x)
+        np.testing.assert_array_equal(generic.relu_forward(x), out)
+        dout = rng.standard_normal(x.shape).astype(np.float32)
+        np.testing.assert_array_equal(
+            generic.relu_backward(dout, out), kernels.relu_backward(dout, out)
+        )
+
+
+def test_relu_backward_shape_mismatch_is_named():
+    with pytest.raises(ValueError, match=r"relu_backward: dout of shape \(2, 3\).*\(3, 2\)"):
+        kernels.relu_backward(np.zeros((2, 3)), np.zeros((3, 2)))

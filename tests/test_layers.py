@@ -388,3 +388,13 @@ def test_affine_non_contiguous_input_and_in_place_parameter_updates():
     assert_small(grad_check(layer, x, params=("W", "b")))
     W -= 1.0  # an optimizer's in-place update is seen by the layer
     np.testing.assert_allclose(layer.forward(x), x.reshape(3, -1) @ W + b)
+
+
+def test_relu_keeps_the_book_mask_and_a_scalar_dout_broadcasts():
+    x = np.array([[-1.0, 0.0, 2.0], [np.nan, -0.0, 3.0]], dtype=np.float32)
+    layer = Relu()
+    out = layer.forward(x)
+    np.testing.assert_array_equal(layer.mask, x <= 0)
+    np.testing.assert_array_equal(out, np.maximum(x, 0))
+    np.testing.assert_array_equal(layer.backward(1.0), np.where(x <= 0, 0, 1).astype(np.float32))
+    assert layer.backward(np.float32(2)).dtype == np.float32
