@@ -33,6 +33,7 @@ def test_training_reduces_loss_and_fills_the_lists(data):
     assert tr.final_test_acc == pytest.approx(tr.test_acc_list[-1])
     assert history["train_loss_list"] == tr.train_loss_list
     assert history["optimizer"] == "Adam" and history["optimizer_param"]["lr"] == 0.05
+    assert len(history["epoch_seconds"]) == 5 and all(s > 0 for s in history["epoch_seconds"])
 
 
 def test_an_epoch_covers_the_training_set(data):

@@ -35,6 +35,7 @@ from __future__ import annotations
 import json
 import math
 import sys
+import time
 import zipfile
 from pathlib import Path
 
@@ -174,6 +175,10 @@ class Trainer:
         self.train_loss_list: list[float] = []
         self.train_acc_list: list[float] = []
         self.test_acc_list: list[float] = []
+        # wall time of each epoch run in this process, evaluation included (not checkpointed:
+        # a resumed run times its epochs afresh)
+        self.epoch_seconds: list[float] = []
+        self._epoch_start = time.perf_counter()
         self.final_test_acc: float | None = None
 
         if seed is None:  # from xpnet's random state, so xpnet.seed(...) governs it too
@@ -254,6 +259,9 @@ class Trainer:
         if epoch_end:
             self.current_epoch += 1
             self._evaluate_epoch()
+            now = time.perf_counter()
+            self.epoch_seconds.append(round(now - self._epoch_start, 3))
+            self._epoch_start = now
         if checkpoint:
             self.save_checkpoint()
 
@@ -331,6 +339,7 @@ class Trainer:
                 total=self.max_iter, initial=self.current_iter, unit="step", leave=False,
                 dynamic_ncols=True, desc=type(self.network).__name__,
             )
+        self._epoch_start = time.perf_counter()
         try:
             while self.current_iter < self.max_iter:
                 self.train_step()
@@ -375,6 +384,7 @@ class Trainer:
             "train_acc_list": list(self.train_acc_list),
             "test_acc_list": list(self.test_acc_list),
             "final_test_acc": self.final_test_acc,
+            "epoch_seconds": list(self.epoch_seconds),
         }
 
     # -- checkpoints --------------------------------------------------------------------
