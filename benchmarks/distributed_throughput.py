@@ -1,7 +1,8 @@
 """Data-parallel training on one machine: DeepConvNet throughput with 1 and 2 processes,
 the measured MPI allreduce bandwidth, and what the allreduce costs per step per network.
 
-    python benchmarks/distributed_throughput.py [--batch 64] [--steps 8] [--json out.json]
+    python benchmarks/distributed_throughput.py [--batch 64] [--steps 8] [--repeat 3]
+                                                [--json out.json]
 
 It starts its own MPI jobs (``mpiexec -n 2 python <this file> --worker ...``) and prints
 markdown tables:
@@ -164,6 +165,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--batch", type=int, default=64, help="global mini-batch (default 64)")
     parser.add_argument("--steps", type=int, default=8, help="timed steps per run (default 8)")
+    parser.add_argument("--repeat", type=int, default=3,
+                        help="runs of each setting, the best kept (default 3)")
     parser.add_argument("--json", default=None, help="also write the results here")
     parser.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -188,17 +191,20 @@ def main(argv=None) -> int:
     print(f"machine: {platform.processor() or platform.machine()}, {cores} cores, "
           f"load average {os.getloadavg()[0]:.2f}; numpy {np.__version__}, BLAS {blas}")
 
-    runs = []
-    for n, threads in ((1, 1), (1, cores), (2, 1)):
-        if n == 1 and threads == 1 and cores == 1:
-            continue
-        env = ONE_THREAD if threads == 1 else {}
-        (res,) = _run_worker(["throughput", str(args.batch), str(args.steps), str(threads)],
-                             n, env)
-        runs.append(res)
+    configs = [(1, 1), (1, cores), (2, 1)] if cores > 1 else [(1, 1), (2, 1)]
+    best: dict = {}
+    for _ in range(args.repeat):  # interleaved, so a burst of load hits every setting alike
+        for n, threads in configs:
+            env = ONE_THREAD if threads == 1 else {}
+            (res,) = _run_worker(
+                ["throughput", str(args.batch), str(args.steps), str(threads)], n, env
+            )
+            if (n, threads) not in best or res["step_s"] < best[(n, threads)]["step_s"]:
+                best[(n, threads)] = res
+    runs = [best[c] for c in configs]
     base = runs[0]["images_per_s"]
     print(f"\nDeepConvNet training step, float32, global batch {args.batch}, "
-          f"median of {args.steps} steps")
+          f"median of {args.steps} steps, best of {args.repeat} runs")
     print("| processes | threads each | batch each | s / step | images / s | vs 1x1 "
           "| allreduce s / step |")
     print("|---|---|---|---|---|---|---|")
