@@ -2,9 +2,13 @@
 
 Same signatures and layouts as ``kernels.reference``; ``kernels`` dispatches here for
 NumPy arrays. Every kernel is parallel over independent output blocks (rows of ``col``
-for im2col, (n, c) planes for the others), so threads never write the same element and
-the results do not depend on the thread count. No ``fastmath``: these loops move and
-compare values, and col2im's sums must stay in a fixed order to be reproducible.
+for im2col, (n, c) planes for col2im and pooling, chunks of samples for the fused
+convolution, runs of elements for ReLU), so threads never write the same element and
+the results do not depend on the thread count. im2col and col2im are Numba ``prange``
+loops; the kernels a training step runs (convolution, pooling, ReLU) are ``nogil``
+kernels handed out by xpnet's own worker threads (see ``_parallel_for``). No
+``fastmath``: these loops move and compare values, and col2im's sums must stay in a
+fixed order to be reproducible.
 
 float16 has no arithmetic in Numba; im2col moves its bits as uint16 (exact), and the
 other kernels compute in float32 and round once at the end.
@@ -598,9 +602,12 @@ def _run_chunks(work, chunks, buffers, blas=True):
     load on its core takes fewer of them."""
     workers = min(numba.get_num_threads(), len(chunks))
     if workers <= 1:
-        bufs = buffers()
-        for i, (n0, n1) in enumerate(chunks):
-            work(bufs, i, n0, n1)
+        # single-threaded BLAS here too: the products' sums then do not depend on
+        # how BLAS would have split them between its threads
+        with _blas_single_threaded() if blas else contextlib.nullcontext():
+            bufs = buffers()
+            for i, (n0, n1) in enumerate(chunks):
+                work(bufs, i, n0, n1)
         return
     counter = itertools.count()  # next() is atomic under the GIL: chunks are handed out once
 
@@ -663,13 +670,13 @@ def _blas_single_threaded():
         from threadpoolctl import ThreadpoolController
 
         _blas = ThreadpoolController().select(user_api="blas").lib_controllers
-    before = [lib.get_num_threads() for lib in _blas]
-    for lib in _blas:
+    changed = [(lib, n) for lib in _blas if (n := lib.get_num_threads()) != 1]
+    for lib, _ in changed:
         lib.set_num_threads(1)
     try:
         yield
     finally:
-        for lib, n in zip(_blas, before):
+        for lib, n in changed:
             lib.set_num_threads(n)
 
 

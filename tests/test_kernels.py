@@ -202,19 +202,32 @@ def test_conv_results_do_not_depend_on_the_thread_count():
     if numba.config.NUMBA_NUM_THREADS < 2:
         pytest.skip("needs Numba's pool to have at least 2 threads")
     rng = np.random.default_rng(6)
-    x = rng.standard_normal((20, 8, 12, 12)).astype(np.float32)
-    W = rng.standard_normal((8, 8, 3, 3)).astype(np.float32)
-    dout = rng.standard_normal((20, 8, 12, 12)).astype(np.float32)
+    # DeepConvNet's second layer: many chunks, so the workers share them out
+    x = rng.standard_normal((100, 16, 28, 28)).astype(np.float32)
+    W = rng.standard_normal((16, 16, 3, 3)).astype(np.float32)
+    b = rng.standard_normal(16).astype(np.float32)
+    dout = rng.standard_normal((100, 16, 28, 28)).astype(np.float32)
+    y = rng.standard_normal(200_001).astype(np.float32)  # several ReLU pieces and a tail
     before = numba.get_num_threads()
     try:
         results = []
         for n in (1, 2):
             numba.set_num_threads(n)
-            results.append(kernels.conv2d_backward(x, W, dout, 1, 1))
+            pooled, argmax = kernels.maxpool_forward(x, 2, 2, 2)
+            pooled3, _ = kernels.maxpool_forward(x, 3, 3, 2, 1)
+            relu = kernels.relu_forward(y)
+            results.append((
+                *kernels.conv2d_backward(x, W, dout, 1, 1),
+                kernels.conv2d_forward(x, W, b, 1, 1),
+                pooled, argmax, pooled3,
+                kernels.maxpool_backward(pooled, argmax, x.shape, 2, 2, 2),
+                relu, kernels.relu_backward(y, relu), kernels.relu_forward(x[..., :27]),
+            ))
     finally:
         numba.set_num_threads(before)
     for a, b in zip(*results):
         np.testing.assert_array_equal(a, b)  # bit for bit
+    np.testing.assert_array_equal(results[0][-1], np.maximum(x[..., :27], 0))
 
 
 def test_conv_float16_computes_close_to_float32():

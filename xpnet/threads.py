@@ -2,8 +2,8 @@
 
 xpnet parallelizes its convolutions itself: the batch is split between ``n`` worker
 threads, each running Numba kernels and *single-threaded* BLAS products on its own
-samples (``kernels.cpu``); pooling runs on Numba's pool of ``n`` threads. A BLAS with
-its own pool of ``n`` threads on top would oversubscribe the cores: OpenBLAS's idle
+samples (``kernels.cpu``); pooling and ReLU are split between the same workers. A BLAS
+with its own pool of ``n`` threads on top would oversubscribe the cores: OpenBLAS's idle
 threads keep spinning for a while after each product (an Affine layer's, say) and then
 compete with the convolution workers that run next -- measured on 2 cores, that made a
 DeepConvNet step 1.4x slower. So ``set_num_threads(n)`` sets both pools at once:
