@@ -599,27 +599,49 @@ def _run_chunks(work, chunks, buffers, blas=True):
     """Run work(bufs, i, n0, n1) for every chunk on the worker threads, BLAS single-threaded
     (``blas``: work calls BLAS); ``bufs = buffers()`` is called once per worker (its
     scratch arrays). Chunks are handed out one at a time, so a worker slowed down by other
-    load on its core takes fewer of them."""
+    load on its core takes fewer of them.
+
+    The calling thread is one of the workers and returns as soon as every chunk is done:
+    it never waits for a helper thread to wake up (measured on 2 cores, a wake-up took
+    about 0.1 ms -- as long as a small layer's whole ReLU); a helper that wakes after the
+    last chunk was taken finds nothing to do."""
     workers = min(numba.get_num_threads(), len(chunks))
-    if workers <= 1:
-        # single-threaded BLAS here too: the products' sums then do not depend on
-        # how BLAS would have split them between its threads
-        with _blas_single_threaded() if blas else contextlib.nullcontext():
+    with _blas_single_threaded() if blas else contextlib.nullcontext():
+        # single-threaded BLAS with one worker too: the products' sums then do not
+        # depend on how BLAS would have split them between its threads
+        if workers <= 1:
             bufs = buffers()
             for i, (n0, n1) in enumerate(chunks):
                 work(bufs, i, n0, n1)
-        return
-    counter = itertools.count()  # next() is atomic under the GIL: chunks are handed out once
+            return
+        counter = itertools.count()  # next() is atomic under the GIL: each chunk goes once
+        left = [len(chunks)]
+        lock = threading.Lock()
+        finished = threading.Event()
+        errors = []
 
-    def worker():
-        bufs = buffers()
-        while (i := next(counter)) < len(chunks):
-            work(bufs, i, *chunks[i])
+        def worker():
+            bufs = None
+            try:
+                while (i := next(counter)) < len(chunks):
+                    if bufs is None:
+                        bufs = buffers()
+                    work(bufs, i, *chunks[i])
+                    with lock:
+                        left[0] -= 1
+                        if not left[0]:
+                            finished.set()
+            except BaseException as e:  # re-raised by the calling thread
+                errors.append(e)
+                finished.set()
 
-    with _blas_single_threaded() if blas else contextlib.nullcontext():
-        futures = [_executor(workers).submit(worker) for _ in range(workers)]
-        for f in futures:
-            f.result()
+        pool = _executor(workers - 1)
+        for _ in range(workers - 1):
+            pool.submit(worker)
+        worker()
+        finished.wait()
+        if errors:
+            raise errors[0]
 
 
 def _parallel_for(n, grain, fn):
