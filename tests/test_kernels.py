@@ -87,6 +87,21 @@ def test_maxpool_equals_reference(dtype, seed):
     )
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(3, 5, 8, 6), (2, 3, 7, 7), (2, 2, 6, 5), (1, 1, 2, 2)])
+def test_maxpool_2x2_stride_2_equals_reference(dtype, shape):
+    """The networks' pooling has its own kernels (one pass each way when H, W are even)."""
+    rng = np.random.default_rng(sum(shape))
+    x = rng.integers(-3, 3, size=shape).astype(dtype)  # many ties
+    out, argmax = kernels.maxpool_forward(x, 2, 2, 2)
+    out0, argmax0 = ref.maxpool_forward(x, 2, 2, 2)
+    np.testing.assert_array_equal(out, out0)
+    np.testing.assert_array_equal(argmax, argmax0)
+    dout = rng.standard_normal(out.shape).astype(dtype)
+    dx = kernels.maxpool_backward(dout, argmax, shape, 2, 2, 2)
+    np.testing.assert_array_equal(dx, ref.maxpool_backward(dout, argmax0, shape, 2, 2, 2))
+
+
 def test_maxpool_ties_pick_the_first_in_row_major_order():
     # integers in a small range: every 3x3 window has ties, some several
     rng = np.random.default_rng(7)
