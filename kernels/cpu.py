@@ -391,9 +391,10 @@ def relu_backward(dout, out):
     else dout; a new array of dout's dtype."""
     if dout.dtype not in (np.float32, np.float64) or out.dtype != dout.dtype:
         return np.where(out <= 0, dout.dtype.type(0), dout)
-    dout = np.ascontiguousarray(dout)
+    shape = dout.shape
+    dout = np.ascontiguousarray(dout)  # (1-D for a 0-d array: the result keeps ``shape``)
     out = np.ascontiguousarray(out)
-    dx = _empty_apart(dout.shape, dout.dtype, dout, out)
+    dx = _empty_apart(shape, dout.dtype, dout, out)
     d, o, g = dout.reshape(-1), out.reshape(-1), dx.reshape(-1)
     _parallel_for(dx.size, _RELU_GRAIN, lambda lo, hi: _relu_backward_flat(d, o, g, lo, hi))
     return dx

@@ -398,3 +398,6 @@ def test_relu_keeps_the_book_mask_and_a_scalar_dout_broadcasts():
     np.testing.assert_array_equal(out, np.maximum(x, 0))
     np.testing.assert_array_equal(layer.backward(1.0), np.where(x <= 0, 0, 1).astype(np.float32))
     assert layer.backward(np.float32(2)).dtype == np.float32
+    scalar = Relu()
+    assert scalar.forward(np.array(-2.0)).shape == ()
+    assert scalar.backward(1.0).shape == () and scalar.backward(1.0) == 0

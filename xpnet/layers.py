@@ -152,7 +152,7 @@ class Relu:
     def backward(self, dout):
         check_dout(dout, None if self.out is None else self.out.shape, "Relu")
         xp = get_array_module(dout, self.out)  # refuses arrays of two devices
-        if getattr(dout, "shape", ()) != self.out.shape:  # a scalar (check_dout allows it)
+        if not hasattr(dout, "dtype") or dout.shape != self.out.shape:  # a scalar
             dout = xp.broadcast_to(xp.asarray(dout, dtype=self.out.dtype), self.out.shape)
         # A new array: the book zeroes dout in place, which would corrupt a caller's array.
         # Zeroed units pass 0, as the book's dout[mask] = 0 does.
