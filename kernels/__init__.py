@@ -201,7 +201,7 @@ def conv2d_backward(x, W, dout, stride=1, pad=0):
 def relu_forward(x):
     """x: any shape -> out = max(x, 0) (a NaN stays NaN), a new array of x's dtype.
 
-    Reads strided views (a convolution's output) in place and returns a contiguous array.
+    Reads views with strided rows in place and returns a contiguous array.
     """
     return _impl(x, "relu_forward")(x)
 

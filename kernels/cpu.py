@@ -290,10 +290,10 @@ def maxpool_backward(dout, argmax, input_shape, pool_h, pool_w, stride=1, pad=0)
 # ---------------------------------------------------------------------------
 #
 # NumPy's ``maximum(x, 0)`` plus the book's mask ``x <= 0`` and ``dout * ~mask`` make four
-# passes over memory and two temporaries; here forward is one pass (reading a strided
-# view, such as a convolution's output without its junk columns, in place) and backward
-# one pass over dout and the kept output (``out <= 0`` exactly where ``x <= 0``, NaN
-# included), with no mask array at all.
+# passes over memory and two temporaries; here forward is one pass (a view whose rows are
+# strided, such as a slice of the last axis, is read in place) and backward one pass over
+# dout and the kept output (``out <= 0`` exactly where ``x <= 0``, NaN included), with no
+# mask array at all. Both are memory-bound: a second thread adds little.
 
 _RELU_GRAIN = 1 << 15  # elements per task: at least this many per worker
 
