@@ -295,7 +295,8 @@ def maxpool_backward(dout, argmax, input_shape, pool_h, pool_w, stride=1, pad=0)
 # dout and the kept output (``out <= 0`` exactly where ``x <= 0``, NaN included), with no
 # mask array at all. Both are memory-bound: a second thread adds little.
 
-_RELU_GRAIN = 1 << 15  # elements per task: at least this many per worker
+_RELU_GRAIN = 1 << 18  # elements per task (1 MB of float32): smaller arrays run on one
+# thread -- a second one only adds its wake-up (measured: 2x slower at 100x64x4x4)
 
 
 @njit(cache=True, nogil=True)

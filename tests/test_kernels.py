@@ -222,7 +222,7 @@ def test_conv_results_do_not_depend_on_the_thread_count():
     W = rng.standard_normal((16, 16, 3, 3)).astype(np.float32)
     b = rng.standard_normal(16).astype(np.float32)
     dout = rng.standard_normal((100, 16, 28, 28)).astype(np.float32)
-    y = rng.standard_normal(200_001).astype(np.float32)  # several ReLU pieces and a tail
+    y = rng.standard_normal(1_200_001).astype(np.float32)  # several ReLU pieces and a tail
     before = numba.get_num_threads()
     try:
         results = []
