@@ -8,9 +8,9 @@ Timing: batch 100, float32 for xpnet and PyTorch, float64 for the book's code (a
 writes it); ``--threads n`` threads for each (xpnet's kernel workers, PyTorch's pool, the
 BLAS under the book's code). A training step is forward + backward + Adam (lr 0.001);
 inference is the forward pass in evaluation mode. The contenders are timed *interleaved*
--- round r times xpnet, then PyTorch, then the book -- so a burst of load on this shared
-machine hits them alike; the table gives medians over the rounds and the ratios of the
-medians.
+-- each round times each of them once, in an order that rotates from round to round -- so
+a burst of load on this shared machine hits them alike; the table gives medians over the
+rounds and the ratios of the medians.
 
 Peak memory of one DeepConvNet training step: each framework in its own fresh process,
 warmed up by two steps of a throw-away network, then the first step of a fresh network,
@@ -115,8 +115,12 @@ def timed_rounds(fns: dict, rounds: int, slow_every: dict) -> dict:
         fn()
         fn()
     times = {name: [] for name in fns}
+    names = list(fns)
     for r in range(rounds):
-        for name, fn in fns.items():
+        # the order rotates, so no contender always runs right after the book's code
+        # (whose large float64 temporaries evict the caches)
+        for name in names[r % len(names):] + names[: r % len(names)]:
+            fn = fns[name]
             if r % slow_every.get(name, 1):
                 continue
             start = time.perf_counter()
