@@ -200,3 +200,13 @@ def test_batch_scaling_still_falling_and_flat_from_the_start():
     flat = [(b, bench.load_cases({"benchmarks": [_scaling("batch", b, 1e-3 * b)]})[0])
             for b in (1, 4, 16)]
     assert "already at batch 1" in bench.scaling_summary(flat, "batch")
+
+
+def test_xpnet_bench_subcommand(run_json, tmp_path, capsys):
+    from xpnet import cli
+
+    out = tmp_path / "R.md"
+    assert cli.main(["bench", str(run_json), "-o", str(out), "--no-charts"]) == 0
+    assert "**10×**" in out.read_text()
+    assert cli.main(["bench", str(tmp_path / "missing.json"), "-o", str(out)]) == 2
+    assert "does not exist" in capsys.readouterr().err

@@ -496,3 +496,17 @@ register_command(
     configure=_configure_search,
     run=_run_search,
 )
+
+
+# ``xpnet bench``: the benchmark report (xpnet.bench imports only the standard library up front)
+from xpnet import bench as _bench  # noqa: E402
+
+register_command(
+    "bench",
+    help="turn a pytest-benchmark JSON of benchmarks/ into a Markdown report with charts",
+    description="Turn a pytest-benchmark JSON (pytest benchmarks/ --benchmark-json=FILE) into "
+    "a Markdown report: medians and speed-ups per group, the machine, BLAS and threads, "
+    "DeepConvNet's headline figures, scaling with batch and image size; charts as PNGs.",
+    configure=_bench.configure_parser,
+    run=_bench.run,
+)
