@@ -8,6 +8,8 @@ Cases:
     train      a minimal data-parallel loop (shard, gradient, allreduce_mean, update) on a
                float64 MultiLayerNet with weight decay; optional rank-0 checkpoints, a
                SIGKILL of one rank at a given step, and resume from the checkpoint.
+    trainer    ``xpnet.trainer.Trainer`` with ``communicator=``: 2 epochs on 192 samples,
+               optional checkpoints, a SIGKILL of one rank, resume.
     batchnorm  per-replica BatchNorm statistics, then ``sync_batchnorm``.
     mismatch   rank 1 builds a different model (or claims another xpnet version).
 """
@@ -150,6 +152,44 @@ def _stats(net):
     }
 
 
+def case_trainer(args, comm):
+    """The Trainer with a communicator (None in one process): 2 epochs of 6 steps."""
+    from xpnet.trainer import Trainer
+
+    rank = comm.rank if comm else 0
+    x, t = toy_data()
+    net = _bn_net(rank) if args.batchnorm else build_net(rank)
+    trainer = Trainer(
+        net, x[:192], t[:192], x[192:], t[192:], epochs=args.epochs,
+        mini_batch_size=args.batch, optimizer="Momentum", optimizer_param={"lr": 0.1},
+        seed=5 if args.seed else None, checkpoint_dir=args.ckpt,
+        checkpoint_every=args.ckpt_every if args.ckpt else None, resume=args.resume,
+        communicator=comm,
+    )
+    if comm and args.deadline:
+        comm.timeout = args.deadline
+    if comm and rank == args.kill_rank:
+        step = trainer.train_step
+
+        def train_step():
+            if trainer.current_iter == args.kill_at:
+                os.kill(os.getpid(), getattr(signal, "SIG" + args.signal))
+            step()
+
+        trainer.train_step = train_step
+    history = trainer.train()
+    out = Path(args.out)
+    np.savez(out / f"params_rank{rank}.npz", **net.state_arrays())
+    (out / f"history_rank{rank}.json").write_text(json.dumps(history))
+
+
+def _bn_net(rank):
+    xpnet.seed(1000 + rank)
+    return MultiLayerNetExtend(
+        N_FEATURES, [16, 16], N_CLASSES, use_batchnorm=True, dtype=np.float64
+    )
+
+
 def case_mismatch(args, comm):
     if comm.rank == 1 and args.what == "version":
         xpnet.__version__ = "0.0.0-other"
@@ -161,7 +201,7 @@ def case_mismatch(args, comm):
 
 def main(argv=None):
     parser = argparse.ArgumentParser()
-    parser.add_argument("case", choices=["train", "batchnorm", "mismatch"])
+    parser.add_argument("case", choices=["train", "trainer", "batchnorm", "mismatch"])
     parser.add_argument("--out", default=".")
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--batch", type=int, default=32)
@@ -174,11 +214,14 @@ def main(argv=None):
     parser.add_argument("--deadline", type=float, default=None,
                         help="the communicator's timeout (s) once training starts")
     parser.add_argument("--what", default="shape")
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=1, help="0: let the Trainer draw one")
+    parser.add_argument("--batchnorm", action="store_true")
     args = parser.parse_args(argv)
     comm = get_communicator()
-    {"train": case_train, "batchnorm": case_batchnorm, "mismatch": case_mismatch}[args.case](
-        args, comm
-    )
+    cases = {"train": case_train, "trainer": case_trainer, "batchnorm": case_batchnorm,
+             "mismatch": case_mismatch}
+    cases[args.case](args, comm)
     return 0
 
 

@@ -42,22 +42,20 @@ def needs_mpi(test):
     return pytest.mark.mpi(test)
 
 
-def _env(timeout_s=None) -> dict:
+def _env() -> dict:
     env = {k: v for k, v in os.environ.items() if k not in distributed._LAUNCHER_VARS}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     # two ranks share two cores: one thread each
     env.update(OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1",
                NUMBA_NUM_THREADS="1")
-    if timeout_s is not None:
-        env[distributed.TIMEOUT_ENV] = str(timeout_s)
     return env
 
 
-def _run(cmd, *, timeout=60, timeout_s=None):
+def _run(cmd, *, timeout=60):
     """Run ``cmd`` in its own process group; returns (CompletedProcess, seconds)."""
     start = time.monotonic()
     proc = subprocess.Popen(
-        cmd, cwd=REPO, env=_env(timeout_s), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        cmd, cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         text=True, start_new_session=True,
     )
     try:
@@ -547,3 +545,112 @@ def test_nccl_world_of_one_trains_like_no_communicator():
     np.testing.assert_allclose(l1, l2, rtol=1e-12)
     for k in plain:
         np.testing.assert_allclose(with_nccl[k], plain[k], rtol=1e-12, err_msg=k)
+
+
+# ---------------------------------------------------------------------------
+# The Trainer and `xpnet train --distributed`
+# ---------------------------------------------------------------------------
+
+
+@needs_mpi
+def test_trainer_on_two_processes_equals_one_process(tmp_path):
+    one, two = tmp_path / "one", tmp_path / "two"
+    one.mkdir()
+    two.mkdir()
+    _ok(_cases("trainer", "--out", one, "--batch", 32, n=0))
+    proc = _ok(_cases("trainer", "--out", two, "--batch", 32))
+    # rank 0 alone prints: one line per epoch, one final accuracy
+    assert proc.stdout.count("=== epoch:1/2") == 1, proc.stdout
+    assert proc.stdout.count("Final Test Accuracy") == 1
+    assert not (two / "history_rank1.json").read_text() == ""  # rank 1 trained too
+    r0, r1 = _params(two / "params_rank0.npz"), _params(two / "params_rank1.npz")
+    for k in r0:
+        np.testing.assert_array_equal(r0[k], r1[k], err_msg=k)
+    _assert_params_close(r0, _params(one / "params_rank0.npz"), rtol=1e-6)
+    h1 = json.loads((one / "history_rank0.json").read_text())
+    h2 = json.loads((two / "history_rank0.json").read_text())
+    assert len(h2["train_loss_list"]) == 12
+    np.testing.assert_allclose(h2["train_loss_list"], h1["train_loss_list"], rtol=1e-12)
+    # evaluation is split over the ranks and the counts summed: the same accuracies
+    assert h2["train_acc_list"] == h1["train_acc_list"]
+    assert h2["test_acc_list"] == h1["test_acc_list"]
+    assert h2["final_test_acc"] == h1["final_test_acc"]
+
+
+@needs_mpi
+def test_trainer_batchnorm_and_a_drawn_seed_keep_the_replicas_identical(tmp_path):
+    # --seed 0: each rank's Trainer draws its own seed (the ranks' random states differ);
+    # rank 0's is used by all. BatchNorm statistics are averaged before evaluation.
+    _ok(_cases("trainer", "--out", tmp_path, "--batch", 32, "--batchnorm", "--seed", 0))
+    r0, r1 = _params(tmp_path / "params_rank0.npz"), _params(tmp_path / "params_rank1.npz")
+    assert {"running_mean1", "running_var2", "gamma1"} <= set(r0)
+    for k in r0:
+        np.testing.assert_array_equal(r0[k], r1[k], err_msg=k)
+    h = [json.loads((tmp_path / f"history_rank{r}.json").read_text()) for r in (0, 1)]
+    assert h[0]["seed"] == h[1]["seed"]
+    assert h[0]["test_acc_list"] == h[1]["test_acc_list"]
+
+
+@needs_mpi
+def test_trainer_killed_rank_then_resume_reaches_the_uninterrupted_result(tmp_path):
+    ck, ref = tmp_path / "ck", tmp_path / "ref"
+    ref.mkdir()
+    run = ("trainer", "--out", tmp_path, "--batch", 32, "--ckpt", ck, "--ckpt-every", 4)
+    proc, seconds = _cases(*run, "--kill-rank", 1, "--kill-at", 6, "--deadline", 10,
+                           timeout=90)
+    assert proc.returncode != 0 and seconds < 60
+    assert not (tmp_path / "params_rank0.npz").exists()
+    from xpnet.trainer import _read_checkpoint
+
+    meta, _ = _read_checkpoint(ck / "checkpoint.npz")  # rank 0's, intact
+    assert meta["trainer"]["current_iter"] == 4
+    proc = _ok(_cases(*run, "--resume"))
+    assert proc.stdout.count("resumed from") == 1 and "step 4 of 12" in proc.stdout
+    _ok(_cases("trainer", "--out", ref, "--batch", 32, "--ckpt", ref / "ck", "--ckpt-every", 4,
+               n=0))
+    _assert_params_close(_params(tmp_path / "params_rank0.npz"), _params(ref / "params_rank0.npz"),
+                         rtol=1e-6)
+    h = json.loads((tmp_path / "history_rank0.json").read_text())
+    h_ref = json.loads((ref / "history_rank0.json").read_text())
+    np.testing.assert_allclose(h["train_loss_list"], h_ref["train_loss_list"], rtol=1e-12)
+    assert h["test_acc_list"] == h_ref["test_acc_list"]
+
+
+def _xpnet(*args, n=2, **kw):
+    cmd = [sys.executable, "-m", "xpnet", "train", *map(str, args)]
+    return _run([MPIEXEC, "-n", str(n), *cmd] if n else cmd, **kw)
+
+
+def _tiny_idx(directory: Path) -> Path:
+    """600 training and 300 test images in the IDX format of MNIST (random pixels)."""
+    import gzip
+    import struct
+
+    directory.mkdir()
+    rng = np.random.default_rng(0)
+    for prefix, n in (("train", 600), ("t10k", 300)):
+        for kind, arr in (("images-idx3", rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)),
+                          ("labels-idx1", rng.integers(0, 10, n, dtype=np.uint8))):
+            with gzip.open(directory / f"{prefix}-{kind}-ubyte.gz", "wb") as f:
+                f.write(struct.pack(">HBB", 0, 8, arr.ndim))
+                f.write(struct.pack(">" + "I" * arr.ndim, *arr.shape))
+                f.write(arr.tobytes())
+    return directory
+
+
+@needs_mpi
+def test_xpnet_train_distributed(tmp_path):
+    common = ("--model", "TwoLayerNet", "--data-dir", _tiny_idx(tmp_path / "data"),
+              "--no-download", "--epochs", 1, "--batch-size", 50, "--seed", 3,
+              "--dtype", "float64", "--distributed")
+    proc = _ok(_xpnet(*common, "--out", tmp_path / "two", "--checkpoint-dir", tmp_path / "ck"))
+    assert "data-parallel over 2 processes (MPICommunicator), 25 samples" in proc.stdout
+    assert proc.stdout.count("=== epoch:1/1") == 1 and proc.stdout.count("wrote ") == 1
+    history = json.loads((tmp_path / "two" / "history.json").read_text())
+    assert len(history["train_loss_list"]) == 12 and history["config"]["distributed"]
+    assert (tmp_path / "ck" / "checkpoint.npz").exists()
+    # the same command without mpiexec: one process, and it says so
+    proc = _ok(_xpnet(*common, "--out", tmp_path / "one", n=0))
+    assert "running as single-process training" in proc.stderr
+    _assert_params_close(_params(tmp_path / "two" / "params.npz"),
+                         _params(tmp_path / "one" / "params.npz"), rtol=1e-6)

@@ -365,6 +365,11 @@ def _configure_train(p):
                    help="passes over the training set")
     r.add_argument("--weight-decay", type=float, metavar="LAMBDA",
                    help="L2 weight decay (MultiLayerNet*)")
+    r.add_argument("--distributed", action="store_true",
+                   help="data-parallel over the processes of an MPI job, started as "
+                   "`mpiexec -n N xpnet train --distributed ...`: each process takes "
+                   "batch-size/N samples of every mini-batch (MPI on the CPU, NCCL on GPUs); "
+                   "rank 0 prints and writes the checkpoints and --out files")
     c = p.add_argument_group("checkpoints and output")
     c.add_argument("--checkpoint-dir", metavar="DIR",
                    help="write checkpoint.npz there every epoch (or --checkpoint-every steps)")
@@ -383,15 +388,24 @@ def _run_train(args) -> int:
 
     if (args.resume or args.checkpoint_every) and not args.checkpoint_dir:
         raise ValueError("--resume and --checkpoint-every need --checkpoint-dir")
+    comm = None
+    if args.distributed:  # before the model exists: each process picks its GPU here
+        from xpnet.distributed import get_communicator
+
+        comm = get_communicator(args.device, verbose=not args.quiet)
     if args.seed is not None:
         xpnet.seed(args.seed)  # the initial weights
     conv = args.model in _CONV_MODELS
     build = _model_builder(args, _INPUT_SHAPE if conv else (784,))  # checks the options
     (x_train, t_train), (x_test, t_test) = _load_data(args, flatten=not conv)
     network = build()
-    out = _prepare_out(args.out)  # fails now, not after training
-    verbose = not args.quiet
+    root = comm is None or comm.is_root
+    out = _prepare_out(args.out) if root else None  # fails now, not after training
+    verbose = not args.quiet and root
     if verbose:
+        if comm is not None:
+            print(f"data-parallel over {comm.size} processes ({type(comm).__name__}), "
+                  f"{args.batch_size // comm.size} samples of each mini-batch per process")
         print(f"{network!r} on {args.dataset}: {len(x_train)} training and {len(x_test)} "
               f"test samples, {args.optimizer} {_optimizer_param(args) or '(defaults)'}")
     trainer = Trainer(
@@ -399,7 +413,7 @@ def _run_train(args) -> int:
         mini_batch_size=args.batch_size, optimizer=args.optimizer,
         optimizer_param=_optimizer_param(args), evaluate_sample_num_per_epoch=args.eval_samples,
         verbose=verbose, seed=args.seed, checkpoint_dir=args.checkpoint_dir,
-        checkpoint_every=args.checkpoint_every, resume=args.resume,
+        checkpoint_every=args.checkpoint_every, resume=args.resume, communicator=comm,
     )
     start = time.perf_counter()
     history = trainer.train()

@@ -28,6 +28,12 @@ mini-batches and Dropout masks the uninterrupted run drew after that point, on t
 CPU and on the GPU alike (CuPy's generator state cannot be saved, only reseeded).
 Boundaries are every epoch, or every ``checkpoint_every`` steps, whether or not a
 checkpoint directory is given, so the same seed gives the same run either way.
+
+Data-parallel training (``communicator=``, see :mod:`xpnet.distributed`): every process
+draws the same global mini-batch, computes the gradient of its own contiguous share and
+the gradients (and the loss) are averaged in one allreduce before the update; evaluation
+is split over the processes too. Only rank 0 prints and writes checkpoints; every rank
+reads the checkpoint on resume, so the checkpoint directory must be one they all see.
 """
 
 from __future__ import annotations
@@ -96,6 +102,9 @@ class Trainer:
             is none yet).
         progress: show a progress bar: None (when verbose and stderr is a terminal),
             True or False.
+        communicator: an :class:`xpnet.distributed.Communicator` for data-parallel
+            training over several processes (None: this process alone). Each process
+            takes its share of every mini-batch of ``mini_batch_size`` samples.
     """
 
     def __init__(
@@ -118,8 +127,12 @@ class Trainer:
         checkpoint_every=None,
         resume=False,
         progress=None,
+        communicator=None,
     ):
         self.network = network
+        self.communicator = communicator
+        if communicator is not None and not communicator.is_root:
+            verbose, progress = False, False  # rank 0 speaks for the job
         self.verbose = verbose
         self.epochs = _positive_int(epochs, "epochs")
         self.batch_size = _positive_int(mini_batch_size, "mini_batch_size")
@@ -184,6 +197,10 @@ class Trainer:
         if seed is None:  # from xpnet's random state, so xpnet.seed(...) governs it too
             seed = int(get_rng(np).integers(2**63))
         self.seed = int(seed)
+        if communicator is not None:  # one seed, one sequence of global mini-batches
+            communicator.check_consistency(network)
+            self.seed = int(communicator.bcast_object(self.seed, 0, "the training seed"))
+            communicator.broadcast_params(network.params)
         if checkpoint_every is not None:
             checkpoint_every = _positive_int(checkpoint_every, "checkpoint_every")
         self.checkpoint_every = checkpoint_every
@@ -202,12 +219,29 @@ class Trainer:
                     "or choose another checkpoint directory"
                 )
             self.load_checkpoint(path)
+            self._check_same_position()
             self._log(
                 f"resumed from {path} at epoch {self.current_epoch}, "
                 f"step {self.current_iter} of {self.max_iter}"
             )
         elif resume and path is not None:
+            self._check_same_position()
             self._log(f"no checkpoint in {self.checkpoint_dir} yet; starting from the beginning")
+
+    def _check_same_position(self) -> None:
+        """Every process must have resumed from the same checkpoint (a shared directory)."""
+        comm = self.communicator
+        if comm is None:
+            return
+        steps = comm.allgather_object(self.current_iter, "the resume position check")
+        if len(set(steps)) > 1:
+            from xpnet.distributed import DistributedError
+
+            raise DistributedError(
+                f"the processes resumed at different steps {steps} (rank order): the "
+                f"checkpoint directory {self.checkpoint_dir} must be one every process sees "
+                "(a shared filesystem)"
+            )
 
     # -- data ---------------------------------------------------------------------------
 
@@ -235,6 +269,10 @@ class Trainer:
             self._reseed()
         xp = self.xp
         batch_mask = get_rng(xp).integers(0, self.train_size, size=self.batch_size)
+        comm = self.communicator
+        if comm is not None:  # the same global batch on every rank; this rank's share of it
+            weight = comm.shard_weight(self.batch_size)
+            batch_mask = comm.shard(batch_mask)
         x_batch = self.x_train[batch_mask]  # gathered on the data's device
         t_batch = self.t_train[batch_mask]
 
@@ -246,6 +284,10 @@ class Trainer:
             loss = getattr(network, "last_loss", None)
             if loss is None:  # a network that does not report its loss: one extra forward pass
                 loss = network.loss(x_batch, t_batch)
+            if comm is not None:  # mean gradient and loss of the global batch
+                loss = comm.allreduce_mean(
+                    grads, loss=loss, weight=weight, step=self.current_iter + 1
+                )
             self.optimizer.update(network.params, grads)
         self._pending_losses.append((self.current_iter, loss))
         self.current_iter += 1
@@ -299,18 +341,31 @@ class Trainer:
         """Accuracy of the network on ``(x, t)``, computed ``eval_batch_size`` samples at a
         time (the activations of one batch at most)."""
         n, size = len(x), self.eval_batch_size
+        comm = self.communicator
+        lo, hi = 0, n
+        if comm is not None and n >= comm.size:  # each rank scores its share
+            lo, hi = comm.shard_bounds(n)
         correct = 0.0
         with backend.gpu_memory_hint(batch_size=size):
-            for i in range(0, n, size):
-                xb, tb = x[i : i + size], t[i : i + size]
+            for i in range(lo, hi, size):
+                xb, tb = x[i : min(i + size, hi)], t[i : min(i + size, hi)]
                 correct += backend.to_scalar(self.network.accuracy(xb, tb)) * len(xb)
+        if comm is not None and (lo, hi) != (0, n):
+            correct = float(comm.allreduce_sum([correct], "the accuracy sum")[0])
         return correct / n
+
+    def _sync_batchnorm(self) -> None:
+        """Average BatchNorm's running statistics over the ranks (they are per-replica in
+        training), so every rank evaluates and rank 0 saves the same ones."""
+        if self.communicator is not None:
+            self.communicator.sync_batchnorm(self.network)
 
     def _evaluate_epoch(self) -> None:
         k = self.evaluate_sample_num_per_epoch
         x_tr, t_tr, x_te, t_te = self.x_train, self.t_train, self.x_test, self.t_test
         if k is not None:
             x_tr, t_tr, x_te, t_te = x_tr[:k], t_tr[:k], x_te[:k], t_te[:k]
+        self._sync_batchnorm()
         train_acc = self.accuracy(x_tr, t_tr)
         test_acc = self.accuracy(x_te, t_te)
         self.train_acc_list.append(train_acc)
@@ -355,6 +410,7 @@ class Trainer:
         ):  # the last epoch's evaluation already scored the whole test set
             self.final_test_acc = self.test_acc_list[-1]
         else:
+            self._sync_batchnorm()
             self.final_test_acc = self.accuracy(self.x_test, self.t_test)
         self._log("=============== Final Test Accuracy ===============")
         self._log(f"test acc:{self.final_test_acc}")
@@ -395,11 +451,17 @@ class Trainer:
 
     def save_checkpoint(self, path=None) -> Path:
         """Write parameters, layer buffers, optimizer state, position and history to one
-        ``.npz`` (no pickle), atomically: a reader sees the old file or the new one."""
+        ``.npz`` (no pickle), atomically: a reader sees the old file or the new one.
+
+        With a communicator every rank must call it (BatchNorm statistics are averaged
+        first); rank 0 writes."""
         self._read_losses()  # never checkpoint a diverged run
+        self._sync_batchnorm()
         path = Path(path) if path is not None else self.checkpoint_path
         if path is None:
             raise ValueError("no checkpoint path: give checkpoint_dir to the Trainer")
+        if self.communicator is not None and not self.communicator.is_root:
+            return path  # the replicas are identical: rank 0 writes for all
         path.parent.mkdir(parents=True, exist_ok=True)
         params = self.network.params
         opt = self.optimizer.state_dict()
