@@ -1,18 +1,23 @@
 """The README's commands run as written.
 
 Every command in a ```bash block of README.md is accounted for here:
-- `xpnet ...` training and search commands are run, as written, in a scratch directory;
+- `xpnet ...` training and search commands, and the `mpiexec ... xpnet train --distributed`
+  one, are run as written in a scratch directory;
 - the chapter examples are run by tests/test_examples.py (quick mode); here we check that the
   README names each of them and that each exists;
 - the quick start and the test command are run by CI (.ci/run), which this test reads;
-- commands that need a GPU run only where one is present (they are skipped otherwise).
+- commands that need a GPU run only where one is present (they are skipped otherwise);
+- `pip install` and `apt-get` lines inside the guide install what CI's `pip install -e '.[dev]'`
+  installs.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -42,6 +47,7 @@ def needs_gpu(command: str) -> bool:
 
 QUICK_START = bash_commands()[0]
 XPNET_COMMANDS = [c for c in bash_commands() if c.startswith("xpnet ") and not needs_gpu(c)]
+MPI_COMMANDS = [c for c in bash_commands() if c.startswith("mpiexec ") and not needs_gpu(c)]
 
 
 def test_the_quick_start_and_the_test_command_are_what_ci_runs():
@@ -74,6 +80,22 @@ def test_xpnet_command_runs_as_written(command, tmp_path, fashion_dir):
     assert done.returncode == 0, done.stderr[-2000:]
     out_dir = tmp_path / shlex.split(command)[shlex.split(command).index("--out") + 1]
     assert any(out_dir.iterdir()), f"{command} wrote nothing to {out_dir}"
+
+
+@pytest.mark.mpi
+@pytest.mark.parametrize("command", MPI_COMMANDS)
+def test_mpi_command_runs_as_written(command, tmp_path, fashion_dir):
+    mpiexec = shutil.which("mpiexec")
+    if mpiexec is None or importlib.util.find_spec("mpi4py") is None:
+        pytest.skip("needs mpiexec and mpi4py (pip install -e '.[distributed]')")
+    args = shlex.split(command)
+    at = args.index("xpnet")
+    args = [mpiexec, *args[1:at], sys.executable, "-m", "xpnet", *args[at + 1 :]]
+    env = dict(os.environ, MPLBACKEND="Agg")
+    done = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "data-parallel over 2 processes" in done.stdout + done.stderr
+    assert (tmp_path / "runs" / "ddp" / "params.npz").exists()
 
 
 @pytest.mark.skipif(not gpu_available(), reason="needs a CUDA GPU with CuPy")
