@@ -3,7 +3,8 @@
 One module per idea of the book: ``functions`` (ch. 3-4), ``gradient`` (ch. 4),
 ``layers`` (ch. 5-7), ``optimizers`` and ``initializers`` (ch. 6), ``models`` (the
 book's networks), ``trainer``, ``datasets``, ``io`` (parameter files), ``util``
-(the book's helpers), ``plot`` and ``cli``. ``backend`` is where the GPU comes in.
+(the book's helpers), ``plot`` and ``cli``. ``backend`` is where the GPU comes in;
+``threads`` sets the CPU threads; ``distributed`` trains over several processes (MPI/NCCL).
 """
 
 from xpnet.backend import (
