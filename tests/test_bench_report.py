@@ -144,9 +144,10 @@ def test_markdown_report_shows_figures_and_machine(run_json):
     assert "**10×**" in text  # book / xpnet
     assert "**0.8**" in text  # xpnet / PyTorch
     assert "**25.0%**" in text  # of the GEMM peak
-    assert "kernel **SkylakeX**" in text and "2 threads (pthreads)" in text
+    assert "kernel **SkylakeX**, threads: 2 at the end of the run (pthreads)" in text
     assert "2 for the kernels; NumPy's BLAS 1 outside them" in text
-    assert "BLAS threads during the cases | book: 2, xpnet: 1" in text
+    assert ("BLAS threads during the cases | the book's NumPy code: 2, xpnet (outside its "
+            "kernels): 1" in text)
     assert "`OPENBLAS_CORETYPE`=unset" in text and "`OMP_NUM_THREADS`=2" in text
     assert "97.40% on 500 images" in text and "-0.20 points" in text
     assert "float16 takes 1.6× the float32 time" in text

@@ -495,10 +495,15 @@ def _scaling_markdown(cases: list[Case], caches: dict, chart: str | None) -> lis
 
 def _blas_threads_by_impl(cases: list[Case]) -> dict[str, set]:
     """impl -> the NumPy BLAS thread counts its CPU cases ran with (recorded per case)."""
+    names = {"book": "the book's NumPy code", "xpnet": "xpnet (outside its kernels)",
+             "numpy": "NumPy GEMM peak"}
     out: dict[str, set] = {}
     for c in cases:
-        if c.get("blas_threads") is not None and c.get("device", "cpu") == "cpu":
-            out.setdefault(str(c.get("impl", "?")), set()).add(int(c.get("blas_threads")))
+        if (c.get("blas_threads") is None or c.get("device", "cpu") != "cpu"
+                or c.get("kind") == "kernel"):  # im2col & co. call no BLAS
+            continue
+        name = names.get(c.get("impl"), str(c.get("impl", "?")))
+        out.setdefault(name, set()).add(int(c.get("blas_threads")))
     return out
 
 
@@ -525,8 +530,8 @@ def _machine_markdown(data: dict) -> list[str]:
         if pool.get("user_api") == "blas":
             row(f"BLAS ({pool.get('owner', '?')})",
                 f"{pool.get('internal_api')} {pool.get('version')}, kernel "
-                f"**{pool.get('architecture')}**, {pool.get('num_threads')} threads "
-                f"({pool.get('threading_layer')})")
+                f"**{pool.get('architecture')}**, threads: {pool.get('num_threads')} at the end "
+                f"of the run ({pool.get('threading_layer')})")
     threads = info.get("threads") or {}
     if threads:
         row("xpnet threads", f"{threads.get('xpnet kernels')} for the kernels; NumPy's BLAS "
