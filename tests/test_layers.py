@@ -294,6 +294,21 @@ def test_layers_keep_their_input_dtype(dtype):
     assert sm.backward().dtype == dtype
 
 
+def test_float16_affine_is_the_float32_product_rounded_once():
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((8, 300)).astype(np.float16)
+    W = (0.05 * rng.standard_normal((300, 7))).astype(np.float16)
+    b = rng.standard_normal(7).astype(np.float16)
+    layer = Affine(W, b)
+    out = layer.forward(x)
+    x32, W32 = x.astype(np.float32), W.astype(np.float32)
+    np.testing.assert_array_equal(out, (x32 @ W32).astype(np.float16) + b)
+    dout = rng.standard_normal((8, 7)).astype(np.float16)
+    dx = layer.backward(dout)
+    np.testing.assert_array_equal(dx, (dout.astype(np.float32) @ W32.T).astype(np.float16))
+    np.testing.assert_array_equal(layer.dW, (x32.T @ dout.astype(np.float32)).astype(np.float16))
+
+
 # ---------------------------------------------------------------------------
 # Bad input
 # ---------------------------------------------------------------------------
