@@ -7,6 +7,8 @@ Every command in a ```bash block of README.md is accounted for here:
   README names each of them and that each exists;
 - the quick start and the test command are run by CI (.ci/run), which this test reads;
 - commands that need a GPU run only where one is present (they are skipped otherwise);
+- the benchmark suite's quick run and the report command are run as written (the report on
+  the committed `benchmarks/results/cpu.json`);
 - `pip install` and `apt-get` lines inside the guide install what CI's `pip install -e '.[dev]'`
   installs.
 """
@@ -80,6 +82,39 @@ def test_xpnet_command_runs_as_written(command, tmp_path, fashion_dir):
     assert done.returncode == 0, done.stderr[-2000:]
     out_dir = tmp_path / shlex.split(command)[shlex.split(command).index("--out") + 1]
     assert any(out_dir.iterdir()), f"{command} wrote nothing to {out_dir}"
+
+
+BENCH_COMMANDS = [c for c in bash_commands() if "benchmarks/" in c and not needs_gpu(c)]
+
+
+def test_the_readme_shows_the_benchmark_commands():
+    assert any("pytest benchmarks/ --quick" in c for c in BENCH_COMMANDS)
+    assert any(c.startswith("python -m xpnet.bench ") for c in BENCH_COMMANDS)
+
+
+@pytest.mark.parametrize("command", BENCH_COMMANDS, ids=lambda c: " ".join(c.split()[:6]))
+def test_benchmark_command_runs_as_written(command, tmp_path):
+    """Run from the repository, the variables the command unsets unset, outputs in tmp_path."""
+    pytest.importorskip("pytest_benchmark")
+    args = shlex.split(command)
+    env = dict(os.environ, MPLBACKEND="Agg")
+    while args[0] == "env":  # env -u VAR [-u VAR ...] CMD
+        while len(args) > 2 and args[1] == "-u":
+            env.pop(args[2], None)
+            args = [args[0], *args[3:]]
+        args = args[1:]
+    if args[0] == "pytest":
+        args = [sys.executable, "-m", "pytest", *args[1:], "-p", "no:cacheprovider"]
+    elif args[0] == "python":
+        args = [sys.executable, *args[1:]]
+    outputs = ("bench.json", "bench.md", "report.md")
+    args = [str(tmp_path / a) if a in outputs else a for a in args]
+    for name in outputs:
+        args = [a.replace(f"={name}", f"={tmp_path / name}") for a in args]
+    done = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    written = list(tmp_path.glob("*.md"))
+    assert written and all(p.stat().st_size > 0 for p in written)
 
 
 @pytest.mark.mpi
