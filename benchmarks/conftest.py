@@ -113,7 +113,10 @@ def pytest_sessionfinish(session, exitstatus):
         from xpnet.bench import write_report
 
         json_file = session.config.getoption("benchmark_json")
-        path = write_report(getattr(json_file, "name", json_file), report)
+        # pytest-benchmark < 5.3 gives an open file (its path in .name), 5.3+ a Path
+        if not isinstance(json_file, (str, os.PathLike)):
+            json_file = json_file.name
+        path = write_report(os.fspath(json_file), report)
         session.config._xpnet_report = path
 
 
