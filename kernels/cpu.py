@@ -750,6 +750,21 @@ def _half_as_single(fn):
     return wrapper
 
 
+def _chunk_buffers(g, dt):
+    """One worker's scratch for a chunk of ``g.nb`` samples: the transposed col with its row
+    of ones (K+1, nb*P), the padded image, and the (FN, nb*P) product or output gradient."""
+    return (_scratch("col", ((g.K + 1) * g.nb * g.P,), dt),
+            _scratch("xpad", (g.xpad_size,), dt),
+            _scratch("y", (g.FN * g.nb * g.P,), dt))
+
+
+def _chunk_views(bufs, g, m):
+    """The col (K+1, m*P) and product (FN, m*P) views of a chunk of ``m`` samples."""
+    col = bufs[0][: (g.K + 1) * m * g.P].reshape(g.K + 1, m * g.P)
+    y = bufs[2][: g.FN * m * g.P].reshape(g.FN, m * g.P)
+    return col, y
+
+
 @_half_as_single
 def conv2d_forward(x, W, b, stride=1, pad=0):
     """x: (N, C, H, W), W: (FN, C, FH, FW), b: (FN,) -> out: (N, FN, OH, OW), x's dtype."""
@@ -762,14 +777,11 @@ def conv2d_forward(x, W, b, stride=1, pad=0):
     out = np.empty((g.N, g.FN, g.out_h, g.out_w), dt)
 
     def buffers():
-        return (_scratch("col", ((g.K + 1) * g.nb * g.P,), dt),
-                _scratch("xpad", (g.xpad_size,), dt),
-                _scratch("y", (g.FN * g.nb * g.P,), dt))
+        return _chunk_buffers(g, dt)
 
     def work(bufs, i, n0, n1):
         m = n1 - n0
-        col = bufs[0][: (g.K + 1) * m * g.P].reshape(g.K + 1, m * g.P)
-        y = bufs[2][: g.FN * m * g.P].reshape(g.FN, m * g.P)
+        col, y = _chunk_views(bufs, g, m)
         _im2col_t(x, n0, g.FH, g.FW, stride, pad, g.out_h, g.out_w, g.q, bufs[1], col)
         np.matmul(Wb, col, out=y)  # one product for the whole chunk
         _scatter_out(y, n0, m, g.q, out)
@@ -791,14 +803,11 @@ def conv2d_backward(x, W, dout, stride=1, pad=0):
     partial = np.empty((len(g.chunks), g.K + 1, g.FN), dt)  # per-chunk [dW | db]^T
 
     def buffers():
-        return (_scratch("col", ((g.K + 1) * g.nb * g.P,), dt),
-                _scratch("xpad", (g.xpad_size,), dt),
-                _scratch("y", (g.FN * g.nb * g.P,), dt))
+        return _chunk_buffers(g, dt)
 
     def work(bufs, i, n0, n1):
         m = n1 - n0
-        col = bufs[0][: (g.K + 1) * m * g.P].reshape(g.K + 1, m * g.P)
-        d = bufs[2][: g.FN * m * g.P].reshape(g.FN, m * g.P)
+        col, d = _chunk_views(bufs, g, m)
         _im2col_t(x, n0, g.FH, g.FW, stride, pad, g.out_h, g.out_w, g.q, bufs[1], col)
         _gather_dout(dout, n0, m, g.q, d)  # junk columns get a zero gradient: they add nothing
         # [dW | db]^T of the chunk as col @ d^T: (K+1, FN), the faster orientation for BLAS
