@@ -69,6 +69,16 @@ def _divmod(a, b):
     return q, a - q * b
 
 
+@cuda.jit(device=True, inline=True)
+def _covering(p, size, stride, n_out):
+    """The first and last output positions o whose window [o*stride, o*stride + size) holds
+    the padded position p (an empty range when lo > hi); the gathers of col2im and of
+    max-pool backward walk exactly these."""
+    lo = _divmod(p - size, stride)[0] + 1 if p >= size else 0
+    hi = min(n_out - 1, _divmod(p, stride)[0])
+    return lo, hi
+
+
 @cuda.jit(cache=True)
 def _im2col_kernel(x, col, filter_h, filter_w, stride, pad, out_h, out_w):
     """x: (N, C, H, W) -> col: (N*out_h*out_w, C*filter_h*filter_w); one thread per col entry.
@@ -113,10 +123,8 @@ def _col2im_kernel(col, x, filter_h, filter_w, stride, pad, out_h, out_w, zero):
         wp = w + pad
         # output rows whose window covers hp: oh*stride <= hp < oh*stride + filter_h.
         # Walking oh downwards walks kh upwards: the reference's (kh, kw) summation order.
-        oh_lo = _divmod(hp - filter_h, stride)[0] + 1 if hp >= filter_h else 0
-        oh_hi = min(out_h - 1, _divmod(hp, stride)[0])
-        ow_lo = _divmod(wp - filter_w, stride)[0] + 1 if wp >= filter_w else 0
-        ow_hi = min(out_w - 1, _divmod(wp, stride)[0])
+        oh_lo, oh_hi = _covering(hp, filter_h, stride, out_h)
+        ow_lo, ow_hi = _covering(wp, filter_w, stride, out_w)
         acc = zero
         for oh in range(oh_hi, oh_lo - 1, -1):
             row_base = (n * out_h + oh) * out_w
@@ -199,10 +207,8 @@ def _maxpool_backward_kernel(dout, argmax, dx, pool_h, pool_w, stride, pad, zero
         hp = h + pad
         wp = w + pad
         # windows covering (hp, wp), visited in ascending (oh, ow): the reference's order
-        oh_lo = _divmod(hp - pool_h, stride)[0] + 1 if hp >= pool_h else 0
-        oh_hi = min(out_h - 1, _divmod(hp, stride)[0])
-        ow_lo = _divmod(wp - pool_w, stride)[0] + 1 if wp >= pool_w else 0
-        ow_hi = min(out_w - 1, _divmod(wp, stride)[0])
+        oh_lo, oh_hi = _covering(hp, pool_h, stride, out_h)
+        ow_lo, ow_hi = _covering(wp, pool_w, stride, out_w)
         acc = zero
         for oh in range(oh_lo, oh_hi + 1):
             k_base = (hp - oh * stride) * pool_w + wp
