@@ -19,6 +19,11 @@ Parts:
            drawn at random on the device, as the book's trainer) on the GPU.
   torch    the same architecture and schedule in PyTorch on CUDA (skipped without it).
   cpu      xpnet on the CPU for a few steps, extrapolated to the epoch.
+  train    with ``--data-dir`` (the four Fashion-MNIST IDX files): the README's GPU command,
+           ``xpnet train --model DeepConvNet --dataset fashion-mnist --device gpu``, on the
+           real data, for as many of 10 epochs as fit the time left (estimated from the
+           ``epoch`` part); writes ``OUT_DIR/train/`` (history.json, params.npz) so that the
+           parameters trained on the GPU can be checked on a machine without one.
 """
 
 from __future__ import annotations
@@ -28,8 +33,10 @@ import copy
 import json
 import os
 import platform
+import subprocess
 import sys
 import time
+import traceback
 from pathlib import Path
 
 import numpy as np
@@ -40,7 +47,7 @@ sys.path.insert(0, str(HERE.parent))  # run from a checkout without installing
 import xpnet  # noqa: E402
 from xpnet import backend  # noqa: E402
 
-PARTS = ("env", "kernels", "parity", "epoch", "torch", "cpu")
+PARTS = ("env", "kernels", "parity", "epoch", "torch", "cpu", "train")
 
 
 def _cupy():
@@ -377,6 +384,39 @@ def part_cpu(args):
             "threads": os.cpu_count()}
 
 
+def part_train(args):
+    """The README's GPU training command on real Fashion-MNIST, epochs fitted to the time left."""
+    if args.data_dir is None:
+        return {"skipped": "no --data-dir given"}
+    epoch = args.out / "epoch.json"
+    step_ms = json.loads(epoch.read_text()).get("ms_per_step") if epoch.exists() else None
+    if step_ms is None:
+        return {"skipped": "the epoch part did not finish, so the epoch time is unknown"}
+    # 600 steps plus evaluating 1,000 train and test samples each epoch and the full test
+    # set once; the 1.5 covers start-up, compilation and the evaluation passes
+    epoch_s = 1.5 * step_ms * 1e-3 * 60_000 / args.batch
+    epochs = int(max(1, min(10, (args.train_seconds - 20) // epoch_s)))
+    out = args.out / "train"
+    command = [sys.executable, "-m", "xpnet", "train", "--model", "DeepConvNet",
+               "--dataset", "fashion-mnist", "--data-dir", str(args.data_dir), "--no-download",
+               "--device", "gpu", "--epochs", str(epochs), "--seed", "0",
+               "--eval-samples", "1000", "--out", str(out)]
+    env = dict(os.environ)  # the child imports xpnet from this checkout too
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(HERE.parent), env.get("PYTHONPATH")]))
+    t0 = time.perf_counter()
+    done = subprocess.run(command, capture_output=True, text=True, env=env,
+                          timeout=args.train_seconds)
+    seconds = time.perf_counter() - t0
+    (args.out / "train.log").write_text(done.stdout + done.stderr)
+    if done.returncode != 0:
+        raise RuntimeError(f"xpnet train exited {done.returncode}: {done.stderr[-1500:]}")
+    history = json.loads((out / "history.json").read_text())
+    return {"command": " ".join(command[2:]), "epochs": epochs, "wall_seconds": seconds,
+            "epoch_seconds": history.get("epoch_seconds"),
+            "test_acc_list": history.get("test_acc_list"),
+            "final_test_acc": history.get("final_test_acc")}
+
+
 # ---------------------------------------------------------------------------
 # report
 # ---------------------------------------------------------------------------
@@ -414,6 +454,12 @@ def table(results: dict) -> str:
         lines.append(f"| xpnet CPU epoch (from {cpu['steps_timed']} steps) | "
                      f"{cpu['epoch_seconds_extrapolated']:.1f} s ({cpu['ms_per_step']:.1f} "
                      f"ms/step){speedup} |")
+    tr = results.get("train", {})
+    if "final_test_acc" in tr:
+        per_epoch = tr.get("epoch_seconds") or []
+        median = f"{float(np.median(per_epoch)):.1f} s per epoch (median), " if per_epoch else ""
+        lines.append(f"| xpnet train DeepConvNet, Fashion-MNIST, GPU, {tr['epochs']} epochs | "
+                     f"{median}final test accuracy {tr['final_test_acc']:.4f} |")
     for row in results.get("kernels", {}).get("rows", []):
         if "im2col_ms" in row:
             lines.append(
@@ -438,20 +484,25 @@ def main(argv=None):
     p.add_argument("--parts", nargs="+", default=list(PARTS), choices=PARTS)
     p.add_argument("--samples", type=int, default=60_000, help="training samples per epoch")
     p.add_argument("--batch", type=int, default=100)
-    p.add_argument("--cpu-steps", type=int, default=10, help="CPU steps timed")
+    p.add_argument("--cpu-steps", type=int, default=20, help="CPU steps timed")
+    p.add_argument("--data-dir", type=Path, default=None,
+                   help="Fashion-MNIST IDX files for the train part (skipped without)")
+    p.add_argument("--train-seconds", type=float, default=150,
+                   help="time limit of the train part (its epochs are fitted to it)")
     p.add_argument("--report-only", action="store_true",
                    help="only collect OUT/<part>.json into results.json/.md and print")
     args = p.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     funcs = {"env": part_env, "kernels": part_kernels, "parity": part_parity,
-             "epoch": part_epoch, "torch": part_torch, "cpu": part_cpu}
+             "epoch": part_epoch, "torch": part_torch, "cpu": part_cpu, "train": part_train}
     if not args.report_only:
         for part in args.parts:
             t0 = time.perf_counter()
             try:
                 result = funcs[part](args)
             except Exception as exc:  # record and go on: one failing part must not hide the rest
-                result = {"error": f"{type(exc).__name__}: {exc}"}
+                result = {"error": f"{type(exc).__name__}: {exc}",
+                          "traceback": traceback.format_exc()}
             result["part_seconds"] = round(time.perf_counter() - t0, 2)
             (args.out / f"{part}.json").write_text(json.dumps(result, indent=2))
             print(f"[gpu_bench] {part}: {result['part_seconds']} s", flush=True)

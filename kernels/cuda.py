@@ -62,14 +62,14 @@ MAX_BLOCKS = 65_535
 MAX_ELEMENTS = 2**31 - 1
 
 
-@cuda.jit(device=True, inline=True)
+@cuda.jit(device=True, inline="always")
 def _divmod(a, b):
     """(a // b, a % b) for 0 <= a < 2**31 and 0 < b < 2**31, in 32-bit unsigned arithmetic."""
     q = int64(uint32(a) // uint32(b))
     return q, a - q * b
 
 
-@cuda.jit(device=True, inline=True)
+@cuda.jit(device=True, inline="always")
 def _covering(p, size, stride, n_out):
     """The first and last output positions o whose window [o*stride, o*stride + size) holds
     the padded position p (an empty range when lo > hi); the gathers of col2im and of

@@ -104,7 +104,11 @@ def test_benchmark_command_runs_as_written(command, tmp_path):
             args = [args[0], *args[3:]]
         args = args[1:]
     if args[0] == "pytest":
-        args = [sys.executable, "-m", "pytest", *args[1:], "-p", "no:cacheprovider"]
+        # a benchmark run of its own even when this suite runs under pytest-xdist, which
+        # would otherwise switch pytest-benchmark off in the child as well
+        env = {k: v for k, v in env.items() if not k.startswith("PYTEST_XDIST")}
+        args = [sys.executable, "-m", "pytest", *args[1:], "-p", "no:cacheprovider",
+                "-p", "no:xdist"]
     elif args[0] == "python":
         args = [sys.executable, *args[1:]]
     outputs = ("bench.json", "bench.md", "report.md")
