@@ -45,6 +45,21 @@ from numba import cuda, int64, uint32
 
 from xpnet import backend
 
+
+def _restore_numpy_names_numba_cuda_needs():
+    """Put back ``np.row_stack`` (an alias of ``np.vstack``) where NumPy no longer has it.
+
+    NumPy 2.5 removed the alias. numba-cuda (0.30 and older) still registers a CUDA overload
+    for it, unguarded, when it builds its first kernel, so every kernel launch would fail
+    with ``AttributeError: module 'numpy' has no attribute 'row_stack'``. The alias is
+    exactly ``vstack``, and it is added only where it is missing.
+    """
+    if not hasattr(np, "row_stack"):
+        np.row_stack = np.vstack
+
+
+_restore_numpy_names_numba_cuda_needs()
+
 THREADS_PER_BLOCK = 256
 # Enough blocks to fill any current GPU several times over; beyond this the grid-stride
 # loops take over, so huge arrays never ask for more blocks than the hardware allows.

@@ -48,6 +48,9 @@ def _env() -> dict:
     # two ranks share two cores: one thread each
     env.update(OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1",
                NUMBA_NUM_THREADS="1")
+    # Open MPI's mpiexec refuses to start as root (containers, CI runners) unless both of
+    # these are set; MPICH ignores them
+    env.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
     return env
 
 

@@ -7,6 +7,7 @@ it promises as a non-empty PNG.
 
 from __future__ import annotations
 
+import functools
 import os
 import subprocess
 import sys
@@ -15,9 +16,11 @@ from pathlib import Path
 import pytest
 
 import xpnet
+from xpnet.datasets import DatasetError, load_mnist
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "examples"
+SHARED = Path(os.environ.get("XPNET_SHARED", REPO.parent / "shared"))
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 # script -> the figures its quick mode writes
@@ -40,6 +43,24 @@ FIGURES = {
 }
 
 
+@functools.cache
+def _data_on_disk() -> bool:
+    """Whether the examples find MNIST (the shared 10,000 digits or the full set) or
+    Fashion-MNIST without downloading: the tests never fetch data from the internet."""
+    if (SHARED / "data" / "mnist-10k").is_dir():
+        return True
+    for name in ("mnist", "fashion-mnist"):
+        try:
+            load_mnist(dataset=name, download=False)
+            return True
+        except DatasetError:
+            pass
+    return False
+
+
+NEEDS_DATA = {p.name for p in EXAMPLES.glob("ch*.py") if "data=True" in p.read_text()}
+
+
 def run_example(script, *args, timeout=240, env=None):
     # As a reader runs them: no PYTHONPATH needed (the examples find the clone's xpnet
     # when it is not installed), headless Matplotlib.
@@ -52,6 +73,8 @@ def run_example(script, *args, timeout=240, env=None):
 
 @pytest.mark.parametrize("script", sorted(FIGURES))
 def test_example_quick_mode_writes_its_figures(script, tmp_path):
+    if script in NEEDS_DATA and not _data_on_disk():
+        pytest.skip("no MNIST or Fashion-MNIST on disk (apt-get install dataset-fashion-mnist)")
     out = tmp_path / "figures"
     # One thread: the timings an example prints stay meaningful on a busy machine.
     proc = run_example(script, "--out", str(out), "--threads", "1")

@@ -1,5 +1,9 @@
 """The CPU kernels against the plain NumPy reference, on randomized shapes."""
 
+import subprocess
+import sys
+from pathlib import Path
+
 import numba
 import numpy as np
 import pytest
@@ -7,6 +11,8 @@ import pytest
 import kernels
 from kernels import generic
 from kernels import reference as ref
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def random_case(rng, max_hw=9, window_pad_limit=True):
@@ -386,3 +392,19 @@ def test_relu_generic_matches_cpu():
 def test_relu_backward_shape_mismatch_is_named():
     with pytest.raises(ValueError, match=r"relu_backward: dout of shape \(2, 3\).*\(3, 2\)"):
         kernels.relu_backward(np.zeros((2, 3)), np.zeros((3, 2)))
+
+
+def test_gpu_kernels_build_where_numpy_lacks_row_stack():
+    """NumPy 2.5 removed ``np.row_stack``; numba-cuda (<= 0.30) looks it up when it builds its
+    first kernel. Importing ``kernels.cuda`` puts the alias back, so the lookup succeeds."""
+    pytest.importorskip("numba.cuda")
+    code = (
+        "import numpy as np\n"
+        "if hasattr(np, 'row_stack'): del np.row_stack\n"  # as NumPy 2.5
+        "import kernels.cuda\n"
+        "import numba.cuda.np.arrayobj\n"  # what numba-cuda imports before its first kernel
+        "assert np.row_stack is np.vstack\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]

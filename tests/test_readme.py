@@ -130,7 +130,8 @@ def test_mpi_command_runs_as_written(command, tmp_path, fashion_dir):
     args = shlex.split(command)
     at = args.index("xpnet")
     args = [mpiexec, *args[1:at], sys.executable, "-m", "xpnet", *args[at + 1 :]]
-    env = dict(os.environ, MPLBACKEND="Agg")
+    env = dict(os.environ, MPLBACKEND="Agg", OMPI_ALLOW_RUN_AS_ROOT="1",
+               OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")  # Open MPI as root; MPICH ignores them
     done = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "data-parallel over 2 processes" in done.stdout + done.stderr
