@@ -55,7 +55,7 @@ def _restore_numpy_names_numba_cuda_needs():
     exactly ``vstack``, and it is added only where it is missing.
     """
     if not hasattr(np, "row_stack"):
-        np.vstack = np.vstack
+        setattr(np, "row_stack", np.vstack)  # noqa: B010 - not np.row_stack, which NPY201 rewrites
 
 
 _restore_numpy_names_numba_cuda_needs()
