@@ -94,7 +94,7 @@ def _covering(p, size, stride, n_out):
     return lo, hi
 
 
-@cuda.jit(cache=True)
+@cuda.jit
 def _im2col_kernel(x, col, filter_h, filter_w, stride, pad, out_h, out_w):
     """x: (N, C, H, W) -> col: (N*out_h*out_w, C*filter_h*filter_w); one thread per col entry.
 
@@ -118,7 +118,7 @@ def _im2col_kernel(x, col, filter_h, filter_w, stride, pad, out_h, out_w):
             col[row, k] = 0
 
 
-@cuda.jit(cache=True)
+@cuda.jit
 def _col2im_kernel(col, x, filter_h, filter_w, stride, pad, out_h, out_w, zero):
     """col -> x: (N, C, H, W), gathering: one thread per pixel of x, no atomics.
 
@@ -149,7 +149,7 @@ def _col2im_kernel(col, x, filter_h, filter_w, stride, pad, out_h, out_w, zero):
         x[n, c, h, w] = acc
 
 
-@cuda.jit(cache=True)
+@cuda.jit
 def _col2im_scatter_kernel(col, x, filter_h, filter_w, stride, pad, out_h, out_w):
     """col -> x (pre-zeroed), scattering with atomicAdd: one thread per col entry.
 
@@ -170,7 +170,7 @@ def _col2im_scatter_kernel(col, x, filter_h, filter_w, stride, pad, out_h, out_w
             cuda.atomic.add(x, (n, c, h, w), col[row, k])
 
 
-@cuda.jit(cache=True)
+@cuda.jit
 def _maxpool_forward_kernel(x, out, argmax, pool_h, pool_w, stride, pad, lowest):
     """x: (N, C, H, W) -> out, argmax: (N, C, out_h, out_w); one thread per output.
 
@@ -204,7 +204,7 @@ def _maxpool_forward_kernel(x, out, argmax, pool_h, pool_w, stride, pad, lowest)
         argmax[n, c, oh, ow] = best_k if best_k >= 0 else 0
 
 
-@cuda.jit(cache=True)
+@cuda.jit
 def _maxpool_backward_kernel(dout, argmax, dx, pool_h, pool_w, stride, pad, zero):
     """dout, argmax: (N, C, out_h, out_w) -> dx: (N, C, H, W), gathering per input pixel.
 

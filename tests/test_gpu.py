@@ -342,9 +342,13 @@ def test_networks_on_gpu_equal_cpu(name, build, shape, monkeypatch):
     assert abs(float(gnet.loss(gx, gt)) - float(net.loss(x, t))) < 1e-10
     grads, ggrads = net.gradient(x, t), gnet.gradient(gx, gt)
     assert isinstance(gnet.last_loss, cp.ndarray) and gnet.last_loss.ndim == 0
+    # a bias before BatchNormalization has a zero gradient, computed as rounding noise:
+    # compare every tensor against the scale of the network's largest gradient too
+    scale = max(float(np.abs(g).max()) for g in grads.values())
     for key in net.params:
         assert isinstance(ggrads[key], cp.ndarray), key
-        assert _rel(ggrads[key], grads[key]) < 1e-9, key
+        diff = float(np.abs(as_numpy(ggrads[key]) - grads[key]).max())
+        assert _rel(ggrads[key], grads[key]) < 1e-9 or diff < 1e-12 * scale, key
     # accuracy scores a host test set batch by batch on the device
     assert gnet.accuracy(x, t, batch_size=3) == net.accuracy(x, t, batch_size=3)
 
@@ -389,26 +393,21 @@ def _same_dropout_masks(monkeypatch):
     monkeypatch.setattr(xpnet.layers, "get_rng", HostUniforms)
 
 
-def test_deepconvnet_training_step_parity_float32(monkeypatch):
-    """One Adam step of DeepConvNet from the same parameters and batch: CPU == GPU to 1e-5."""
+def test_deepconvnet_training_step_parity_float32():
+    """One DeepConvNet step (forward, backward, SGD and Adam) from the same parameters, batch
+    and Dropout masks: CPU == GPU to 1e-5 (float32), as ``xpnet.parity`` defines it."""
     from xpnet.models import DeepConvNet
-    from xpnet.optimizers import Adam
+    from xpnet.parity import step_parity
 
-    _same_dropout_masks(monkeypatch)
     xpnet.seed(0)
     net = DeepConvNet(dtype=np.float32)
-    gnet = copy.deepcopy(net).to("gpu")
     rng = np.random.default_rng(10)
     x = rng.random((100, 1, 28, 28), dtype=np.float32)
     t = rng.integers(0, 10, size=100)
-    for network, xb, tb in ((net, x, t), (gnet, cp.asarray(x), cp.asarray(t))):
-        grads = network.gradient(xb, tb)
-        Adam(lr=0.001).update(network.params, grads)
-    assert abs(float(gnet.last_loss) - float(net.last_loss)) < 1e-5 * abs(float(net.last_loss))
-    errors = {k: _rel(gnet.params[k], net.params[k]) for k in net.params}
-    assert max(errors.values()) < 1e-5, errors
-    for k in net.params:
-        assert gnet.params[k].dtype == np.float32
+    report = step_parity(net, x, t)
+    assert report["grad_max_rel"] < 1e-5, report["grad"]
+    assert report["sgd_max_rel"] < 1e-5, report["sgd"]
+    assert report["passed"], report
 
 
 def test_training_step_makes_no_host_round_trip():

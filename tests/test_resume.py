@@ -63,7 +63,8 @@ def fresh_net(init=0, **kw):
 
 def assert_same_run(a, b):
     for key in a.network.params:
-        np.testing.assert_array_equal(a.network.params[key], b.network.params[key])
+        np.testing.assert_array_equal(xpnet.backend.as_numpy(a.network.params[key]),
+                                      xpnet.backend.as_numpy(b.network.params[key]))
     assert a.train_loss_list == b.train_loss_list
     assert a.train_acc_list == b.train_acc_list and a.test_acc_list == b.test_acc_list
     assert a.current_iter == b.current_iter == a.max_iter
