@@ -387,61 +387,10 @@ def part_train(args):
 
 
 def table(results: dict) -> str:
-    lines = ["| what | result |", "|---|---|"]
-    env = results.get("env", {})
-    if "gpu" in env:
-        lines.append(f"| GPU | {env['gpu']} (cc {env['compute_capability']}), CuPy "
-                     f"{env['cupy']}, numba-cuda {env.get('numba_cuda')}, torch "
-                     f"{env.get('torch')} |")
-    par = results.get("parity", {})
-    if "grad_max_rel" in par:
-        lines.append(
-            f"| CPU vs GPU one DeepConvNet step (float32) | gradients {par['grad_max_rel']:.1e}, "
-            f"after SGD {par['sgd_max_rel']:.1e}, after Adam {par['adam_max_rel']:.1e} (CPU "
-            f"float32 vs float64: {par['adam_cpu_vs_float64_max_rel']:.1e}; GPU vs float64: "
-            f"{par['adam_gpu_vs_float64_max_rel']:.1e}): {'pass' if par['passed'] else 'FAIL'} |")
-    ep = results.get("epoch", {})
-    if "seconds" in ep:
-        lines.append(f"| xpnet GPU epoch ({ep['steps']} steps, batch {ep['batch']}) | "
-                     f"{ep['seconds']:.2f} s ({ep['ms_per_step']:.2f} ms/step) |")
-    th = results.get("torch", {})
-    for label in ("fp32", "tf32"):
-        if label in th:
-            r = th[label]
-            ratio = f", xpnet/torch {ep['seconds'] / r['seconds']:.2f}x" if "seconds" in ep else ""
-            lines.append(f"| PyTorch CUDA epoch, {label} | {r['seconds']:.2f} s "
-                         f"({r['ms_per_step']:.2f} ms/step){ratio} |")
-    if "skipped" in th:
-        lines.append(f"| PyTorch CUDA epoch | skipped: {th['skipped']} |")
-    cpu = results.get("cpu", {})
-    if "epoch_seconds_extrapolated" in cpu:
-        speedup = (f", GPU speed-up {cpu['epoch_seconds_extrapolated'] / ep['seconds']:.1f}x"
-                   if "seconds" in ep else "")
-        lines.append(f"| xpnet CPU epoch (from {cpu['steps_timed']} steps) | "
-                     f"{cpu['epoch_seconds_extrapolated']:.1f} s ({cpu['ms_per_step']:.1f} "
-                     f"ms/step){speedup} |")
-    tr = results.get("train", {})
-    if "final_test_acc" in tr:
-        per_epoch = tr.get("epoch_seconds") or []
-        median = f"{float(np.median(per_epoch)):.1f} s per epoch (median), " if per_epoch else ""
-        lines.append(f"| xpnet train DeepConvNet, Fashion-MNIST, GPU, {tr['epochs']} epochs | "
-                     f"{median}final test accuracy {tr['final_test_acc']:.4f} |")
-    for row in results.get("kernels", {}).get("rows", []):
-        if "im2col_ms" in row:
-            lines.append(
-                f"| {row['shape']} | im2col {row['im2col_ms']:.3f} ms (book slicing "
-                f"{row['book_im2col_ms']:.3f}); col2im gather {row['col2im_gather_ms']:.3f} ms, "
-                f"scatter {row['col2im_scatter_ms']:.3f} (book {row['book_col2im_ms']:.3f}) |")
-        else:
-            lines.append(f"| {row['shape']} | max-pool fwd {row['maxpool_forward_ms']:.3f} ms, "
-                         f"bwd {row['maxpool_backward_ms']:.3f} ms |")
-    if "im2col_call_overhead_us" in results.get("kernels", {}):
-        lines.append(f"| one kernel call from Python (tiny input) | "
-                     f"{results['kernels']['im2col_call_overhead_us']:.0f} us |")
-    for part, r in results.items():
-        if isinstance(r, dict) and "error" in r:
-            lines.append(f"| {part} | ERROR: {r['error']} |")
-    return "\n".join(lines)
+    """The short table printed last (the same rows as the report's GPU section)."""
+    from xpnet.bench import gpu_table
+
+    return "\n".join(gpu_table(results))
 
 
 def main(argv=None):
@@ -473,7 +422,7 @@ def main(argv=None):
             (args.out / f"{part}.json").write_text(json.dumps(result, indent=2))
             print(f"[gpu_bench] {part}: {result['part_seconds']} s", flush=True)
     results = {}
-    for part in PARTS:
+    for part in (*PARTS, "tests"):  # tests.json: the pytest summaries gpu_check.sh writes
         f = args.out / f"{part}.json"
         if f.exists():
             results[part] = json.loads(f.read_text())

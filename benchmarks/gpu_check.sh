@@ -97,6 +97,12 @@ rc=$?
 tail -n 3 "$OUT/tests-rest.log" | tee -a "$OUT/gpu_check.log"
 if [ $rc -ne 0 ]; then status=1; log "test suite failed or timed out (exit $rc)"; fi
 
+# the pytest summaries join the benchmark's results.json and results.md
+"$PY" -c "import json, sys; json.dump({'gpu': sys.argv[1], 'rest': sys.argv[2]}, \
+open(sys.argv[3], 'w'), indent=2)" "$(tail -n 1 "$OUT/tests-gpu.log")" \
+    "$(tail -n 1 "$OUT/tests-rest.log")" "$OUT/bench/tests.json" 2>/dev/null \
+    && "$PY" benchmarks/gpu_bench.py "$OUT/bench" --report-only >/dev/null 2>&1
+
 log "done in $(( $(date +%s) - START ))s; everything is in $OUT"
 echo
 echo "== tests =="

@@ -211,3 +211,61 @@ def test_xpnet_bench_subcommand(run_json, tmp_path, capsys):
     assert "**10×**" in out.read_text()
     assert cli.main(["bench", str(tmp_path / "missing.json"), "-o", str(out)]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def _gpu_results():
+    return {
+        "env": {"gpu": "NVIDIA H200", "compute_capability": "9.0", "cupy": "14.2.0",
+                "numba_cuda": "0.30.4", "torch": "2.11.0"},
+        "tests": {"gpu": "44 passed in 58.7s", "rest": "614 passed, 35 skipped in 70.1s"},
+        "parity": {"grad_max_rel": 5.3e-7, "sgd_max_rel": 5.2e-7, "adam_max_rel": 3.3e-4,
+                   "adam_cpu_vs_float64_max_rel": 3.1e-4, "adam_gpu_vs_float64_max_rel": 2e-5,
+                   "passed": True},
+        "epoch": {"steps": 600, "batch": 100, "seconds": 12.0, "ms_per_step": 20.0},
+        "torch": {"fp32": {"seconds": 2.4, "ms_per_step": 4.0}},
+        "cpu": {"steps_timed": 20, "ms_per_step": 72.0, "epoch_seconds_extrapolated": 43.2},
+        "train": {"epochs": 10, "epoch_seconds": [8.0, 9.0, 8.5], "final_test_acc": 0.9039,
+                  "note": "from an earlier run"},
+        "kernels": {"rows": [{"shape": "pool1", "maxpool_forward_ms": 0.19,
+                              "maxpool_backward_ms": 0.21}],
+                    "im2col_call_overhead_us": 142.0},
+        "notes": ["launch-bound at batch 100"],
+    }
+
+
+def test_report_with_a_gpu_section(run_json, tmp_path):
+    gpu = tmp_path / "gpu.json"
+    gpu.write_text(json.dumps(_gpu_results()))
+    out = tmp_path / "R.md"
+    assert bench.main([str(run_json), "-o", str(out), "--no-charts", "--gpu-results",
+                       str(gpu)]) == 0
+    text = out.read_text()
+    section = text[text.index("## On an NVIDIA GPU"):]
+    assert f"--gpu-results {gpu.as_posix()}" in text  # the regeneration command names it
+    assert "| GPU tests (pytest -m gpu) | 44 passed in 58.7s |" in section
+    assert "gradients 5.3e-07, after SGD 5.2e-07, after Adam 3.3e-04" in section
+    assert ": pass |" in section
+    assert "| xpnet GPU epoch (600 steps, batch 100) | 12.00 s (20.00 ms/step) |" in section
+    assert "2.40 s (4.00 ms/step), xpnet/torch 5.00x" in section
+    assert "43.2 s (72.0 ms/step), GPU speed-up 3.6x" in section
+    assert "8.5 s per epoch (median), final test accuracy 0.9039" in section
+    assert "max-pool fwd 0.190 ms, bwd 0.210 ms" in section and "| 142 us |" in section
+    assert "- launch-bound at batch 100" in section
+    assert "- The real-data training row is from an earlier run." in section
+
+
+def test_gpu_section_shows_failed_and_skipped_parts():
+    results = {"parity": {"error": "RuntimeError: no kernel"},
+               "torch": {"skipped": "PyTorch is not installed"},
+               "epoch": {"steps": 600, "batch": 100, "seconds": 12.0, "ms_per_step": 20.0}}
+    rows = bench.gpu_table(results)
+    assert "| parity | ERROR: RuntimeError: no kernel |" in rows
+    assert "| PyTorch CUDA epoch | skipped: PyTorch is not installed |" in rows
+    assert not any("GPU speed-up" in r for r in rows)  # no CPU part: no ratio invented
+
+
+def test_gpu_results_that_are_not_json_are_one_clear_error(run_json, tmp_path):
+    gpu = tmp_path / "gpu.json"
+    gpu.write_text("not json")
+    with pytest.raises(bench.ReportError, match="not a GPU check's results.json"):
+        bench.write_report(run_json, tmp_path / "R.md", charts=False, gpu_results=gpu)
