@@ -144,6 +144,7 @@ def test_chapter_8_prints_the_benchmark_headline_table(tmp_path, monkeypatch, ca
         "## DeepConvNet at batch 100\n\n| figure | value |\n|---|---|\n"
         "| GPU speed-up over xpnet on the CPU | 41.0x |\n\n"
         "### Inference in float64, float32, float16 (CPU, book 8.3.4)\n\n| float16 | 1 ms |\n\n"
+        "## On an NVIDIA GPU\n\n| xpnet GPU epoch | 12.0 s |\n\n"
         "## All groups\n\nSpeed-up = the baseline's median / the case's median\n",
         encoding="utf-8",
     )
@@ -157,6 +158,7 @@ def test_chapter_8_prints_the_benchmark_headline_table(tmp_path, monkeypatch, ca
     assert "8.3 from benchmarks/RESULTS.md" in out
     assert "| GPU speed-up over xpnet on the CPU | 41.0x |" in out
     assert "(CPU, book 8.3.4)" in out
+    assert "| xpnet GPU epoch | 12.0 s |" in out
     assert "Machine and settings" not in out and "All groups" not in out
 
     report.unlink()
