@@ -326,9 +326,17 @@ def _networks():
     ]
 
 
+@pytest.fixture
+def same_masks():
+    """Dropout draws the same uniforms on both devices (from one host stream each)."""
+    from xpnet.parity import same_dropout_masks
+
+    with same_dropout_masks():
+        yield
+
+
 @pytest.mark.parametrize("name,build,shape", _networks(), ids=[n[0] for n in _networks()])
-def test_networks_on_gpu_equal_cpu(name, build, shape, monkeypatch):
-    _same_dropout_masks(monkeypatch)
+def test_networks_on_gpu_equal_cpu(name, build, shape, same_masks):
     rng = np.random.default_rng(9)
     net = build()
     gnet = copy.deepcopy(net).to("gpu")
@@ -374,23 +382,6 @@ def test_gradient_check_on_gpu():
             # (a bias before BatchNormalization has a zero gradient: only noise to compare)
             tiny = float(abs(numeric[key] - analytic[key]).max()) < 1e-9
             assert tiny or relative_error(numeric[key], analytic[key]) < 1e-6, key
-
-
-def _same_dropout_masks(monkeypatch):
-    """Make Dropout draw the same uniforms on both devices (from one host stream)."""
-    import xpnet.layers
-
-    streams = {}
-
-    class HostUniforms:
-        def __init__(self, xp):
-            self.xp = xp
-            self.rng = streams.setdefault(xp.__name__, np.random.default_rng(1234))
-
-        def random(self, size, dtype=np.float64):
-            return self.xp.asarray(self.rng.random(size, dtype=np.float32).astype(dtype))
-
-    monkeypatch.setattr(xpnet.layers, "get_rng", HostUniforms)
 
 
 def test_deepconvnet_training_step_parity_float32():
