@@ -94,6 +94,27 @@ def _covering(p, size, stride, n_out):
     return lo, hi
 
 
+@cuda.jit(device=True, inline="always")
+def _nchw(i, n_channels, height, width):
+    """Split the flat index i of a C-contiguous (N, C, H, W) array into (n, c, h, w)."""
+    t, w = _divmod(i, width)
+    t, h = _divmod(t, height)
+    n, c = _divmod(t, n_channels)
+    return n, c, h, w
+
+
+@cuda.jit(device=True, inline="always")
+def _col_entry(i, ncols, out_h, out_w, filter_h, filter_w, stride, pad):
+    """For the flat index i of ``col``: its (row, k) and the pixel (n, c, h, w) of x it holds;
+    (h, w) lies outside the image where the window covers padding."""
+    row, k = _divmod(i, ncols)
+    t, ow = _divmod(row, out_w)
+    n, oh = _divmod(t, out_h)
+    t, kw = _divmod(k, filter_w)
+    c, kh = _divmod(t, filter_h)
+    return row, k, n, c, oh * stride + kh - pad, ow * stride + kw - pad
+
+
 @cuda.jit
 def _im2col_kernel(x, col, filter_h, filter_w, stride, pad, out_h, out_w):
     """x: (N, C, H, W) -> col: (N*out_h*out_w, C*filter_h*filter_w); one thread per col entry.
@@ -105,13 +126,8 @@ def _im2col_kernel(x, col, filter_h, filter_w, stride, pad, out_h, out_w):
     ncols = col.shape[1]
     total = col.shape[0] * ncols
     for i in range(cuda.grid(1), total, cuda.gridsize(1)):
-        row, k = _divmod(i, ncols)
-        t, ow = _divmod(row, out_w)
-        n, oh = _divmod(t, out_h)
-        t, kw = _divmod(k, filter_w)
-        c, kh = _divmod(t, filter_h)
-        h = oh * stride + kh - pad
-        w = ow * stride + kw - pad
+        row, k, n, c, h, w = _col_entry(i, ncols, out_h, out_w, filter_h, filter_w, stride,
+                                        pad)
         if 0 <= h < height and 0 <= w < width:
             col[row, k] = x[n, c, h, w]
         else:  # zero padding
@@ -131,9 +147,7 @@ def _col2im_kernel(col, x, filter_h, filter_w, stride, pad, out_h, out_w, zero):
     n_channels, height, width = x.shape[1], x.shape[2], x.shape[3]
     total = x.shape[0] * n_channels * height * width
     for i in range(cuda.grid(1), total, cuda.gridsize(1)):
-        t, w = _divmod(i, width)
-        t, h = _divmod(t, height)
-        n, c = _divmod(t, n_channels)
+        n, c, h, w = _nchw(i, n_channels, height, width)
         hp = h + pad
         wp = w + pad
         # output rows whose window covers hp: oh*stride <= hp < oh*stride + filter_h.
@@ -159,13 +173,8 @@ def _col2im_scatter_kernel(col, x, filter_h, filter_w, stride, pad, out_h, out_w
     ncols = col.shape[1]
     total = col.shape[0] * ncols
     for i in range(cuda.grid(1), total, cuda.gridsize(1)):
-        row, k = _divmod(i, ncols)
-        t, ow = _divmod(row, out_w)
-        n, oh = _divmod(t, out_h)
-        t, kw = _divmod(k, filter_w)
-        c, kh = _divmod(t, filter_h)
-        h = oh * stride + kh - pad
-        w = ow * stride + kw - pad
+        row, k, n, c, h, w = _col_entry(i, ncols, out_h, out_w, filter_h, filter_w, stride,
+                                        pad)
         if 0 <= h < height and 0 <= w < width:
             cuda.atomic.add(x, (n, c, h, w), col[row, k])
 
@@ -182,9 +191,7 @@ def _maxpool_forward_kernel(x, out, argmax, pool_h, pool_w, stride, pad, lowest)
     out_h, out_w = out.shape[2], out.shape[3]
     total = out.shape[0] * n_channels * out_h * out_w
     for i in range(cuda.grid(1), total, cuda.gridsize(1)):
-        t, ow = _divmod(i, out_w)
-        t, oh = _divmod(t, out_h)
-        n, c = _divmod(t, n_channels)
+        n, c, oh, ow = _nchw(i, n_channels, out_h, out_w)
         best = lowest
         best_k = -1
         for kh in range(pool_h):
@@ -216,9 +223,7 @@ def _maxpool_backward_kernel(dout, argmax, dx, pool_h, pool_w, stride, pad, zero
     out_h, out_w = dout.shape[2], dout.shape[3]
     total = dx.shape[0] * n_channels * height * width
     for i in range(cuda.grid(1), total, cuda.gridsize(1)):
-        t, w = _divmod(i, width)
-        t, h = _divmod(t, height)
-        n, c = _divmod(t, n_channels)
+        n, c, h, w = _nchw(i, n_channels, height, width)
         hp = h + pad
         wp = w + pad
         # windows covering (hp, wp), visited in ascending (oh, ow): the reference's order
