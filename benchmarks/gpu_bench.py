@@ -44,6 +44,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))  # run from a checkout without installing
 
 import xpnet  # noqa: E402
+from kernels import reference as ref  # noqa: E402 - the book's slicing loops: on CuPy, the baseline
 from xpnet import backend  # noqa: E402
 
 PARTS = ("env", "kernels", "parity", "epoch", "torch", "cpu", "train")
@@ -155,29 +156,6 @@ POOL_SHAPES = [
 ]
 
 
-def _book_im2col(xp, x, fh, fw, stride, pad):
-    """The book's slicing im2col on any array module: the naive GPU baseline (book 8.3)."""
-    N, C, H, W = x.shape
-    oh, ow = (H + 2 * pad - fh) // stride + 1, (W + 2 * pad - fw) // stride + 1
-    img = xp.pad(x, [(0, 0), (0, 0), (pad, pad), (pad, pad)], "constant")
-    col = xp.zeros((N, C, fh, fw, oh, ow), dtype=x.dtype)
-    for y in range(fh):
-        for z in range(fw):
-            col[:, :, y, z, :, :] = img[:, :, y:y + stride * oh:stride, z:z + stride * ow:stride]
-    return col.transpose(0, 4, 5, 1, 2, 3).reshape(N * oh * ow, -1)
-
-
-def _book_col2im(xp, col, shape, fh, fw, stride, pad):
-    N, C, H, W = shape
-    oh, ow = (H + 2 * pad - fh) // stride + 1, (W + 2 * pad - fw) // stride + 1
-    col = col.reshape(N, oh, ow, C, fh, fw).transpose(0, 3, 4, 5, 1, 2)
-    img = xp.zeros((N, C, H + 2 * pad + stride - 1, W + 2 * pad + stride - 1), dtype=col.dtype)
-    for y in range(fh):
-        for z in range(fw):
-            img[:, :, y:y + stride * oh:stride, z:z + stride * ow:stride] += col[:, :, y, z]
-    return img[:, :, pad:H + pad, pad:W + pad]
-
-
 def _conv_row(cp, gk, rng, name, shape, k, stride, pad):
     x = cp.asarray(rng.standard_normal(shape, dtype=np.float32))
     col = gk.im2col(x, k, k, stride, pad)
@@ -188,10 +166,10 @@ def _conv_row(cp, gk, rng, name, shape, k, stride, pad):
         "im2col_ms": gpu_time(lambda: gk.im2col(x, k, k, stride, pad)),
         "im2col_wall_ms": wall_time(lambda: gk.im2col(x, k, k, stride, pad),
                                     sync=cp.cuda.Device().synchronize),
-        "book_im2col_ms": gpu_time(lambda: _book_im2col(cp, x, k, k, stride, pad)),
+        "book_im2col_ms": gpu_time(lambda: ref.im2col(x, k, k, stride, pad)),
         "col2im_gather_ms": gpu_time(lambda: gk.col2im(col, shape, k, k, stride, pad)),
         "col2im_scatter_ms": gpu_time(lambda: gk.col2im_scatter(col, shape, k, k, stride, pad)),
-        "book_col2im_ms": gpu_time(lambda: _book_col2im(cp, col, shape, k, k, stride, pad)),
+        "book_col2im_ms": gpu_time(lambda: ref.col2im(col, shape, k, k, stride, pad)),
         # the two col2im agree up to the order of summation
         "gather_vs_scatter_max_rel": float(abs(gather - scatter).max() / abs(gather).max()),
     }

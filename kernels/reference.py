@@ -1,8 +1,10 @@
 """Plain NumPy versions of the kernels, written for clarity: the oracle the tests trust.
 
 ``im2col`` and ``col2im`` are the book's slicing loops (chapter 7.4.3, ``common/util.py``),
-changed only to keep the input's dtype. The max-pool pair is the obvious loop over every
-output position. Nothing here is fast; everything here is easy to check by eye.
+changed only to keep the input's dtype and to run on the array module of their input, so on
+CuPy arrays they are the book's code ported to the GPU (the naive GPU baseline of
+``benchmarks/gpu_bench.py``). The max-pool pair is the obvious loop over every output
+position, NumPy only. Nothing here is fast; everything here is easy to check by eye.
 
 Layouts (the book's): ``col`` rows are ordered (N, out_h, out_w), its columns (C, FH, FW).
 """
@@ -10,6 +12,8 @@ Layouts (the book's): ``col`` rows are ordered (N, out_h, out_w), its columns (C
 from __future__ import annotations
 
 import numpy as np
+
+from xpnet.backend import get_array_module
 
 
 def conv_output_size(input_size: int, filter_size: int, stride: int = 1, pad: int = 0) -> int:
@@ -19,12 +23,13 @@ def conv_output_size(input_size: int, filter_size: int, stride: int = 1, pad: in
 
 def im2col(x, filter_h, filter_w, stride=1, pad=0):
     """x: (N, C, H, W) -> col: (N*out_h*out_w, C*filter_h*filter_w), same dtype."""
+    xp = get_array_module(x)
     N, C, H, W = x.shape
     out_h = conv_output_size(H, filter_h, stride, pad)
     out_w = conv_output_size(W, filter_w, stride, pad)
 
-    img = np.pad(x, [(0, 0), (0, 0), (pad, pad), (pad, pad)], "constant")
-    col = np.zeros((N, C, filter_h, filter_w, out_h, out_w), dtype=x.dtype)
+    img = xp.pad(x, [(0, 0), (0, 0), (pad, pad), (pad, pad)], "constant")
+    col = xp.zeros((N, C, filter_h, filter_w, out_h, out_w), dtype=x.dtype)
     for y in range(filter_h):
         y_max = y + stride * out_h
         for xx in range(filter_w):
@@ -39,18 +44,19 @@ def col2im(col, input_shape, filter_h, filter_w, stride=1, pad=0):
     Entries that im2col copied to several places are summed back, so this is the adjoint
     of ``im2col``: ``<im2col(x), c> == <x, col2im(c)>``.
     """
+    xp = get_array_module(col)
     N, C, H, W = input_shape
     out_h = conv_output_size(H, filter_h, stride, pad)
     out_w = conv_output_size(W, filter_w, stride, pad)
     col = col.reshape(N, out_h, out_w, C, filter_h, filter_w).transpose(0, 3, 4, 5, 1, 2)
 
-    img = np.zeros((N, C, H + 2 * pad + stride - 1, W + 2 * pad + stride - 1), dtype=col.dtype)
+    img = xp.zeros((N, C, H + 2 * pad + stride - 1, W + 2 * pad + stride - 1), dtype=col.dtype)
     for y in range(filter_h):
         y_max = y + stride * out_h
         for xx in range(filter_w):
             x_max = xx + stride * out_w
             img[:, :, y:y_max:stride, xx:x_max:stride] += col[:, :, y, xx, :, :]
-    return np.ascontiguousarray(img[:, :, pad : H + pad, pad : W + pad])
+    return xp.ascontiguousarray(img[:, :, pad : H + pad, pad : W + pad])
 
 
 def maxpool_forward(x, pool_h, pool_w, stride=1, pad=0):

@@ -1,25 +1,17 @@
 """The book's helpers: im2col/col2im, conv_output_size, shuffle_dataset, smooth_curve."""
 
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 import xpnet
 from xpnet.util import col2im, conv_output_size, im2col, shuffle_dataset, smooth_curve
 
-
-def book_im2col(input_data, filter_h, filter_w, stride=1, pad=0):
-    """The book's common/util.py im2col, verbatim, as the oracle."""
-    N, C, H, W = input_data.shape
-    out_h = (H + 2 * pad - filter_h) // stride + 1
-    out_w = (W + 2 * pad - filter_w) // stride + 1
-    img = np.pad(input_data, [(0, 0), (0, 0), (pad, pad), (pad, pad)], "constant")
-    col = np.zeros((N, C, filter_h, filter_w, out_h, out_w), dtype=input_data.dtype)
-    for y in range(filter_h):
-        y_max = y + stride * out_h
-        for x in range(filter_w):
-            x_max = x + stride * out_w
-            col[:, :, y, x, :, :] = img[:, :, y:y_max:stride, x:x_max:stride]
-    return col.transpose(0, 4, 5, 1, 2, 3).reshape(N * out_h * out_w, -1)
+# The oracle: the book's common/util.py im2col, verbatim, as the benchmarks' naive baseline.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from naive_book import im2col as book_im2col  # noqa: E402
 
 
 def test_im2col_book_shapes():
