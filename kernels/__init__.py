@@ -32,6 +32,7 @@ import operator
 from kernels.reference import conv_output_size
 
 __all__ = [
+    "check_integer",
     "col2im",
     "conv2d_backward",
     "conv2d_forward",
@@ -61,7 +62,9 @@ def _backend(a):
     )
 
 
-def _positive(name, value, minimum=1):
+def check_integer(name, value, minimum=1):
+    """``value`` as an int, or TypeError if it is not an integer and ValueError if it is below
+    ``minimum``; both messages start with ``name``. The window arguments' one check."""
     try:
         v = operator.index(value)
     except TypeError:
@@ -75,8 +78,8 @@ def _check(what, shape, fh, fw, stride, pad, fh_name="filter_h", fw_name="filter
     """Validate a 4-D shape and window; return (fh, fw, stride, pad, out_h, out_w)."""
     if len(shape) != 4:
         raise ValueError(f"{what}: expected a 4-D (N, C, H, W) shape, got {tuple(shape)}")
-    fh, fw = _positive(fh_name, fh), _positive(fw_name, fw)
-    stride, pad = _positive("stride", stride), _positive("pad", pad, 0)
+    fh, fw = check_integer(fh_name, fh), check_integer(fw_name, fw)
+    stride, pad = check_integer("stride", stride), check_integer("pad", pad, 0)
     _, _, H, W = shape
     out_h = conv_output_size(H, fh, stride, pad)
     out_w = conv_output_size(W, fw, stride, pad)

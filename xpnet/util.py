@@ -7,8 +7,6 @@ arrays, CUDA kernels for CuPy arrays, with the book's column layout -- rows orde
 
 from __future__ import annotations
 
-import operator
-
 import numpy as np
 
 import kernels
@@ -34,16 +32,6 @@ def col2im(col, input_shape, filter_h, filter_w, stride=1, pad=0):
     return kernels.col2im(col, input_shape, filter_h, filter_w, stride, pad)
 
 
-def _integer(name, value, minimum):
-    try:
-        v = operator.index(value)
-    except TypeError:
-        raise TypeError(f"conv_output_size: {name} must be an integer, got {value!r}") from None
-    if v < minimum:
-        raise ValueError(f"conv_output_size: {name} must be >= {minimum}, got {v}")
-    return v
-
-
 def conv_output_size(input_size, filter_size, stride=1, pad=0):
     """Output length of a window of ``filter_size`` sliding over ``input_size`` padded by
     ``pad`` on each side: ``(input_size + 2*pad - filter_size) // stride + 1``.
@@ -51,10 +39,10 @@ def conv_output_size(input_size, filter_size, stride=1, pad=0):
     Positions that would run past the edge are dropped (floor), as im2col does. Raises
     ValueError when the window does not fit at all (output < 1).
     """
-    input_size = _integer("input_size", input_size, 1)
-    filter_size = _integer("filter_size", filter_size, 1)
-    stride = _integer("stride", stride, 1)
-    pad = _integer("pad", pad, 0)
+    input_size = kernels.check_integer("conv_output_size: input_size", input_size, 1)
+    filter_size = kernels.check_integer("conv_output_size: filter_size", filter_size, 1)
+    stride = kernels.check_integer("conv_output_size: stride", stride, 1)
+    pad = kernels.check_integer("conv_output_size: pad", pad, 0)
     out = (input_size + 2 * pad - filter_size) // stride + 1
     if out < 1:
         raise ValueError(
