@@ -219,9 +219,7 @@ def part_parity(args):
 
     xpnet.seed(0)
     x, t = _data(args.batch, seed=1)
-    report = step_parity(DeepConvNet(dtype=np.float32), x, t)
-    report["max_rel_error"] = max(report["grad_max_rel"], report["sgd_max_rel"])
-    return report
+    return step_parity(DeepConvNet(dtype=np.float32), x, t)
 
 
 def _xpnet_steps(device, steps, x, t, batch):

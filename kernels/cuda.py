@@ -262,73 +262,68 @@ def _scalar(dtype, value):
     return np.dtype(dtype).type(value)
 
 
-def launch_im2col(x, col, filter_h, filter_w, stride, pad, *, stream=0,
-                  threads=THREADS_PER_BLOCK, max_blocks=MAX_BLOCKS):
-    """Fill ``col`` (N*out_h*out_w, C*FH*FW) from ``x`` (N, C, H, W); both on the device."""
+def _launch(kernel, work, threads, max_blocks, stream, *args):
+    """Launch ``kernel`` over ``work`` items (one thread each, up to ``max_blocks`` blocks;
+    the grid-stride loops cover the rest); an empty array launches nothing."""
+    if work:
+        kernel[_grid(work, threads, max_blocks), threads, stream](*args)
+
+
+def _conv_geometry(x, col, filter_h, filter_w, stride, pad):
+    """(out_h, out_w) of the windows over ``x``, once ``col`` has its shape and both fit."""
     out_h, out_w = _conv_out(x.shape, filter_h, filter_w, stride, pad)
     _expect_shape("col", col.shape, _col_shape(x.shape, filter_h, filter_w, out_h, out_w))
     _check_size(x, col)
-    if col.size:
-        blocks = _grid(col.size, threads, max_blocks)
-        _im2col_kernel[blocks, threads, stream](
-            x, col, filter_h, filter_w, stride, pad, out_h, out_w
-        )
+    return out_h, out_w
+
+
+def _pool_geometry(image, pooled, pooled_name, argmax, pool_h, pool_w, stride, pad):
+    """Check that ``pooled`` and ``argmax`` are (N, C, out_h, out_w) for ``image`` and fit."""
+    out_h, out_w = _conv_out(image.shape, pool_h, pool_w, stride, pad)
+    shape = (image.shape[0], image.shape[1], out_h, out_w)
+    _expect_shape(pooled_name, pooled.shape, shape)
+    _expect_shape("argmax", argmax.shape, shape)
+    _check_size(image, pooled)
+
+
+def launch_im2col(x, col, filter_h, filter_w, stride, pad, *, stream=0,
+                  threads=THREADS_PER_BLOCK, max_blocks=MAX_BLOCKS):
+    """Fill ``col`` (N*out_h*out_w, C*FH*FW) from ``x`` (N, C, H, W); both on the device."""
+    out_h, out_w = _conv_geometry(x, col, filter_h, filter_w, stride, pad)
+    _launch(_im2col_kernel, col.size, threads, max_blocks, stream,
+            x, col, filter_h, filter_w, stride, pad, out_h, out_w)
 
 
 def launch_col2im(col, x, filter_h, filter_w, stride, pad, *, stream=0,
                   threads=THREADS_PER_BLOCK, max_blocks=MAX_BLOCKS):
     """Write ``x`` (N, C, H, W) as the sum of the overlapping windows in ``col`` (gather)."""
-    out_h, out_w = _conv_out(x.shape, filter_h, filter_w, stride, pad)
-    _expect_shape("col", col.shape, _col_shape(x.shape, filter_h, filter_w, out_h, out_w))
-    _check_size(x, col)
-    if x.size:
-        blocks = _grid(x.size, threads, max_blocks)
-        _col2im_kernel[blocks, threads, stream](
-            col, x, filter_h, filter_w, stride, pad, out_h, out_w, _scalar(x.dtype, 0)
-        )
+    out_h, out_w = _conv_geometry(x, col, filter_h, filter_w, stride, pad)
+    _launch(_col2im_kernel, x.size, threads, max_blocks, stream,
+            col, x, filter_h, filter_w, stride, pad, out_h, out_w, _scalar(x.dtype, 0))
 
 
 def launch_col2im_scatter(col, x, filter_h, filter_w, stride, pad, *, stream=0,
                           threads=THREADS_PER_BLOCK, max_blocks=MAX_BLOCKS):
     """Add the windows in ``col`` into ``x`` with atomics; ``x`` must be zeroed first."""
-    out_h, out_w = _conv_out(x.shape, filter_h, filter_w, stride, pad)
-    _expect_shape("col", col.shape, _col_shape(x.shape, filter_h, filter_w, out_h, out_w))
-    _check_size(x, col)
-    if col.size:
-        blocks = _grid(col.size, threads, max_blocks)
-        _col2im_scatter_kernel[blocks, threads, stream](
-            col, x, filter_h, filter_w, stride, pad, out_h, out_w
-        )
+    out_h, out_w = _conv_geometry(x, col, filter_h, filter_w, stride, pad)
+    _launch(_col2im_scatter_kernel, col.size, threads, max_blocks, stream,
+            col, x, filter_h, filter_w, stride, pad, out_h, out_w)
 
 
 def launch_maxpool_forward(x, out, argmax, pool_h, pool_w, stride, pad, *, stream=0,
                            threads=THREADS_PER_BLOCK, max_blocks=MAX_BLOCKS):
     """Fill ``out`` and int32 ``argmax`` (N, C, out_h, out_w) from ``x`` (N, C, H, W)."""
-    out_h, out_w = _conv_out(x.shape, pool_h, pool_w, stride, pad)
-    shape = (x.shape[0], x.shape[1], out_h, out_w)
-    _expect_shape("out", out.shape, shape)
-    _expect_shape("argmax", argmax.shape, shape)
-    _check_size(x, out)
-    if out.size:
-        blocks = _grid(out.size, threads, max_blocks)
-        _maxpool_forward_kernel[blocks, threads, stream](
-            x, out, argmax, pool_h, pool_w, stride, pad, _scalar(x.dtype, -np.inf)
-        )
+    _pool_geometry(x, out, "out", argmax, pool_h, pool_w, stride, pad)
+    _launch(_maxpool_forward_kernel, out.size, threads, max_blocks, stream,
+            x, out, argmax, pool_h, pool_w, stride, pad, _scalar(x.dtype, -np.inf))
 
 
 def launch_maxpool_backward(dout, argmax, dx, pool_h, pool_w, stride, pad, *, stream=0,
                             threads=THREADS_PER_BLOCK, max_blocks=MAX_BLOCKS):
     """Write ``dx`` (N, C, H, W) from ``dout`` and ``argmax`` (N, C, out_h, out_w)."""
-    out_h, out_w = _conv_out(dx.shape, pool_h, pool_w, stride, pad)
-    shape = (dx.shape[0], dx.shape[1], out_h, out_w)
-    _expect_shape("dout", dout.shape, shape)
-    _expect_shape("argmax", argmax.shape, shape)
-    _check_size(dx, dout)
-    if dx.size:
-        blocks = _grid(dx.size, threads, max_blocks)
-        _maxpool_backward_kernel[blocks, threads, stream](
-            dout, argmax, dx, pool_h, pool_w, stride, pad, _scalar(dx.dtype, 0)
-        )
+    _pool_geometry(dx, dout, "dout", argmax, pool_h, pool_w, stride, pad)
+    _launch(_maxpool_backward_kernel, dx.size, threads, max_blocks, stream,
+            dout, argmax, dx, pool_h, pool_w, stride, pad, _scalar(dx.dtype, 0))
 
 
 # ---------------------------------------------------------------------------
