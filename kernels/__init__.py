@@ -132,12 +132,19 @@ def maxpool_forward(x, pool_h, pool_w, stride=1, pad=0):
 
 
 def maxpool_backward(dout, argmax, input_shape, pool_h, pool_w, stride=1, pad=0):
-    """dout, argmax: (N, C, out_h, out_w) -> dx: input_shape (N, C, H, W)."""
+    """dout, argmax: (N, C, out_h, out_w) -> dx: input_shape (N, C, H, W).
+
+    ``argmax`` must be an integer array of in-window indices, as maxpool_forward returns:
+    another dtype is a TypeError, and an index outside its window (or pointing into the
+    padding) an IndexError -- on the GPU possibly raised by a later call, see
+    ``kernels.cuda``.
+    """
     backend = _backend(dout)
     input_shape = tuple(int(s) for s in input_shape)
     ph, pw, stride, pad, out_h, out_w = _check_pool(
         "maxpool_backward", input_shape, pool_h, pool_w, stride, pad
     )
+    _check_argmax_dtype(argmax)
     expected = (*input_shape[:2], out_h, out_w)
     for name, a in (("dout", dout), ("argmax", argmax)):
         if tuple(a.shape) != expected:
@@ -147,6 +154,17 @@ def maxpool_backward(dout, argmax, input_shape, pool_h, pool_w, stride=1, pad=0)
                 f"expected {expected}"
             )
     return backend.maxpool_backward(dout, argmax, input_shape, ph, pw, stride, pad)
+
+
+def _check_argmax_dtype(argmax):
+    """An argmax must hold integers: a float one would be truncated to an index silently.
+    (The indices' range is checked by the backends, inside the kernels.)"""
+    dtype = getattr(argmax, "dtype", None)
+    if dtype is None or dtype.kind not in "iu":
+        raise TypeError(
+            f"maxpool_backward: argmax must be an integer array (the int32 one maxpool_forward "
+            f"returns), got {dtype if dtype is not None else type(argmax).__name__}"
+        )
 
 
 def _check_conv(what, x_shape, W, stride, pad):

@@ -207,10 +207,17 @@ def _maxpool_forward_2x2(x, out, argmax, p0, p1):
                 argmax[n, c, i, j] = best_k
 
 
+_BAD_ARGMAX = (
+    "maxpool_backward: argmax holds an index outside its pooling window (or one that points "
+    "into the padding); pass the argmax that maxpool_forward returned for this input"
+)
+
+
 @njit(cache=True, nogil=True)
-def _maxpool_backward(dout, argmax, pool_w, stride, pad, dx, p0, p1):
+def _maxpool_backward(dout, argmax, pool_h, pool_w, stride, pad, dx, p0, p1):
     N, C, H, W = dx.shape
     out_h, out_w = dout.shape[2], dout.shape[3]
+    window = pool_h * pool_w
     for p in range(p0, p1):
         n = p // C
         c = p - n * C
@@ -220,9 +227,16 @@ def _maxpool_backward(dout, argmax, pool_w, stride, pad, dx, p0, p1):
         for i in range(out_h):
             for j in range(out_w):
                 k = argmax[n, c, i, j]
+                # never trust the index: a wrong one would write outside dx
+                if k < 0 or k >= window:
+                    raise IndexError(_BAD_ARGMAX)
                 a = k // pool_w
                 b = k - a * pool_w
-                dx[n, c, i * stride - pad + a, j * stride - pad + b] += dout[n, c, i, j]
+                h = i * stride - pad + a
+                w = j * stride - pad + b
+                if h < 0 or h >= H or w < 0 or w >= W:
+                    raise IndexError(_BAD_ARGMAX)
+                dx[n, c, h, w] += dout[n, c, i, j]
 
 
 @njit(cache=True, nogil=True)
@@ -239,6 +253,8 @@ def _maxpool_backward_2x2(dout, argmax, dx, p0, p1):
             for j in range(out_w):
                 v = dout[n, c, i, j]
                 k = argmax[n, c, i, j]
+                if k < 0 or k > 3:  # an index outside the window would lose its gradient
+                    raise IndexError(_BAD_ARGMAX)
                 w = 2 * j
                 dx[n, c, h, w] = v if k == 0 else 0
                 dx[n, c, h, w + 1] = v if k == 1 else 0
@@ -274,15 +290,25 @@ def maxpool_backward(dout, argmax, input_shape, pool_h, pool_w, stride=1, pad=0)
                               stride, pad)
         return dx.astype(_HALF)
     dout = np.ascontiguousarray(dout)
-    argmax = np.ascontiguousarray(argmax, dtype=np.int32)
+    argmax = _argmax_as_compiled(argmax)
     dx = np.empty((N, C, H, W), dtype=dout.dtype)
     if pool_h == pool_w == stride == 2 and pad == 0 and H % 2 == 0 and W % 2 == 0:
         _parallel_for(N * C, _POOL_GRAIN,
                       lambda p0, p1: _maxpool_backward_2x2(dout, argmax, dx, p0, p1))
         return dx
     _parallel_for(N * C, _POOL_GRAIN, lambda p0, p1: _maxpool_backward(
-        dout, argmax, pool_w, stride, pad, dx, p0, p1))
+        dout, argmax, pool_h, pool_w, stride, pad, dx, p0, p1))
     return dx
+
+
+def _argmax_as_compiled(argmax):
+    """argmax as a C-contiguous int32 array (what maxpool_forward returns) or int64 array,
+    the two the kernels are compiled for. Other integer dtypes go to int64, never to int32,
+    so no value wraps around into the window (a uint64 beyond 2**63 becomes negative, which
+    the kernels refuse)."""
+    if argmax.dtype == np.int32:
+        return np.ascontiguousarray(argmax)
+    return np.ascontiguousarray(argmax, dtype=np.int64)
 
 
 # ---------------------------------------------------------------------------
@@ -330,19 +356,26 @@ def _relu_backward_flat(dout, out, dx, lo, hi):
 def _as_rows(x):
     """(data, pitch, R, L): x's elements as R rows of L = x.shape[-1], row r starting at
     data[r * pitch] of a 1-D contiguous view of x's memory -- or None when x's layout is
-    not that (then the caller copies)."""
-    if x.ndim < 2 or x.strides[-1] != x.itemsize or x.size == 0:
+    not that (then the caller copies).
+
+    Axes of size 1 are dropped first: they are never stepped along, so their strides are
+    arbitrary (NumPy sets them freely) and must not be read. Of the rest, the last must be
+    contiguous, the one before it gives the (positive) pitch, and the leading ones must
+    nest: stride[k] == shape[k+1] * stride[k+1]."""
+    if x.size == 0:
         return None
-    L = x.shape[-1]
-    R = x.size // L
-    pitch_bytes = x.strides[-2]
-    # the leading axes must nest: stride[k] == shape[k+1] * stride[k+1] for k < ndim-2
-    for k in range(x.ndim - 2):
-        if x.shape[k] > 1 and x.strides[k] != x.shape[k + 1] * x.strides[k + 1]:
-            return None
+    axes = [(n, st) for n, st in zip(x.shape, x.strides) if n > 1]
+    if len(axes) < 2 or axes[-1][1] != x.itemsize:
+        return None
+    L = axes[-1][0]
+    pitch_bytes = axes[-2][1]
     if pitch_bytes % x.itemsize or pitch_bytes < L * x.itemsize:
         return None
+    for (_, outer), (n, inner) in zip(axes[:-2], axes[1:-1]):
+        if outer != n * inner:
+            return None
     pitch = pitch_bytes // x.itemsize
+    R = x.size // L
     span = (R - 1) * pitch + L
     data = np.lib.stride_tricks.as_strided(x, shape=(span,), strides=(x.itemsize,))
     return data, pitch, R, L

@@ -16,6 +16,8 @@ Three layers, each with one job:
 Layouts are the book's (see ``kernels.reference``): ``col`` is
 ``(N*out_h*out_w, C*filter_h*filter_w)``, rows ordered (N, out_h, out_w), columns
 (C, filter_h, filter_w); ``argmax`` is the int32 index inside the pooling window, row-major.
+A bad ``argmax`` index is never trusted: it writes nothing, and raises IndexError without a
+host synchronisation (see ``raise_pending_error``).
 
 col2im (and the max-pool backward) *gather*: one thread per input pixel walks the few
 (kh, kw) taps whose window covers it and adds them up in a fixed order, as Chainer's
@@ -212,12 +214,14 @@ def _maxpool_forward_kernel(x, out, argmax, pool_h, pool_w, stride, pad, lowest)
 
 
 @cuda.jit
-def _maxpool_backward_kernel(dout, argmax, dx, pool_h, pool_w, stride, pad, zero):
+def _maxpool_backward_kernel(dout, argmax, dx, pool_h, pool_w, stride, pad, zero, error):
     """dout, argmax: (N, C, out_h, out_w) -> dx: (N, C, H, W), gathering per input pixel.
 
     A pixel receives dout from every window that covers it and chose it; with overlapping
     windows the contributions are summed in ascending (oh, ow) order (the reference's), with
-    no atomics.
+    no atomics. A gather only ever writes dx[i] for its own pixel, so an argmax index that
+    is outside its window, or points into the padding, cannot write out of bounds: it just
+    matches no pixel. Such an index sets ``error[0] = 1`` (see ``raise_pending_error``).
     """
     n_channels, height, width = dx.shape[1], dx.shape[2], dx.shape[3]
     out_h, out_w = dout.shape[2], dout.shape[3]
@@ -236,6 +240,19 @@ def _maxpool_backward_kernel(dout, argmax, dx, pool_h, pool_w, stride, pad, zero
                 if argmax[n, c, oh, ow] == k_base - ow * stride:
                     acc += dout[n, c, oh, ow]
         dx[n, c, h, w] = acc
+    # every index once: in its window and inside the image, or the gradient above lost it
+    window = pool_h * pool_w
+    for i in range(cuda.grid(1), argmax.size, cuda.gridsize(1)):
+        n, c, oh, ow = _nchw(i, n_channels, out_h, out_w)
+        k = argmax[n, c, oh, ow]
+        if k < 0 or k >= window:
+            error[0] = 1
+        else:
+            kh, kw = _divmod(k, pool_w)
+            h = oh * stride + kh - pad
+            w = ow * stride + kw - pad
+            if h < 0 or h >= height or w < 0 or w >= width:
+                error[0] = 1
 
 
 # ---------------------------------------------------------------------------
@@ -320,10 +337,17 @@ def launch_maxpool_forward(x, out, argmax, pool_h, pool_w, stride, pad, *, strea
 
 def launch_maxpool_backward(dout, argmax, dx, pool_h, pool_w, stride, pad, *, stream=0,
                             threads=THREADS_PER_BLOCK, max_blocks=MAX_BLOCKS):
-    """Write ``dx`` (N, C, H, W) from ``dout`` and ``argmax`` (N, C, out_h, out_w)."""
+    """Write ``dx`` (N, C, H, W) from ``dout`` and integer ``argmax`` (N, C, out_h, out_w).
+
+    A bad index in ``argmax`` raises IndexError from this call if the kernel has finished
+    by the time it returns, else from the next call (see ``raise_pending_error``).
+    """
     _pool_geometry(dx, dout, "dout", argmax, pool_h, pool_w, stride, pad)
+    flag = _error_flag()
+    raise_pending_error()  # an earlier launch's, found without waiting for the device
     _launch(_maxpool_backward_kernel, dx.size, threads, max_blocks, stream,
-            dout, argmax, dx, pool_h, pool_w, stride, pad, _scalar(dx.dtype, 0))
+            dout, argmax, dx, pool_h, pool_w, stride, pad, _scalar(dx.dtype, 0), flag)
+    raise_pending_error()  # this launch's, if it is already done (always, in the simulator)
 
 
 # ---------------------------------------------------------------------------
@@ -394,8 +418,8 @@ def maxpool_backward(dout, argmax, input_shape, pool_h, pool_w, stride=1, pad=0)
     cp = backend.require_gpu()
     dout = _input(cp, dout, "dout", 4)
     argmax = _input(cp, argmax, "argmax", 4)
-    if argmax.dtype != np.int32:
-        argmax = argmax.astype(np.int32)
+    if argmax.dtype != np.int32:  # to int64, not int32: no index may wrap into the window
+        argmax = argmax.astype(np.int64)
     shape = _shape4(input_shape)
     _check_geometry(shape, pool_h, pool_w, stride, pad, "pool")
     dx = cp.empty(shape, dtype=dout.dtype)
@@ -470,6 +494,46 @@ def _dev(a):
     we launch on CuPy's current stream anyway, so stream order already protects the data.
     """
     return cuda.as_cuda_array(a, sync=False)
+
+
+# ---------------------------------------------------------------------------
+# Bad argmax indices: a flag in host memory the kernel writes, read without a sync
+# ---------------------------------------------------------------------------
+#
+# Checking argmax on the host would copy it back and wait for the device on every backward
+# pass. Instead the kernel sets a flag in mapped (zero-copy, page-locked) host memory, which
+# the host reads like any variable, without waiting. Each ``maxpool_backward`` launch reads
+# it before and after launching: a bad index is reported by the call that passed it when
+# its kernel has already finished, otherwise by the next call -- in a training loop within
+# one step, never costing a synchronisation. ``raise_pending_error`` can also be called
+# after any point where the stream is synchronised anyway (e.g. reading the loss).
+
+_BAD_ARGMAX = (
+    "maxpool_backward: argmax held an index outside its pooling window (or one that "
+    "points into the padding); its gradient was dropped. Pass the argmax that "
+    "maxpool_forward returned for this input"
+)
+_error_flags: dict = {}
+
+
+def _error_flag():
+    """The current device's int32[1] flag, mapped host memory the kernels can write."""
+    key = getattr(cuda.current_context().device, "id", 0)
+    flag = _error_flags.get(key)
+    if flag is None:
+        flag = cuda.mapped_array(1, dtype=np.int32)
+        flag[0] = 0
+        _error_flags[key] = flag
+    return flag
+
+
+def raise_pending_error():
+    """Raise IndexError if a finished maxpool_backward kernel found a bad argmax index (and
+    clear the flag). Reads host memory only: never waits for the device."""
+    for flag in _error_flags.values():
+        if flag[0]:
+            flag[0] = 0
+            raise IndexError(_BAD_ARGMAX)
 
 
 _streams: dict = {}

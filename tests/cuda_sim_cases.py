@@ -207,3 +207,50 @@ def test_launch_refuses_arrays_beyond_32_bit_indexing():
     col = np.broadcast_to(np.float32(0), (2**16 * (2**15 + 1), 1))
     with pytest.raises(ValueError, match="too large for the GPU kernels"):
         gpu.launch_im2col(x, col, 1, 1, 1, 0)
+
+
+def _pool_case_with_bad_index(bad, pad=0):
+    """A 3x3, stride-3 pooling of a 6x6 image whose argmax holds ``bad`` at one window."""
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((2, 2, 6, 6))
+    _, argmax = ref.maxpool_forward(x, 3, 3, 3, pad)
+    argmax = argmax.astype(np.int64)
+    argmax[1, 1, 0, 0] = bad
+    return x, argmax, np.ones(argmax.shape)
+
+
+@pytest.mark.parametrize("bad", [9, -1, 10**6, -(10**6), 2**32])
+def test_maxpool_backward_refuses_an_index_outside_the_window(bad):
+    x, argmax, dout = _pool_case_with_bad_index(bad)
+    dx = np.zeros_like(x)
+    with pytest.raises(IndexError, match="outside its pooling window"):
+        gpu.launch_maxpool_backward(dout, argmax, dx, 3, 3, 3, 0, threads=8, max_blocks=2)
+    # nothing was written for the bad index, every other window's gradient is in place
+    good = argmax.copy()
+    good[1, 1, 0, 0] = 0
+    expected = ref.maxpool_backward(dout, good, x.shape, 3, 3, 3, 0)
+    expected[1, 1, 0, 0] = 0
+    np.testing.assert_array_equal(dx, expected)
+    # the flag was cleared: a good argmax runs again
+    gpu.launch_maxpool_backward(dout, good, dx, 3, 3, 3, 0)
+    np.testing.assert_array_equal(dx, ref.maxpool_backward(dout, good, x.shape, 3, 3, 3, 0))
+
+
+def test_maxpool_backward_refuses_an_index_into_the_padding():
+    # with pad 1 the first window's index 0 is the padding corner (-1, -1)
+    x, argmax, dout = _pool_case_with_bad_index(4, pad=1)
+    argmax[0, 0, 0, 0] = 0
+    with pytest.raises(IndexError, match="padding"):
+        gpu.launch_maxpool_backward(dout, argmax, np.zeros_like(x), 3, 3, 3, 1)
+
+
+def test_maxpool_backward_error_flag_is_read_lazily():
+    # a flag left set by an earlier launch (on a GPU: a kernel that finished after its
+    # call returned) is raised by the next call, before that one launches
+    x, argmax, dout = _pool_case_with_bad_index(0)
+    gpu._error_flag()[0] = 1
+    dx = np.full_like(x, np.nan)
+    with pytest.raises(IndexError, match="outside its pooling window"):
+        gpu.launch_maxpool_backward(dout, argmax, dx, 3, 3, 3, 0)
+    assert np.isnan(dx).all()  # refused before launching
+    gpu.raise_pending_error()  # cleared

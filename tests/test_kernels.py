@@ -289,6 +289,64 @@ def test_bad_arguments_are_named():
         kernels.conv2d_forward(x, np.zeros((4, 3, 3, 3)), np.zeros(4))
 
 
+def _pooled(shape, size, stride, pad, seed=0):
+    """x of ``shape``, its pooling's argmax (int64, so any index fits) and a dout of ones."""
+    x = np.random.default_rng(seed).standard_normal(shape)
+    out, argmax = kernels.maxpool_forward(x, size, size, stride, pad)
+    return x, argmax.astype(np.int64), np.ones_like(out)
+
+
+# (shape, window, stride, pad): the general kernel, and the 2x2 one (even H and W)
+POOLINGS = [((2, 3, 6, 6), 3, 3, 0), ((2, 3, 7, 7), 3, 2, 1), ((2, 3, 6, 8), 2, 2, 0)]
+
+
+@pytest.mark.parametrize("bad", [9, -1, 10**6, -(10**6), 2**32, 2**32 + 1])
+@pytest.mark.parametrize("shape, size, stride, pad", POOLINGS)
+def test_maxpool_backward_refuses_an_index_outside_the_window(bad, shape, size, stride, pad):
+    # 2**32 + 1 would wrap to a valid index 1 if argmax were cast to int32
+    x, argmax, dout = _pooled(shape, size, stride, pad)
+    if abs(bad) == 9:  # read as "one past the window" (size * size), negative too
+        bad = bad // 9 * size * size
+    argmax[-1, -1, -1, -1] = bad
+    with pytest.raises(IndexError, match="outside its pooling window"):
+        kernels.maxpool_backward(dout, argmax, x.shape, size, size, stride, pad)
+
+
+def test_maxpool_backward_refuses_an_index_into_the_padding():
+    x, argmax, dout = _pooled((1, 1, 5, 5), 3, 2, 1)
+    argmax[0, 0, 0, 0] = 0  # the corner (-1, -1) of the first window is padding
+    with pytest.raises(IndexError, match="padding"):
+        kernels.maxpool_backward(dout, argmax, x.shape, 3, 3, 2, 1)
+
+
+def test_pooling_backward_refuses_a_forged_argmax():
+    from xpnet.convolution import Pooling
+
+    pool = Pooling(3, 3, stride=3)
+    x = np.random.default_rng(1).standard_normal((2, 2, 6, 6))
+    dout = np.ones_like(pool.forward(x))
+    pool.arg_max = pool.arg_max.copy()
+    pool.arg_max[1, 1, 1, 1] = 9  # one past the window: row 6 of a 6-row image
+    with pytest.raises(IndexError, match="outside its pooling window"):
+        pool.backward(dout)
+    pool.arg_max = pool.arg_max.astype(np.float64)
+    with pytest.raises(TypeError, match="argmax must be an integer array"):
+        pool.backward(dout)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int16, np.int64, np.uint64])
+def test_maxpool_backward_takes_any_integer_argmax(dtype):
+    x, argmax, dout = _pooled((2, 3, 7, 7), 3, 2, 1)
+    got = kernels.maxpool_backward(dout, argmax.astype(dtype), x.shape, 3, 3, 2, 1)
+    np.testing.assert_array_equal(got, ref.maxpool_backward(dout, argmax, x.shape, 3, 3, 2, 1))
+
+
+def test_maxpool_backward_refuses_a_float_argmax():
+    x, argmax, dout = _pooled((1, 1, 4, 4), 2, 2, 0)
+    with pytest.raises(TypeError, match="argmax must be an integer array"):
+        kernels.maxpool_backward(dout, argmax + 0.7, x.shape, 2, 2, 2)
+
+
 # ----------------------------------------------------------------------------- threads
 
 
