@@ -4,6 +4,8 @@ import builtins
 import io
 import os
 import pickle
+import struct
+import zipfile
 
 import numpy as np
 import pytest
@@ -84,7 +86,6 @@ def test_restricted_load_rebuilds_arrays_and_plain_data(protocol):
         "W": np.arange(12, dtype=np.float32).reshape(3, 4),
         "F": np.asfortranarray(np.arange(6, dtype=np.float64).reshape(2, 3)),
         "i": np.array([1, -2], dtype=">i4"),
-        "rec": np.zeros(2, dtype=[("a", "<f4"), ("b", "u1")]),
         "s": np.float64(2.5),
         "plain": [1, 2.5, "x", b"y", (None, True), {"k": -3}],
     }
@@ -92,9 +93,10 @@ def test_restricted_load_rebuilds_arrays_and_plain_data(protocol):
     back = restricted_load(io.BytesIO(data))
     # The oracle is the unrestricted unpickler on the same (harmless) bytes.
     expected = pickle.loads(data)
-    for key in ("W", "F", "i", "rec"):
+    for key in ("W", "F", "i"):
         np.testing.assert_array_equal(back[key], obj[key])
-        assert back[key].dtype == expected[key].dtype
+        # the same type; the byte order may come back native (as NumPy's own setstate does)
+        assert back[key].dtype.newbyteorder("=") == expected[key].dtype.newbyteorder("=")
     assert back["F"].flags.f_contiguous
     assert back["s"] == 2.5 and back["s"].dtype == np.float64
     assert back["plain"] == obj["plain"]
@@ -278,11 +280,11 @@ def test_atomic_write_keeps_old_file_when_write_fails_midway(tmp_path):
 def test_save_params_failing_midway_keeps_old_params(tmp_path, monkeypatch):
     path = save_params({"W": np.zeros(3)}, tmp_path / "p.npz")
 
-    def broken_savez(file, **arrays):
-        file.write(b"PK\x03\x04 partial")
+    def broken_write_array(file, array, **kwargs):
+        file.write(b"\x93NUMPY partial")
         raise OSError("no space left on device")
 
-    monkeypatch.setattr(np, "savez", broken_savez)
+    monkeypatch.setattr(np.lib.format, "write_array", broken_write_array)
     with pytest.raises(OSError, match="no space"):
         save_params({"W": np.ones(3)}, path)
     monkeypatch.undo()
@@ -328,3 +330,308 @@ def test_book_ch03_weights_give_the_books_accuracy(book_fixture, mnist10k_dir):
     y = h @ p["W3"] + p["b3"]
     assert y.dtype == np.float32
     assert np.mean(y.argmax(axis=1) == t) == pytest.approx(0.9374, abs=5e-5)
+
+
+# ---------------------------------------------------------------------------
+# Hostile files: only plain numeric arrays of the size the file holds ever load
+# ---------------------------------------------------------------------------
+#
+# The pickles below are written opcode by opcode (pickletools names), as an attacker would:
+# NumPy's own reducers never emit them.
+
+
+def _op_global(module, name):
+    return b"c" + module.encode() + b"\n" + name.encode() + b"\n"  # GLOBAL
+
+
+def _op_str(text):
+    data = text.encode()
+    return b"X" + struct.pack("<I", len(data)) + data  # BINUNICODE
+
+
+def _op_bytes(data):
+    return b"B" + struct.pack("<I", len(data)) + data  # BINBYTES
+
+
+def _op_int(n):
+    return b"J" + struct.pack("<i", n)  # BININT
+
+
+def _op_tuple(*items):
+    return b"(" + b"".join(items) + b"t"  # MARK ... TUPLE
+
+
+_NONE, _TRUE, _FALSE = b"N", b"\x88", b"\x89"
+_REDUCE, _BUILD, _POP, _STOP = b"R", b"b", b"0", b"."
+
+
+def _op_put(i):
+    return b"q" + bytes([i])  # BINPUT
+
+
+def _op_get(i):
+    return b"h" + bytes([i])  # BINGET
+
+
+def _op_dtype(type_string, state):
+    """numpy.dtype(type_string, False, True), then BUILD ``state`` (opcodes for a tuple)."""
+    return (_op_global("numpy", "dtype") + _op_tuple(_op_str(type_string), _FALSE, _TRUE)
+            + _REDUCE + state + _BUILD)
+
+
+def _dtype_state(order="|", names=_NONE, fields=_NONE, elsize=-1, alignment=-1, flags=0):
+    return _op_tuple(_op_int(3), _op_str(order), _NONE, names, fields, _op_int(elsize),
+                     _op_int(alignment), _op_int(flags))
+
+
+def _op_array(shape, dtype_ops, raw):
+    """_reconstruct(ndarray, (0,), b'b'), then BUILD (1, shape, dtype, False, raw)."""
+    return (_op_global("numpy.core.multiarray", "_reconstruct")
+            + _op_tuple(_op_global("numpy", "ndarray"), _op_tuple(_op_int(0)), _op_bytes(b"b"))
+            + _REDUCE
+            + _op_tuple(_op_int(1), _op_tuple(*map(_op_int, shape)), dtype_ops, _FALSE,
+                        _op_bytes(raw))
+            + _BUILD)
+
+
+def _op_params(**entries):
+    """A pickled dict {name: value opcodes}: what load_params expects."""
+    body = b"".join(_op_str(k) + v for k, v in entries.items())
+    return b"\x80\x03}(" + body + b"u" + _STOP  # EMPTY_DICT MARK ... SETITEMS STOP
+
+
+def _load_bytes(tmp_path, data, name="hostile.pkl"):
+    path = tmp_path / name
+    path.write_bytes(data)
+    return load_params(path)
+
+
+def test_opcode_helpers_build_a_real_array(tmp_path):
+    # the helpers spell NumPy's own pickle of a float64 array: it loads
+    ops = _op_array((2,), _op_dtype("f8", _dtype_state("<")), np.array([1.5, -2.0]).tobytes())
+    np.testing.assert_array_equal(_load_bytes(tmp_path, _op_params(W1=ops))["W1"], [1.5, -2.0])
+
+
+def test_void_dtype_with_a_field_outside_its_item_is_refused(tmp_path):
+    # a V8 item whose float64 field sits 4096 bytes further on: reading it reads the heap
+    field = _op_tuple(_op_dtype("f8", _dtype_state("<")), _op_int(4096))
+    fields = b"}" + _op_str("f") + field + b"s"  # EMPTY_DICT key value SETITEM
+    forged = _op_dtype("V8", _dtype_state("|", _op_tuple(_op_str("f")), fields, 8, 1, 16))
+    data = _op_params(W1=_op_array((2,), forged, bytes(16)))
+    with pytest.raises(UnsafePickleError, match="only plain numeric arrays"):
+        _load_bytes(tmp_path, data)
+
+
+@pytest.mark.parametrize("type_string", ["V8", "f8"])
+def test_dtype_rebuilt_after_its_array_was_made_changes_nothing(tmp_path, type_string):
+    # build an 8-byte array with the dtype, then BUILD the same dtype again with a 1 MB
+    # itemsize: the array must not read 1 MB items out of its 8 bytes (today the V8 one does)
+    state = _dtype_state("<") if type_string == "f8" else _dtype_state("|", elsize=8)
+    dtype_ops = _op_dtype(type_string, state)
+    array = _op_array((1,), dtype_ops, np.float64(3.0).tobytes())
+    # memo 0 is the dtype: put it there right after REDUCE, then rebuild it after the array
+    reduce_at = array.index(_REDUCE + b"(", array.index(b"numpy\ndtype"))
+    array = array[: reduce_at + 1] + _op_put(0) + array[reduce_at + 1:]
+    enlarge = _op_get(0) + _dtype_state("|", elsize=1 << 20) + _BUILD + _POP
+    data = b"\x80\x03}(" + _op_str("W1") + array + enlarge + b"u" + _STOP
+    try:
+        params = _load_bytes(tmp_path, data)
+    except (UnsafePickleError, ParameterFileError):
+        return  # refused outright: as good
+    assert params["W1"].dtype == np.float64 and params["W1"].dtype.itemsize == 8
+    np.testing.assert_array_equal(params["W1"], [3.0])
+
+
+def test_calling_ndarray_directly_is_refused(tmp_path):
+    # ndarray(shape, dtype, buffer, offset, strides): an array over any memory
+    call = (_op_global("numpy", "ndarray")
+            + _op_tuple(_op_tuple(_op_int(4)), _op_str("f8"), _op_bytes(bytes(8)), _op_int(0),
+                        _op_tuple(_op_int(8)))
+            + _REDUCE)
+    with pytest.raises(UnsafePickleError, match="numpy.ndarray"):
+        _load_bytes(tmp_path, _op_params(W1=call))
+
+
+def test_array_data_shorter_than_its_shape_is_refused(tmp_path):
+    ops = _op_array((10**6,), _op_dtype("f8", _dtype_state("<")), bytes(8))
+    with pytest.raises(ParameterFileError, match="declares .* but holds 8 bytes"):
+        _load_bytes(tmp_path, _op_params(W1=ops))
+
+
+def test_huge_declared_length_is_a_parameter_file_error(tmp_path):
+    # BINBYTES8 declaring 2**62 bytes that are not there (today: MemoryError)
+    data = b"\x80\x04}(" + _op_str("W1") + b"\x8e" + struct.pack("<Q", 1 << 62) + b"u."
+    with pytest.raises(ParameterFileError, match="truncated or corrupt"):
+        _load_bytes(tmp_path, data)
+
+
+def test_pickle_larger_than_the_cap_is_refused(tmp_path, monkeypatch):
+    path = tmp_path / "big.pkl"
+    path.write_bytes(pickle.dumps({"W": np.zeros(1000)}))
+    monkeypatch.setattr(xpnet.io, "MAX_PARAMETER_BYTES", 4000)
+    with pytest.raises(ParameterFileError, match="MAX_PARAMETER_BYTES"):
+        load_params(path)
+
+
+NON_NUMERIC = {
+    "structured": [("a", "<f4"), ("b", "u1")],
+    "subarray": [("a", "<f8", (2,))],
+    "unicode": "<U3",
+    "bytes": "S3",
+    "void": "V8",
+    "datetime": "<M8[s]",
+    "timedelta": "<m8[s]",
+    "complex": "<c16",
+    "longdouble": np.longdouble,
+}
+
+
+@pytest.mark.parametrize("kind", sorted(NON_NUMERIC))
+@pytest.mark.parametrize("protocol", [2, 5])
+def test_non_numeric_pickled_arrays_are_refused(tmp_path, kind, protocol):
+    data = pickle.dumps({"W1": np.zeros(2, NON_NUMERIC[kind])}, protocol=protocol)
+    with pytest.raises(UnsafePickleError, match="only plain numeric arrays"):
+        _load_bytes(tmp_path, data)
+
+
+@pytest.mark.parametrize("kind", sorted(NON_NUMERIC))
+def test_non_numeric_npz_arrays_are_refused(tmp_path, kind):
+    path = tmp_path / "odd.npz"
+    np.savez(path, W1=np.ones(3), b1=np.zeros(2, NON_NUMERIC[kind]))
+    with pytest.raises(ParameterFileError, match="odd.npz.*'b1.npy'.*only bool, integer"):
+        load_params(path)
+
+
+@pytest.mark.parametrize("dtype", [np.bool_, np.int8, np.uint16, np.int32, np.uint64,
+                                   np.float16, np.float32, ">f8", "<i8"])
+def test_numeric_arrays_round_trip_in_both_formats(tmp_path, dtype):
+    value = np.arange(6).reshape(2, 3).astype(dtype)
+    for name in ("p.npz", "p.pkl"):
+        back = load_params(save_params({"W": value}, tmp_path / name))["W"]
+        np.testing.assert_array_equal(back, value)
+        assert back.dtype.newbyteorder("=") == value.dtype.newbyteorder("=")
+        assert type(back) is np.ndarray and back.flags.writeable
+
+
+def _npz_with_header(tmp_path, header_shape, data):
+    """An .npz whose W1.npy declares ``header_shape`` (float64) over ``data``."""
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        buf, {"descr": "<f8", "fortran_order": False, "shape": header_shape})
+    path = tmp_path / "lying.npz"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("W1.npy", buf.getvalue() + data)
+    return path
+
+
+@pytest.mark.parametrize("shape", [(1 << 40,), (1 << 20, 1 << 20), (3,)])
+def test_npz_declaring_more_than_it_holds_is_refused(tmp_path, shape):
+    # today: MemoryError (or a wrong-sized read) for the huge ones
+    path = _npz_with_header(tmp_path, shape, bytes(16))
+    with pytest.raises(ParameterFileError, match="lying.npz.*declares"):
+        load_params(path)
+
+
+def test_npz_zip_bomb_is_refused(tmp_path):
+    # 8 MiB of zeros deflate to 8 KB: a ratio of 1000 (a 2 MB file would inflate to 2 GiB)
+    path = tmp_path / "bomb.npz"
+    np.savez_compressed(path, W1=np.zeros(1 << 20))
+    assert path.stat().st_size < 20_000
+    with pytest.raises(ParameterFileError, match="bomb.npz.*zip bomb"):
+        load_params(path)
+
+
+def test_npz_beyond_the_size_cap_is_refused(tmp_path, monkeypatch):
+    path = save_params({"W1": np.zeros(1000)}, tmp_path / "big.npz")
+    monkeypatch.setattr(xpnet.io, "MAX_PARAMETER_BYTES", 4000)
+    with pytest.raises(ParameterFileError, match="big.npz.*MAX_PARAMETER_BYTES"):
+        load_params(path)
+
+
+def _rewrite_without(path, hidden):
+    """The archive at ``path`` as a corrupt directory would show it: member ``hidden``
+    gone from the directory, everything else (the manifest comment too) unchanged."""
+    with zipfile.ZipFile(path) as src:
+        members = [(i, src.read(i)) for i in src.infolist() if i.filename != hidden]
+        comment = src.comment
+    with zipfile.ZipFile(path, "w") as dst:
+        for info, data in members:
+            dst.writestr(info, data)
+        dst.comment = comment
+
+
+def test_npz_directory_hiding_a_member_is_an_error(tmp_path):
+    path = save_params({"W1": np.ones(3), "b1": np.zeros(3), "W2": np.ones(2)},
+                       tmp_path / "params.npz")
+    _rewrite_without(path, "b1.npy")
+    with pytest.raises(ParameterFileError, match=r"params.npz is corrupt.*missing \['b1'\]"):
+        load_params(path)
+
+
+def test_npz_without_manifest_still_loads(tmp_path):
+    # archives from np.savez (or older xpnet) have no manifest: nothing to check them by
+    path = tmp_path / "plain.npz"
+    np.savez(path, W1=np.ones(3), b1=np.zeros(2))
+    back = load_params(path)
+    assert sorted(back) == ["W1", "b1"]
+
+
+def test_single_bit_flips_are_errors_or_harmless(tmp_path):
+    # one flipped bit anywhere in an .npz (directory, headers, manifest, data) must give
+    # ParameterFileError or exactly the arrays written -- never fewer, never other values
+    params = {"W1": np.arange(4.0), "b1": np.ones(2, np.float32), "W2": np.arange(3)}
+    good = save_params(params, tmp_path / "good.npz").read_bytes()
+    path = tmp_path / "flipped.npz"
+    directory = good.index(b"PK\x01\x02")  # the central directory, then its end record
+    silent = []
+    for pos in range(len(good)):
+        # three bits a byte of the directory, one of the CRC-checked members, in turn
+        for bit in {pos % 8, (pos + 3) % 8, (pos + 5) % 8} if pos >= directory else [pos % 8]:
+            data = bytearray(good)
+            data[pos] ^= 1 << bit
+            path.write_bytes(bytes(data))
+            try:
+                back = load_params(path)
+            except ParameterFileError:
+                continue
+            same = sorted(back) == sorted(params) and all(
+                back[k].dtype == params[k].dtype and np.array_equal(back[k], params[k])
+                for k in params)
+            if not same:
+                silent.append((pos, bit, sorted(back)))
+    assert not silent, f"{len(silent)} flips loaded wrong parameters, e.g. {silent[:5]}"
+
+
+# ---------------------------------------------------------------------------
+# A .pkl name writes the book's format
+# ---------------------------------------------------------------------------
+
+
+def test_pkl_name_writes_a_pickle_the_books_reader_loads(tmp_path):
+    from xpnet.models import TwoLayerNet
+
+    net = TwoLayerNet(input_size=6, hidden_size=4, output_size=3)
+    path = net.save_params(tmp_path / "params.pkl")
+    assert path.read_bytes()[:1] == b"\x80"  # a pickle, not an .npz under a .pkl name
+    with open(path, "rb") as f:  # the book's load_params: pickle.load, then params[key] = val
+        params = pickle.load(f)
+    assert type(params) is dict and sorted(params) == sorted(net.params)
+    for key, value in net.params.items():
+        assert type(params[key]) is np.ndarray and params[key].dtype == value.dtype
+        np.testing.assert_array_equal(params[key], value)
+    # and xpnet's restricted loader reads it back into another network
+    other = TwoLayerNet(input_size=6, hidden_size=4, output_size=3)
+    other.load_params(path)
+    for key in net.params:
+        np.testing.assert_array_equal(other.params[key], net.params[key])
+    assert [p.name for p in tmp_path.iterdir()] == ["params.pkl"]
+
+
+def test_npz_stays_the_default_format(tmp_path):
+    from xpnet.models import TwoLayerNet
+
+    path = TwoLayerNet(input_size=6, hidden_size=4, output_size=3).save_params(
+        tmp_path / "weights")
+    assert path.read_bytes()[:4] == b"PK\x03\x04"
+    with np.load(path, allow_pickle=False) as z:
+        assert sorted(z.files) == ["W1", "W2", "b1", "b2"]
