@@ -504,9 +504,9 @@ def _dev(a):
 # pass. Instead the kernel sets a flag in mapped (zero-copy, page-locked) host memory, which
 # the host reads like any variable, without waiting. Each ``maxpool_backward`` launch reads
 # it before and after launching: a bad index is reported by the call that passed it when
-# its kernel has already finished, otherwise by the next call -- in a training loop within
-# one step, never costing a synchronisation. ``raise_pending_error`` can also be called
-# after any point where the stream is synchronised anyway (e.g. reading the loss).
+# its kernel has already finished, otherwise by the next call (in training: a later pooling
+# layer or the next step), never costing a synchronisation. ``raise_pending_error`` can
+# also be called where the stream is synchronised anyway (e.g. after reading the loss).
 
 _BAD_ARGMAX = (
     "maxpool_backward: argmax held an index outside its pooling window (or one that "
