@@ -348,16 +348,16 @@ class Trainer:
         return step % (self.checkpoint_every or self.iter_per_epoch) == 0
 
     def _step_streams(self, step: int) -> _StepStreams:
-        """The random streams of ``step``: generators seeded from ``(seed, step)`` alone."""
-        if self._streams is None or self._streams.step != step:
-            self._streams = _StepStreams(self.seed, step)
-        return self._streams
+        """The trainer's random streams, positioned at the start of ``step``."""
+        if self._streams is None or self._streams.seed != self.seed:
+            self._streams = _StepStreams(self.seed)
+        return self._streams.start(step)
 
     def _draw_batch_indices(self, step: int):
         """The samples of ``step``'s mini-batch: (mini_batch_size,) integer indices into
-        the training set, drawn with replacement on the host from the step's own stream
-        (so the CPU and the GPU train on the same batches). Override to draw otherwise."""
-        return self._step_streams(step)(np).integers(0, self.train_size, size=self.batch_size)
+        the training set, drawn with replacement on the host from the step's stream (so
+        the CPU and the GPU train on the same batches). Override to draw otherwise."""
+        return self._streams(np).integers(0, self.train_size, size=self.batch_size)
 
     def train_step(self):
         """One mini-batch step; at an epoch's end, evaluate; at a boundary, checkpoint."""
@@ -786,25 +786,40 @@ def _checked_meta(meta: dict) -> dict:
 
 
 class _StepStreams:
-    """The random generators of one training step, ``xp -> Generator``, one per array
-    module, each seeded from ``(seed, step)`` alone and made on first use (a step that
-    draws nothing on the GPU makes no GPU generator)."""
+    """A trainer's random streams: ``xp -> Generator``, whose state at the start of each
+    step is a function of ``(seed, step)`` alone.
 
-    __slots__ = ("seed", "step", "_rngs")
+    On the host one PCG64, made once, is moved to ``seed``'s stream advanced by
+    ``step * 2**64`` at every :meth:`start` (a reset and a jump: microseconds, no new
+    generator per step; a step would have to draw 2**64 numbers to reach the next one's).
+    A device generator (CuPy's cannot jump) is seeded from ``(seed, step)`` when the step
+    first asks for one: a step that draws nothing on the GPU makes none.
+    """
 
-    def __init__(self, seed: int, step: int):
-        self.seed, self.step = seed, step
-        self._rngs: dict = {}
+    __slots__ = ("seed", "step", "_bits", "_origin", "_host", "_device")
+
+    def __init__(self, seed: int):
+        self.seed, self.step = seed, None
+        self._bits = np.random.PCG64(np.random.SeedSequence(seed))
+        self._origin = self._bits.state
+        self._host = np.random.Generator(self._bits)
+        self._device: dict = {}
+
+    def start(self, step: int) -> _StepStreams:
+        self._bits.state = self._origin
+        self._bits.advance(step << 64)
+        self._device.clear()
+        self.step = step
+        return self
 
     def __call__(self, xp=np):
-        rng = self._rngs.get(xp.__name__)
-        if rng is None:
+        if xp is np:
+            return self._host
+        rng = self._device.get(xp.__name__)
+        if rng is None:  # CuPy's generators take an integer seed
             ss = np.random.SeedSequence(self.seed, spawn_key=(self.step,))
-            if xp is np:
-                rng = np.random.Generator(np.random.PCG64(ss))
-            else:  # CuPy's generators take an integer seed
-                rng = xp.random.default_rng(int(ss.generate_state(1, np.uint64)[0] >> 1))
-            self._rngs[xp.__name__] = rng
+            rng = xp.random.default_rng(int(ss.generate_state(1, np.uint64)[0] >> 1))
+            self._device[xp.__name__] = rng
         return rng
 
 
