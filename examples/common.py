@@ -132,13 +132,15 @@ def _load(args, flatten, inference_only):
             if inference_only:
                 return (x[:0], t[:0]), (x, t), "MNIST (10,000 test digits)"
             return (x[:8000], t[:8000]), (x[8000:], t[8000:]), "MNIST (10,000 digits, 8k/2k)"
-        try:
-            train, test = load_mnist(flatten=flatten, data_dir=args.data_dir, download=False)
-            return train, test, "MNIST"
-        except DatasetError:
-            print(f"note: no MNIST found in {args.data_dir} or xpnet's data folders; "
-                  "using Fashion-MNIST instead (accuracies will be lower than the book's)")
-            name = "fashion-mnist"
+        for where in (args.data_dir, None):  # --data-dir, then xpnet's usual places
+            try:
+                train, test = load_mnist(flatten=flatten, data_dir=where, download=False)
+                return train, test, "MNIST"
+            except DatasetError:
+                pass
+        print(f"note: no MNIST found in {args.data_dir} or xpnet's data folders; "
+              "using Fashion-MNIST instead (accuracies will be lower than the book's)")
+        name = "fashion-mnist"
     train, test = load_mnist(flatten=flatten, dataset=name)
     return train, test, "Fashion-MNIST"
 

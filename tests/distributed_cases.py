@@ -190,7 +190,31 @@ def _bn_net(rank):
     )
 
 
+# What rank 1 is given differently from rank 0 in the Trainer's settings cases.
+_RANK1_SETTINGS = {
+    "lr": {"optimizer_param": {"lr": 0.2}},
+    "optimizer": {"optimizer": "SGD"},
+    "batch": {"mini_batch_size": 16},
+    "epochs": {"epochs": 3},
+    "seed": {"seed": 6},
+    "train_size": {"n_train": 160},
+}
+
+
 def case_mismatch(args, comm):
+    if args.what in _RANK1_SETTINGS:
+        from xpnet.trainer import Trainer
+
+        x, t = toy_data()
+        kw = dict(epochs=2, mini_batch_size=32, optimizer="Momentum",
+                  optimizer_param={"lr": 0.1}, seed=5, n_train=192)
+        if comm.rank == 1:
+            kw.update(_RANK1_SETTINGS[args.what])
+        n = kw.pop("n_train")
+        Trainer(build_net(comm.rank), x[:n], t[:n], x[192:], t[192:], verbose=False,
+                communicator=comm, **kw)  # raises on every rank
+        print("consistency check passed", flush=True)
+        return
     if comm.rank == 1 and args.what == "version":
         xpnet.__version__ = "0.0.0-other"
     hidden = 12 if comm.rank == 1 and args.what == "shape" else 16

@@ -191,7 +191,7 @@ def test_library_errors_are_one_message_and_status_2(capsys, data_dir, argv, mes
 def test_missing_dataset_names_where_it_looked(capsys, tmp_path):
     code, _, err = run(capsys, "train", "--data-dir", tmp_path / "empty", "--no-download",
                        "--dataset", "mnist")
-    assert code == 2 and "not found" in err and "empty" in err and "Traceback" not in err
+    assert code == 2 and "not in data_dir" in err and "empty" in err and "Traceback" not in err
 
 
 def test_bad_optimizer_param_syntax(capsys):
@@ -217,3 +217,78 @@ def test_a_registered_command_appears(capsys, monkeypatch):
     with pytest.raises(SystemExit):
         cli.main(["--help"])
     assert "hello" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------------------
+# Refused up front, naming the option, before any data is loaded
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--lr", "0"], "--lr must be a positive finite number, got 0.0"),
+    (["--lr", "-0.1"], "--lr must be a positive finite number, got -0.1"),
+    (["--lr", "nan"], "--lr must be a positive finite number, got nan"),
+    (["--lr", "inf"], "--lr must be a positive finite number, got inf"),
+    (["--optimizer", "momentum", "--optimizer-param", "momentum=nan"],
+     "--optimizer-param momentum=nan: the value must be finite"),
+    (["--optimizer", "adam", "--optimizer-param", "beta1=inf"],
+     "--optimizer-param beta1=inf: the value must be finite"),
+])
+def test_unusable_numbers_are_refused_naming_the_option(capsys, tmp_path, argv, message):
+    # the data directory does not exist: the refusal must come before any loading
+    code, out, err = run(capsys, "train", "--data-dir", tmp_path / "none", "--no-download",
+                         "--quiet", *argv)
+    assert code == 2 and err == f"xpnet: error: {message}\n"
+    assert "learning rate" not in err.replace("--lr", "")
+
+
+def test_a_negative_seed_names_seed(capsys, tmp_path):
+    for command in ("train", "search"):
+        code, _, err = run(capsys, command, "--data-dir", tmp_path / "none", "--seed", "-1")
+        assert code == 2 and "--seed must be a non-negative integer, got -1" in err
+
+
+def test_an_explicit_data_dir_without_the_files_is_an_error(capsys, tmp_path, monkeypatch,
+                                                            data_dir):
+    monkeypatch.setenv("XPNET_DATA", str(data_dir.parent))  # another copy it must not use
+    (data_dir.parent / "mnist").mkdir(exist_ok=True)
+    for f in data_dir.iterdir():
+        target = data_dir.parent / "mnist" / f.name
+        if not target.exists():
+            target.symlink_to(f)
+    partial = tmp_path / "partial"
+    partial.mkdir()
+    (partial / "train-images-idx3-ubyte.gz").write_bytes(
+        (data_dir / "train-images-idx3-ubyte.gz").read_bytes())
+    for where, what in ((tmp_path / "missing", "directory does not exist"),
+                        (partial, "missing train-labels-idx1-ubyte.gz")):
+        code, _, err = run(capsys, "train", "--data-dir", where, "--quiet", "--epochs", "1")
+        assert code == 2 and f"not in data_dir {where}: {what}" in err
+
+
+def _unwritable_dir(tmp_path):
+    """A directory this process cannot create files in (root ignores permissions: then a
+    kernel file system that refuses new files), or None."""
+    d = tmp_path / "ro"
+    d.mkdir()
+    d.chmod(0o555)
+    for candidate in (d, Path("/sys")):
+        try:
+            (candidate / ".probe").touch()
+        except OSError:
+            return candidate
+        (candidate / ".probe").unlink()
+    return None
+
+
+def test_out_that_is_a_file_or_unwritable_fails_before_training(capsys, data_dir, tmp_path):
+    a_file = tmp_path / "file"
+    a_file.write_text("")
+    code, out, err = run(capsys, *train_args(data_dir, "--epochs", "1", "--out", a_file))
+    assert code == 2 and f"--out {a_file} is a file" in err and "epoch" not in out
+    ro = _unwritable_dir(tmp_path)
+    if ro is None:
+        pytest.skip("no unwritable directory on this machine")
+    code, out, err = run(capsys, *train_args(data_dir, "--epochs", "1", "--out", ro))
+    assert code == 2 and f"--out {ro} is not a writable directory" in err
+    assert "epoch" not in out

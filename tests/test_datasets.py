@@ -7,6 +7,7 @@ import io
 import socket
 import sys
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -235,10 +236,13 @@ def test_search_order_data_dir_then_xpnet_data_then_system(tmp_path, tiny_datase
     (x, _), _ = load_mnist(normalize=False, dataset="tiny", data_dir=explicit)
     np.testing.assert_array_equal(x.reshape(-1, 28, 28), third_arrays["train_img"])
 
-    # An incomplete explicit directory falls through to the next place.
+    # An incomplete explicit directory is an error, never a fall-back to another copy.
     (explicit / FILES["test_label"]).unlink()
-    (x, _), _ = load_mnist(normalize=False, dataset="tiny", data_dir=explicit)
-    np.testing.assert_array_equal(x.reshape(-1, 28, 28), other_arrays["train_img"])
+    with pytest.raises(DatasetNotFoundError, match=rf"not in data_dir {explicit}: missing "
+                       r"t10k-labels-idx1-ubyte\.gz"):
+        load_mnist(normalize=False, dataset="tiny", data_dir=explicit)
+    with pytest.raises(DatasetNotFoundError, match="directory does not exist"):
+        load_mnist(normalize=False, dataset="tiny", data_dir=tmp_path / "nowhere")
 
 
 def test_corrupt_file_in_the_chosen_directory_is_an_error_not_a_fallback(tmp_path, tiny_dataset):
@@ -273,9 +277,9 @@ def test_data_home_default_is_the_user_cache(monkeypatch, tmp_path):
 
 def test_not_found_offline_names_every_place_and_how_to_fix(tmp_path, tiny_dataset):
     with pytest.raises(DatasetNotFoundError) as info:
-        load_mnist(dataset="tiny", data_dir=tmp_path / "nowhere", download=False)
+        load_mnist(dataset="tiny", download=False)
     msg = str(info.value)
-    for place in (tmp_path / "nowhere", tmp_path / "cache" / "tiny", tmp_path / "system"):
+    for place in (tmp_path / "cache" / "tiny", tmp_path / "system"):
         assert str(place) in msg
     assert "download=False" in msg and "data_dir=DIR" in msg and "XPNET_DATA" in msg
     assert isinstance(info.value, FileNotFoundError)
@@ -304,6 +308,9 @@ class _Server:
             def do_GET(self):
                 server.hits.append(self.path)
                 body = server.routes.get(self.path, 404)
+                if callable(body):  # serves the request itself
+                    body(self)
+                    return
                 if isinstance(body, int):
                     self.send_error(body)
                     return
@@ -518,3 +525,76 @@ def test_mnist_10k_dev_set(mnist10k_dir):
                          mnist10k_dir / "labels-idx1-ubyte.gz",
                          normalize=False, flatten=False, one_hot_label=True)
     assert x.shape == (10000, 1, 28, 28) and x.dtype == np.uint8 and t.shape == (10000, 10)
+
+
+# ---------------------------------------------------------------------------
+# Refused up front: odd image sizes, a slow mirror, a changed cache, XPNET_DATA a file
+# ---------------------------------------------------------------------------
+
+
+def test_training_and_test_images_of_different_sizes_are_refused(tmp_path, tiny_dataset):
+    _, files, _ = tiny_dataset
+    d = write_files(tmp_path / "d", files)
+    images, _ = tiny_split(3, seed=2, rows=20, cols=20)
+    (d / FILES["test_img"]).write_bytes(idx_bytes(images))
+    with pytest.raises(DatasetError, match=r"training images .* are 28x28 pixels but the test "
+                       r"images .* are 20x20"):
+        load_mnist(dataset="tiny", data_dir=d)
+
+
+@pytest.mark.parametrize("rows, cols", [(0, 0), (28, 0)])
+def test_images_without_pixels_are_refused(tmp_path, tiny_dataset, rows, cols):
+    _, files, _ = tiny_dataset
+    d = write_files(tmp_path / "d", files)
+    images, _ = tiny_split(6, seed=2, rows=rows, cols=cols)
+    (d / FILES["train_img"]).write_bytes(idx_bytes(images))
+    with pytest.raises(DatasetError, match=rf"images of {rows}x{cols} pixels"):
+        load_mnist(dataset="tiny", data_dir=d)
+
+
+def test_a_dripping_mirror_is_given_up_at_the_deadline(server, remote, monkeypatch):
+    entry, files, arrays = remote
+    name = FILES["train_img"]
+
+    def drip(handler):  # a byte every 20 ms, well within the per-read timeout
+        handler.send_response(200)
+        handler.send_header("Content-Length", str(len(files[name])))
+        handler.end_headers()
+        try:
+            for byte in files[name][:400]:
+                handler.wfile.write(bytes([byte]))
+                handler.wfile.flush()
+                time.sleep(0.02)
+        except OSError:  # the client gave up
+            pass
+
+    server.routes["/slow/" + name] = drip
+    entry["mirrors"] = [f"{server.url}/slow/", server.serve("good", files)]
+    monkeypatch.setattr(datasets, "DOWNLOAD_DEADLINE", 0.5)
+    start = time.monotonic()
+    with pytest.warns(DownloadWarning, match=r"slow/train-images.*longer than 0.5 s"):
+        _check_loaded(load_mnist(normalize=False, dataset="tiny"), arrays)
+    assert time.monotonic() - start < 4
+
+
+def test_a_cached_download_is_verified_again_on_use(server, remote, _private_cache):
+    entry, files, arrays = remote
+    entry["mirrors"] = [server.serve("good", files)]
+    _check_loaded(load_mnist(normalize=False, dataset="tiny"), arrays)
+    other, _ = tiny_files(seed=99)  # a valid IDX file, not the published one
+    cached = _private_cache / "tiny" / FILES["test_img"]
+    cached.write_bytes(other[FILES["test_img"]])
+    with pytest.raises(DatasetError, match=r"t10k-images-idx3-ubyte\.gz does not match its "
+                       "published SHA-256.*delete it to download it again"):
+        load_mnist(normalize=False, dataset="tiny")
+    with pytest.raises(DatasetError, match="does not match its published SHA-256"):
+        load_mnist(normalize=False, dataset="tiny", download=False)
+
+
+@pytest.mark.parametrize("download", [True, False])
+def test_xpnet_data_naming_a_file_is_one_sentence(tmp_path, monkeypatch, tiny_dataset, download):
+    a_file = tmp_path / "data.txt"
+    a_file.write_text("not a directory")
+    monkeypatch.setenv("XPNET_DATA", str(a_file))
+    with pytest.raises(DatasetError, match=rf"XPNET_DATA={a_file} is a file, not a directory"):
+        load_mnist(dataset="tiny", download=download)

@@ -301,6 +301,26 @@ def test_different_models_or_versions_fail_at_start(what, expected):
     assert "consistency check passed" not in proc.stdout
 
 
+@needs_mpi
+@pytest.mark.parametrize(
+    "what, expected",
+    [
+        ("lr", r"optimizer_param\.lr is 0\.1 on rank 0 but 0\.2 on rank 1"),
+        ("optimizer", r"optimizer is Momentum on rank 0 but SGD on rank 1"),
+        ("batch", r"mini_batch_size is 32 on rank 0 but 16 on rank 1"),
+        ("epochs", r"epochs is 2 on rank 0 but 3 on rank 1"),
+        ("seed", r"seed is 5 on rank 0 but 6 on rank 1"),
+        ("train_size", r"train_size is 192 on rank 0 but 160 on rank 1"),
+    ],
+)
+def test_different_training_settings_fail_at_start_on_every_rank(what, expected):
+    proc, seconds = _cases("mismatch", "--what", what, timeout=60)
+    assert proc.returncode != 0
+    assert len(re.findall(expected, proc.stderr)) == 2, proc.stderr[-3000:]  # both ranks
+    assert "consistency check passed" not in proc.stdout
+    assert seconds < 50  # at start-up, not at the collective deadline
+
+
 def _read_checkpoint(path):
     with np.load(path, allow_pickle=False) as z:
         arrays = {k: z[k] for k in z.files}

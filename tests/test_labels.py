@@ -26,3 +26,18 @@ def test_cross_entropy_on_host_still_checks_labels_per_call():
     y = np.full((2, 3), 1 / 3)
     with pytest.raises(ValueError, match=r"\[0, 3\)"):
         cross_entropy_error(y, np.array([0, 3]))
+
+
+@pytest.mark.parametrize("bad", [-1, 10, 1000])
+def test_accuracy_refuses_labels_out_of_range_as_loss_does(bad):
+    x = np.random.default_rng(0).random((20, 4), dtype=np.float32)
+    t = np.arange(20) % 10
+    t[7] = bad
+    net = TwoLayerNet(4, 5, 10)
+    with pytest.raises(ValueError, match=r"class labels must lie in \[0, 10\)"):
+        net.loss(x, t)
+    with pytest.raises(ValueError, match=r"TwoLayerNet.accuracy: class labels must lie in "
+                       r"\[0, 10\)"):
+        net.accuracy(x, t)
+    t[7] = 3
+    assert 0.0 <= net.accuracy(x, t) <= 1.0

@@ -199,8 +199,8 @@ def test_checkpoint_of_another_model(data, checkpoint):
     x, t, xt, tt = data
     other = TinyNet(d=8, classes=5)
     assert_refused(data, checkpoint.parent, other,
-                   r"parameters differ .*W1: checkpoint \[\[8, 3\], 'float64'\], network "
-                   r"\[\[8, 5\], 'float64'\]")
+                   r"params/W1 is float64 of shape \(8, 3\), this run needs float64 of "
+                   r"shape \(8, 5\)")
 
 
 def test_checkpoint_of_another_class(data, checkpoint):
@@ -212,8 +212,8 @@ def test_checkpoint_of_another_class(data, checkpoint):
 
 
 def test_checkpoint_of_another_optimizer(data, checkpoint):
-    assert_refused(data, checkpoint.parent, fresh_net(), "state is for Adam, but this optimizer "
-                   "is Momentum", optimizer="momentum")
+    assert_refused(data, checkpoint.parent, fresh_net(), "other settings than its run's "
+                   r"\(optimizer Adam -> Momentum; checkpoint -> now\)", optimizer="momentum")
 
 
 def test_checkpoint_of_another_batch_size(data, checkpoint):
@@ -304,3 +304,286 @@ def test_gpu_run_resumes_exactly_and_its_checkpoint_loads_on_the_cpu(data, tmp_p
     assert on_cpu.current_iter == 65 and on_cpu.network.device == "cpu"
     np.testing.assert_array_equal(on_cpu.network.params["W1"],
                                   xpnet.as_numpy(full.network.params["W1"]))
+
+
+# ---------------------------------------------------------------------------
+# A failed load changes nothing: every array exact, every field checked first
+# ---------------------------------------------------------------------------
+
+
+def rewrite_checkpoint(path, **changes):
+    """Rewrite the checkpoint at ``path`` with some arrays replaced (None: removed) or,
+    with ``meta=f``, its meta passed through ``f``."""
+    with np.load(path, allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files}
+    meta = json.loads(str(arrays["meta"]))
+    edit_meta = changes.pop("meta", None)
+    if edit_meta is not None:
+        edit_meta(meta)
+    arrays["meta"] = np.array(json.dumps(meta))
+    for key, value in changes.items():
+        key = key.replace("__", "/")
+        if value is None:
+            del arrays[key]
+        else:
+            arrays[key] = value
+    with open(path, "wb") as f:
+        np.savez(f, **arrays)
+
+
+def two_layer_net():
+    from xpnet.models import MultiLayerNetExtend
+
+    xpnet.seed(0)
+    return MultiLayerNetExtend(8, [6, 5], 3, use_batchnorm=True, dtype="float64")
+
+
+def trained(data, tmp_path, net=None):
+    tr = run(data, net or fresh_net(), epochs=1, checkpoint_dir=tmp_path)
+    return tr, tmp_path / CHECKPOINT_NAME
+
+
+def snapshot(tr):
+    from xpnet.trainer import _buffers
+
+    return ({k: v.copy() for k, v in tr.network.params.items()},
+            {k: v.copy() for k, v in _buffers(tr.network).items()},
+            tr.optimizer.state_dict(), tr.current_iter, list(tr.train_loss_list), tr.seed)
+
+
+def assert_unchanged(before, after):
+    params, buffers, opt, step, losses, seed = before
+    params2, buffers2, opt2, step2, losses2, seed2 = after
+    for k in params:
+        np.testing.assert_array_equal(params[k], params2[k])
+    assert buffers.keys() == buffers2.keys()
+    for k in buffers:
+        np.testing.assert_array_equal(buffers[k], buffers2[k])
+    assert opt["hyperparams"] == opt2["hyperparams"] and opt["step"] == opt2["step"]
+    for slot, d in opt["state"].items():
+        for k, v in d.items():
+            np.testing.assert_array_equal(v, opt2["state"][slot][k])
+    assert (step, losses, seed) == (step2, losses2, seed2)
+
+
+def set_trainer(key, value):
+    return lambda meta: meta["trainer"].__setitem__(key, value)
+
+
+@pytest.mark.parametrize("change, match", [
+    # the last array wrong: nothing before it may have been written
+    ({"params__b1": np.zeros(4)}, r"params/b1 is float64 of shape \(4,\), this run needs "
+     r"float64 of shape \(3,\)"),
+    ({"params__W1": np.float64(0.5)}, r"params/W1 is float64 of shape \(\)"),  # a scalar
+    ({"params__W1": np.ones((1, 3))}, r"params/W1 is float64 of shape \(1, 3\)"),  # one row
+    ({"params__W1": np.ones((8, 3), np.float32)}, "params/W1 is float32"),
+    ({"params__b1": None}, "missing 'params/b1'"),
+    ({"optimizer__m__W1": np.ones((1, 3))}, r"optimizer/m/W1 is float64 of shape \(1, 3\)"),
+    ({"optimizer__v__b1": None}, "optimizer/v/b1 is missing"),
+    ({"history__train_loss_list": np.zeros(3)}, "history/train_loss_list must hold 13"),
+    ({"meta": set_trainer("current_iter", -1)}, "trainer.current_iter must be a non-negative"),
+    ({"meta": set_trainer("current_iter", 2.5)}, "trainer.current_iter must be a non-negative"),
+    ({"meta": set_trainer("seed", "7")}, "trainer.seed must be a non-negative integer"),
+    ({"meta": set_trainer("current_epoch", 3)}, "it says epoch 3 at step 13"),
+    ({"meta": lambda m: m["optimizer"].__setitem__("step", -5)}, "optimizer.step must be"),
+    ({"meta": lambda m: m["optimizer"]["hyperparams"].__setitem__("beta1", float("nan"))},
+     "hyperparameter beta1 must be a finite number"),
+])
+def test_a_failed_load_leaves_network_optimizer_and_trainer_untouched(data, tmp_path, change,
+                                                                      match):
+    tr, path = trained(data, tmp_path)
+    before = snapshot(tr)
+    rewrite_checkpoint(path, **change)
+    with pytest.raises(CheckpointError, match=match):
+        tr.load_checkpoint(path)
+    assert_unchanged(before, snapshot(tr))
+
+
+@pytest.mark.parametrize("change, match", [
+    ({"buffers__BatchNorm1.running_mean": None}, "buffers/BatchNorm1.running_mean is missing"),
+    ({"buffers__BatchNorm2.running_var": np.ones(1)},
+     r"buffers/BatchNorm2.running_var is float64 of shape \(1,\)"),
+    ({"buffers__BatchNorm2.running_var": np.ones(5, np.float32)},
+     "buffers/BatchNorm2.running_var is float32"),
+])
+def test_batchnorm_statistics_are_required_and_exact(data, tmp_path, change, match):
+    tr, path = trained(data, tmp_path, two_layer_net())
+    before = snapshot(tr)
+    assert {"BatchNorm1.running_mean", "BatchNorm2.running_var"} <= set(before[1])
+    rewrite_checkpoint(path, **change)
+    with pytest.raises(CheckpointError, match=match):
+        tr.load_checkpoint(path)
+    assert_unchanged(before, snapshot(tr))
+
+
+# ---------------------------------------------------------------------------
+# Resume refuses changed settings, naming old and new values
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("change, match", [
+    ({"optimizer_param": {"lr": 0.02}}, r"lr 0.01 -> 0.02"),
+    ({"seed": 12}, r"seed 11 -> 12"),
+    ({"optimizer_param": {"lr": 0.01, "beta1": 0.5}}, r"beta1 0.9 -> 0.5"),
+    ({"optimizer": "sgd"}, r"optimizer Adam -> SGD"),
+])
+def test_resume_with_changed_settings_is_refused(data, checkpoint, change, match):
+    assert_refused(data, checkpoint.parent, fresh_net(1),
+                   "cannot resume from .* with other settings than its run's .*" + match,
+                   **change)
+
+
+def test_resume_without_a_seed_takes_the_checkpoints(data, checkpoint):
+    tr = Trainer(fresh_net(1), *data, verbose=False, checkpoint_dir=checkpoint.parent,
+                 resume=True, **{**OPTS, "seed": None})
+    assert tr.seed == OPTS["seed"] and tr.history["seed"] == OPTS["seed"]
+
+
+# ---------------------------------------------------------------------------
+# The random stream: a function of (seed, step), owned by the trainer
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("every", [10, 3])
+def test_checkpoint_every_does_not_change_the_run(data, tmp_path, every):
+    plain = run(data, fresh_net())
+    checkpointed = run(data, fresh_net(), checkpoint_dir=tmp_path, checkpoint_every=every)
+    assert_same_run(plain, checkpointed)
+
+
+def test_resume_may_change_checkpoint_every(data, tmp_path):
+    full = run(data, fresh_net())
+    with pytest.raises(Interrupt):
+        run(data, stops_at(fresh_net(), 24), checkpoint_dir=tmp_path, checkpoint_every=5)
+    resumed = Trainer(fresh_net(1), *data, verbose=False, checkpoint_dir=tmp_path, resume=True,
+                      checkpoint_every=7, **OPTS)
+    assert resumed.current_iter == 20
+    resumed.train()
+    assert_same_run(full, resumed)
+
+
+def test_two_trainers_in_two_threads_equal_the_two_run_one_after_the_other(data):
+    import threading
+
+    def make(seed):
+        xpnet.seed(seed)
+        net = TinyNet(dropout=0.3)
+        return Trainer(net, *data, verbose=False, **{**OPTS, "seed": seed, "epochs": 30})
+
+    alone = [make(s) for s in (1, 2)]
+    for tr in alone:
+        tr.train()
+    together = [make(s) for s in (1, 2)]
+    errors = []
+
+    def train(tr):
+        try:
+            tr.train()
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=train, args=(tr,)) for tr in together]
+    for th in threads:
+        th.start()
+    xpnet.seed(5)  # the process-global state moves meanwhile: the trainers must not care
+    for _ in range(200):
+        xpnet.backend.get_rng(np).random(10)
+    for th in threads:
+        th.join()
+    assert not errors
+    for a, b in zip(alone, together):
+        assert_same_run(a, b)
+
+
+def test_batch_draw_is_one_overridable_method(data):
+    class FirstSamples(Trainer):
+        def _draw_batch_indices(self, step):
+            return np.arange(self.batch_size)
+
+    seen = []
+    xpnet.seed(0)
+    net = TinyNet()
+    gradient = net.gradient
+
+    def spy(x, t):
+        seen.append(x.copy())
+        return gradient(x, t)
+
+    net.gradient = spy
+    FirstSamples(net, *data, verbose=False, **{**OPTS, "epochs": 1}).train()
+    assert len(seen) == 13
+    for x_batch in seen:
+        np.testing.assert_array_equal(x_batch, data[0][:16])
+
+
+# ---------------------------------------------------------------------------
+# Leftovers and races: stale temporary files, one live run per directory
+# ---------------------------------------------------------------------------
+
+
+def test_stale_temporary_files_are_removed_on_the_next_start(data, checkpoint):
+    stale = [checkpoint.parent / f".{CHECKPOINT_NAME}.{i:012x}.tmp" for i in range(3)]
+    for p in stale:
+        p.write_bytes(b"half a checkpoint")
+    other = checkpoint.parent / ".unrelated.tmp"
+    other.write_bytes(b"not ours")
+    tr = Trainer(fresh_net(1), *data, verbose=False, checkpoint_dir=checkpoint.parent,
+                 resume=True, **OPTS)
+    assert not any(p.exists() for p in stale) and other.exists()
+    tr.train()
+
+
+HOLD_LOCK = """
+import sys, time
+from trainer_nets import TinyNet, toy_data
+from xpnet.trainer import Trainer
+x, t = toy_data()
+tr = Trainer(TinyNet(), x, t, x, t, epochs=1, mini_batch_size=10, verbose=False,
+             checkpoint_dir=sys.argv[1])
+print("locked", flush=True)
+if sys.argv[2] == "hold":
+    time.sleep(60)
+else:
+    import os
+    os._exit(0)  # dies holding it, like a kill -9
+"""
+
+
+def _lock_holder(ck, mode):
+    return subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCK, str(ck), mode], stdout=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE.parent), str(HERE)])},
+    )
+
+
+def test_a_second_live_run_on_one_directory_is_refused_naming_the_holder(data, tmp_path):
+    import socket
+
+    holder = _lock_holder(tmp_path, "hold")
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(CheckpointError, match=rf"in use by process {holder.pid} on "
+                           rf"{socket.gethostname()} \(lock file"):
+            Trainer(fresh_net(), *data, verbose=False, checkpoint_dir=tmp_path, **OPTS)
+    finally:
+        holder.kill()
+        holder.wait()
+    # its lock died with it: the directory is free again
+    run(data, fresh_net(), checkpoint_dir=tmp_path)
+
+
+def test_a_lock_left_by_a_dead_process_is_taken_over(data, tmp_path, capsys):
+    holder = _lock_holder(tmp_path, "die")
+    assert holder.stdout.readline().strip() == "locked"
+    holder.wait()
+    tr = Trainer(fresh_net(), *data, checkpoint_dir=tmp_path, **OPTS)
+    assert f"left by process {holder.pid}" in capsys.readouterr().out
+    tr.train()
+
+
+def test_two_trainers_of_one_process_share_no_directory(data, tmp_path):
+    first = Trainer(fresh_net(), *data, verbose=False, checkpoint_dir=tmp_path, **OPTS)
+    with pytest.raises(CheckpointError, match=f"in use by process {os.getpid()}"):
+        Trainer(fresh_net(), *data, verbose=False, checkpoint_dir=tmp_path, **OPTS)
+    first.train()  # trains, and releases the directory when done
+    Trainer(fresh_net(), *data, verbose=False, checkpoint_dir=tmp_path / "other", **OPTS)

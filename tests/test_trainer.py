@@ -222,3 +222,23 @@ def test_gpu_training_stays_on_the_device(data):
     tr.train()
     assert len(tr.train_loss_list) == 20 and np.isfinite(tr.train_loss_list).all()
     assert tr.test_acc_list[-1] > 0.5
+
+
+@pytest.mark.parametrize("optimizer, param, message", [
+    ("SGD", {"lr": 0.0}, "SGD learning rate lr must be positive, got 0.0"),
+    ("Adam", {"lr": -1e-3}, "Adam learning rate lr must be positive, got -0.001"),
+    ("SGD", {"lr": float("nan")}, "SGD hyperparameter lr must be a finite number, got nan"),
+    ("SGD", {"lr": float("inf")}, "SGD hyperparameter lr must be a finite number, got inf"),
+    ("Momentum", {"lr": 0.1, "momentum": float("nan")},
+     "Momentum hyperparameter momentum must be a finite number, got nan"),
+    ("RMSprop", {"decay_rate": float("-inf")}, "decay_rate must be a finite number"),
+])
+def test_unusable_hyperparameters_are_refused_before_training(data, optimizer, param, message):
+    with pytest.raises(ValueError, match=message):
+        make(data, optimizer=optimizer, optimizer_param=param)
+
+
+@pytest.mark.parametrize("seed", [-1, 1.5, "3", True])
+def test_seed_must_be_a_non_negative_integer(data, seed):
+    with pytest.raises(ValueError, match=rf"seed must be a non-negative integer, got {seed!r}"):
+        make(data, seed=seed)

@@ -12,6 +12,7 @@ layer code runs on either device.
 from __future__ import annotations
 
 import contextlib
+import threading
 
 import numpy as np
 
@@ -186,12 +187,34 @@ def seed(value: int | None) -> None:
     _rngs.clear()
 
 
+_scope = threading.local()
+
+
+@contextlib.contextmanager
+def rng_scope(streams):
+    """Within the block, in this thread only, ``get_rng(xp)`` returns ``streams(xp)``.
+
+    ``streams``: a callable ``xp -> Generator``. The Trainer runs each step in such a scope,
+    so what the step draws (Dropout masks) is a function of its seed and the step alone,
+    not of a process-global state another thread or an earlier call may have moved on.
+    """
+    previous = getattr(_scope, "streams", None)
+    _scope.streams = streams
+    try:
+        yield
+    finally:
+        _scope.streams = previous
+
+
 def get_rng(xp=np):
     """The random Generator of a backend: ``numpy.random.Generator`` or ``cupy.random.Generator``.
 
     Both offer ``standard_normal(size, dtype)``, ``random(size, dtype)`` and
     ``integers(low, high, size)``, so callers draw on the device they compute on.
     """
+    scoped = getattr(_scope, "streams", None)
+    if scoped is not None:  # a Trainer's step in this thread: its own (seed, step) stream
+        return scoped(xp)
     key = xp.__name__
     rng = _rngs.get(key)
     if rng is None:

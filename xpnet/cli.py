@@ -17,6 +17,7 @@ import json
 import math
 import os
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -320,6 +321,19 @@ def _model_builder(args, input_shape, classes=10):
     return build
 
 
+def _check_numbers(args) -> None:
+    """Refuse, naming the option, numbers no run can use: checked before any data is
+    loaded (a NaN momentum would otherwise show up as a diverged loss)."""
+    lr = getattr(args, "lr", None)
+    if lr is not None and not (math.isfinite(lr) and lr > 0):
+        raise ValueError(f"--lr must be a positive finite number, got {lr}")
+    for name, value in args.optimizer_param:
+        if not math.isfinite(value):
+            raise ValueError(f"--optimizer-param {name}={value}: the value must be finite")
+    if args.seed is not None and args.seed < 0:
+        raise ValueError(f"--seed must be a non-negative integer, got {args.seed}")
+
+
 def _optimizer_param(args) -> dict:
     param = dict(args.optimizer_param)
     if getattr(args, "lr", None) is not None:
@@ -336,10 +350,18 @@ def _write_json(path: Path, data) -> None:
 
 
 def _prepare_out(out) -> Path | None:
+    """The --out directory, created and proven writable now, not after training."""
     if out is None:
         return None
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file; give a directory (created if missing)")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as exc:
+        raise OSError(f"--out {out} is not a writable directory ({exc.strerror or exc})") from None
     return out
 
 
@@ -388,19 +410,20 @@ def _run_train(args) -> int:
 
     if (args.resume or args.checkpoint_every) and not args.checkpoint_dir:
         raise ValueError("--resume and --checkpoint-every need --checkpoint-dir")
+    _check_numbers(args)
     comm = None
     if args.distributed:  # before the model exists: each process picks its GPU here
         from xpnet.distributed import get_communicator
 
         comm = get_communicator(args.device, verbose=not args.quiet)
+    root = comm is None or comm.is_root
+    out = _prepare_out(args.out) if root else None  # fails now, not after training
     if args.seed is not None:
         xpnet.seed(args.seed)  # the initial weights
     conv = args.model in _CONV_MODELS
     build = _model_builder(args, _INPUT_SHAPE if conv else (784,))  # checks the options
     (x_train, t_train), (x_test, t_test) = _load_data(args, flatten=not conv)
     network = build()
-    root = comm is None or comm.is_root
-    out = _prepare_out(args.out) if root else None  # fails now, not after training
     verbose = not args.quiet and root
     if verbose:
         if comm is not None:
@@ -477,9 +500,10 @@ def _configure_search(p):
 def _run_search(args) -> int:
     from xpnet.tuning import random_search
 
+    _check_numbers(args)
     build = _model_builder(args, (784,))
-    (x_train, t_train), _ = _load_data(args, flatten=True)  # the test set is not used
     out = _prepare_out(args.out)
+    (x_train, t_train), _ = _load_data(args, flatten=True)  # the test set is not used
     results = random_search(
         build, x_train, t_train, trials=args.trials, epochs=args.epochs,
         mini_batch_size=args.batch_size, optimizer=args.optimizer,

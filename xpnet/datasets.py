@@ -6,13 +6,16 @@
     >>> load_mnist(dataset="fashion-mnist", flatten=False)[0][0].shape
     (60000, 1, 28, 28)
 
-The four files (``train-images-idx3-ubyte.gz`` ...) are looked for, in order, in
-an explicit ``data_dir``; in ``$XPNET_DATA/<dataset>/`` (default a per-user cache,
-``$XDG_CACHE_HOME/xpnet`` or ``~/.cache/xpnet``); in system locations such as
-Debian's ``/usr/share/datasets/fashion-mnist``; and finally they are downloaded
-into the cache from a list of mirrors, each file checked against its published
-SHA-256 and written atomically. Mirrors and checksums are the module-level
-``DATASETS`` table, which can be extended or overridden.
+The four files (``train-images-idx3-ubyte.gz`` ...) are read from an explicit
+``data_dir`` when one is given (only there: a directory that does not exist or lacks
+a file is an error, never a fall-back to another copy). Otherwise they are looked for
+in ``$XPNET_DATA/<dataset>/`` (default a per-user cache, ``$XDG_CACHE_HOME/xpnet`` or
+``~/.cache/xpnet``); in system locations such as Debian's
+``/usr/share/datasets/fashion-mnist``; and finally they are downloaded into the cache
+from a list of mirrors, each file checked against its published SHA-256 and written
+atomically, within ``DOWNLOAD_DEADLINE`` seconds in all. A gzipped file found in the
+cache is checked against its published SHA-256 again on every use. Mirrors and checksums
+are the module-level ``DATASETS`` table, which can be extended or overridden.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import http.client
 import math
 import os
 import sys
+import time
 import urllib.error
 import urllib.request
 import warnings
@@ -115,6 +119,9 @@ DATASETS: dict[str, dict] = {
 }
 
 DOWNLOAD_TIMEOUT = 30.0  # seconds without data before a mirror is given up
+# seconds a whole file may take from one mirror (a mirror that drips a byte at a time
+# would otherwise hold the download for as long as it drips)
+DOWNLOAD_DEADLINE = 600.0
 _CHUNK = 1 << 20
 
 
@@ -128,10 +135,18 @@ def _canonical_name(dataset: str) -> str:
 
 
 def data_home() -> Path:
-    """``$XPNET_DATA``, or the per-user cache ``$XDG_CACHE_HOME/xpnet`` (``~/.cache/xpnet``)."""
+    """``$XPNET_DATA``, or the per-user cache ``$XDG_CACHE_HOME/xpnet`` (``~/.cache/xpnet``).
+
+    Raises DatasetError when ``$XPNET_DATA`` names something that is not a directory."""
     env = os.environ.get("XPNET_DATA")
     if env:
-        return Path(env).expanduser()
+        home = Path(env).expanduser()
+        if home.exists() and not home.is_dir():
+            raise DatasetError(
+                f"XPNET_DATA={env} is a file, not a directory; point it at a directory "
+                "(created if missing) or unset it"
+            )
+        return home
     cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(cache).expanduser() / "xpnet"
 
@@ -212,6 +227,11 @@ def load_idx(path, magic: int | None = None) -> np.ndarray:
 def _pair_arrays(images_path, labels_path):
     images = load_idx(images_path, IMAGES_MAGIC)
     labels = load_idx(labels_path, LABELS_MAGIC)
+    if images.shape[1] * images.shape[2] == 0:
+        raise DatasetError(
+            f"{images_path} holds images of {images.shape[1]}x{images.shape[2]} pixels; "
+            "images must have at least one pixel"
+        )
     if images.shape[0] != labels.shape[0]:
         raise DatasetError(
             f"{images_path} holds {images.shape[0]} images but {labels_path} holds "
@@ -269,12 +289,11 @@ def _describe_missing(directory: Path, missing: list[str]) -> str:
 
 
 def _locate(name: str, data_dir, download: bool) -> dict[str, Path]:
+    if data_dir is not None:  # asked for: that copy or an error, never another one
+        return _in_data_dir(name, Path(data_dir).expanduser())
     entry = DATASETS[name]
     cache = data_home() / name
-    places = []
-    if data_dir is not None:
-        places.append((Path(data_dir).expanduser(), "data_dir"))
-    places.append((cache, "$XPNET_DATA" if os.environ.get("XPNET_DATA") else "user cache"))
+    places = [(cache, "$XPNET_DATA" if os.environ.get("XPNET_DATA") else "user cache")]
     places += [(Path(d), "system location") for d in entry.get("system_dirs", ())]
 
     looked = []
@@ -282,6 +301,9 @@ def _locate(name: str, data_dir, download: bool) -> dict[str, Path]:
         found = {key: _find_file(directory, f) for key, f in FILES.items()}
         missing = [FILES[k] for k, p in found.items() if p is None]
         if not missing:
+            if directory == cache:
+                for path in found.values():
+                    _verify_cached(name, path)
             return found
         looked.append(f"  - {directory} ({label}): {_describe_missing(directory, missing)}")
 
@@ -291,6 +313,34 @@ def _locate(name: str, data_dir, download: bool) -> dict[str, Path]:
         if found is not None:
             return found
     raise DatasetNotFoundError(_not_found_message(name, looked, failures, download))
+
+
+def _in_data_dir(name: str, directory: Path) -> dict[str, Path]:
+    found = {key: _find_file(directory, f) for key, f in FILES.items()}
+    missing = [FILES[k] for k, p in found.items() if p is None]
+    if missing:
+        raise DatasetNotFoundError(
+            f"the {name} dataset is not in data_dir {directory}: "
+            f"{_describe_missing(directory, missing)}; put {', '.join(FILES.values())} "
+            "(gzipped or not) there, or leave data_dir out to use the cache, system "
+            "locations and downloads"
+        )
+    return found
+
+
+def _verify_cached(name: str, path: Path) -> None:
+    """A downloaded file in the cache must still be the published one: checked on every
+    use (disks and people change files), against the SHA-256 of its gzipped form."""
+    expected = DATASETS[name]["sha256"].get(path.name)
+    if expected is None:  # an uncompressed copy put there by hand: nothing published
+        return
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    if digest != expected.lower():
+        raise DatasetError(
+            f"{path} does not match its published SHA-256 (it has {digest}, expected "
+            f"{expected}): it was changed or damaged after the download; delete it to "
+            "download it again"
+        )
 
 
 def _not_found_message(name, looked, failures, download) -> str:
@@ -326,7 +376,9 @@ def _download_missing(name: str, cache: Path, failures: list[str]) -> dict[str, 
     found = {}
     for key, filename in FILES.items():
         path = _find_file(cache, filename)  # files of an earlier, partial download stay
-        if path is None:
+        if path is not None:
+            _verify_cached(name, path)
+        else:
             path = _download_file(filename, cache, entry["sha256"].get(filename), mirrors,
                                   failures)
             if path is None:
@@ -360,7 +412,7 @@ def _reason(exc: BaseException) -> str:
     if isinstance(exc, urllib.error.URLError):
         return f"connection failed ({exc.reason})"
     if isinstance(exc, TimeoutError):
-        return f"timed out after {DOWNLOAD_TIMEOUT:g} s"
+        return str(exc) if exc.args else f"timed out after {DOWNLOAD_TIMEOUT:g} s"
     if isinstance(exc, http.client.IncompleteRead):
         return f"connection closed after {len(exc.partial)} bytes ({exc})"
     if isinstance(exc, http.client.HTTPException):
@@ -369,7 +421,10 @@ def _reason(exc: BaseException) -> str:
 
 
 def _fetch(url: str) -> bytes:
-    """The body of ``url``, read with a timeout; a progress bar when stderr is a terminal."""
+    """The body of ``url``: each read waits at most DOWNLOAD_TIMEOUT seconds, the whole
+    download at most DOWNLOAD_DEADLINE (plus that last read); a progress bar when stderr
+    is a terminal."""
+    deadline = time.monotonic() + DOWNLOAD_DEADLINE
     with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT) as response:
         total = response.headers.get("Content-Length")
         total = int(total) if total and total.isdigit() else None
@@ -381,10 +436,16 @@ def _fetch(url: str) -> bytes:
                        leave=False)
         chunks = []
         try:
-            while chunk := response.read(_CHUNK):
+            # read1: what one receive brings, so the deadline is checked as data drips in
+            while chunk := response.read1(_CHUNK):
                 chunks.append(chunk)
                 if bar is not None:
                     bar.update(len(chunk))
+                if time.monotonic() > deadline:
+                    raise TimeoutError(
+                        f"the download took longer than {DOWNLOAD_DEADLINE:g} s "
+                        f"({sum(map(len, chunks))} bytes so far)"
+                    )
         finally:
             if bar is not None:
                 bar.close()
@@ -425,15 +486,22 @@ def load_mnist(normalize=True, flatten=True, one_hot_label=False, *, dataset="mn
     ``one_hot_label`` (the book's dtypes). N is 60000 for training, 10000 for test.
 
     dataset: ``'mnist'`` or ``'fashion-mnist'`` (``'fashion_mnist'``).
-    data_dir: a directory holding the four IDX files, looked in first.
+    data_dir: the directory holding the four IDX files (then only there: missing files
+    are an error).
     download: fetch missing files into ``$XPNET_DATA/<dataset>/`` when not found.
     Raises DatasetNotFoundError (naming every place looked in and every URL tried)
     or DatasetError for a corrupt file.
     """
     name = _canonical_name(dataset)
     paths = _locate(name, data_dir, download)
-    train = load_idx_pair(paths["train_img"], paths["train_label"], normalize, flatten,
-                          one_hot_label)
-    test = load_idx_pair(paths["test_img"], paths["test_label"], normalize, flatten,
-                         one_hot_label)
-    return train, test
+    train = _pair_arrays(paths["train_img"], paths["train_label"])
+    test = _pair_arrays(paths["test_img"], paths["test_label"])
+    if train[0].shape[1:] != test[0].shape[1:]:
+        raise DatasetError(
+            f"the training images ({paths['train_img']}) are "
+            f"{'x'.join(map(str, train[0].shape[1:]))} pixels but the test images "
+            f"({paths['test_img']}) are {'x'.join(map(str, test[0].shape[1:]))}; both sets "
+            "must have images of one size"
+        )
+    return (_to_book_format(*train, normalize, flatten, one_hot_label),
+            _to_book_format(*test, normalize, flatten, one_hot_label))

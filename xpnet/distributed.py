@@ -62,8 +62,11 @@ Design decisions, each visible in the code below:
   themselves when one process is killed; the deadline covers what they cannot see: a
   hung or stopped process, a lost network, or a launcher told not to clean up.
 - **Consistency at start.** :meth:`Communicator.check_consistency` compares the xpnet
-  version, the model class and every parameter's name, shape and dtype across ranks and
-  raises one clear error naming the mismatch, on every rank, before any training.
+  version, the model class and every parameter's name, shape and dtype across ranks --
+  and, from the Trainer, the optimizer and its hyperparameters, the batch size, the
+  epochs, the training-set size and the seed -- and raises one clear error naming the
+  mismatch, on every rank, before any training (replicas given another learning rate
+  would otherwise diverge silently, another batch size hang until the deadline).
 """
 
 from __future__ import annotations
@@ -432,10 +435,12 @@ class Communicator:
 
     # -- consistency ----------------------------------------------------------------------
 
-    def check_consistency(self, model) -> None:
+    def check_consistency(self, model, settings: dict | None = None) -> None:
         """Raise DistributedError on every rank unless all ranks run the same xpnet version
         and hold a model of the same class with the same parameter names, shapes and
-        dtypes. Call it once, before training (it also learns where the peers run)."""
+        dtypes, and were given the same ``settings`` (JSON-ready ``{name: value}``, e.g.
+        the Trainer's optimizer, hyperparameters, batch size, epochs, training-set size
+        and seed). Call it once, before training (it also learns where the peers run)."""
         import xpnet
 
         params = model.params
@@ -445,6 +450,7 @@ class Communicator:
             "params": {k: [list(v.shape), str(v.dtype)] for k, v in params.items()},
             "host": socket.gethostname(),
             "pid": os.getpid(),
+            "settings": _flat_settings(settings or {}),
         }
         everyone = self.allgather_object(mine, "the start-up consistency check")
         self._set_peers([(d["host"], d["pid"]) for d in everyone])
@@ -467,11 +473,15 @@ class Communicator:
                         f"{key} is {tuple(a[0])} {a[1]} on rank 0 but {tuple(b[0])} {b[1]} "
                         f"on rank {r}"
                     )
+            for key in sorted(set(ref["settings"]) | set(d["settings"])):
+                a, b = ref["settings"].get(key), d["settings"].get(key)
+                if a != b:
+                    problems.append(f"{key} is {a} on rank 0 but {b} on rank {r}")
         if problems:
             raise DistributedError(
                 "the processes of this job disagree, so their gradients cannot be "
                 "averaged: " + "; ".join(problems) + ". Start every process with the same "
-                "xpnet and the same model options."
+                "xpnet, the same model options and the same training settings."
             )
 
     # -- BatchNormalization statistics ----------------------------------------------------
@@ -500,6 +510,18 @@ class Communicator:
         for key, shape, offset, size in layout.entries:
             stats[key][...] = buf[offset : offset + size].reshape(shape)
         return len(stats)
+
+
+def _flat_settings(settings: dict) -> dict:
+    """``{'optimizer_param': {'lr': 0.1}}`` -> ``{'optimizer_param.lr': 0.1}``: a mismatch
+    is then named by the one value that differs."""
+    flat = {}
+    for key, value in settings.items():
+        if isinstance(value, dict):
+            flat.update({f"{key}.{k}": v for k, v in value.items()})
+        else:
+            flat[key] = value
+    return flat
 
 
 def _batchnorm_stats(model) -> dict:

@@ -41,7 +41,7 @@ from xpnet.backend import (
     to_device,
     to_scalar,
 )
-from xpnet.functions import sigmoid, softmax
+from xpnet.functions import check_targets, sigmoid, softmax
 from xpnet.gradient import numerical_gradient as _numerical_gradient
 from xpnet.layers import (
     Affine,
@@ -259,6 +259,8 @@ class Network:
         for i in range(0, n, batch_size):
             y = self.predict(to_device(x[i : i + batch_size], self.device), train_flg=False)
             tb = to_device(labels[i : i + batch_size], self.device)
+            if t.ndim == 1:  # labels out of range raise, as in loss (checked on the host only)
+                check_targets(y, tb, f"{type(self).__name__}.accuracy")
             correct = correct + (y.argmax(axis=1) == tb).sum()  # summed on the device
         return to_scalar(correct) / n
 

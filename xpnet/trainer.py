@@ -21,13 +21,21 @@ position in training and what the random streams need, written atomically; and
 ``resume=True``, which continues a killed run to the very parameters the
 uninterrupted run would have reached.
 
-Reproducibility and resume: the trainer reseeds xpnet's random sources
-(``xpnet.backend.seed``) at step 0 and at every checkpoint boundary from
-``(seed, step)``. A run resumed from a checkpoint therefore draws exactly the
-mini-batches and Dropout masks the uninterrupted run drew after that point, on the
-CPU and on the GPU alike (CuPy's generator state cannot be saved, only reseeded).
-Boundaries are every epoch, or every ``checkpoint_every`` steps, whether or not a
-checkpoint directory is given, so the same seed gives the same run either way.
+Reproducibility and resume: every step draws from its own random streams, generators
+seeded from ``(seed, step)`` alone and owned by the trainer, never from a process-global
+state: the mini-batch (:meth:`Trainer._draw_batch_indices`, on the host) and, through
+``xpnet.backend.rng_scope``, whatever the network draws during the step (Dropout masks,
+on the network's device). So a run with checkpoints equals one without, a run resumed
+from a checkpoint draws exactly what the uninterrupted run drew after that point (on the
+CPU and the GPU alike: no generator state needs saving), and Trainers in several threads
+do not disturb each other. A resumed run must keep the optimizer, its hyperparameters
+and the seed it was started with: a change is refused, naming the old and new values.
+
+A checkpoint directory belongs to one live run: the trainer holds a lock on it
+(``checkpoint.lock``, recording its pid and host) from construction to the end of
+:meth:`Trainer.train`; a second run is refused, naming the holder, and a lock left by a
+killed process is taken over. Temporary files a killed checkpoint write left behind are
+removed then.
 
 Data-parallel training (``communicator=``, see :mod:`xpnet.distributed`): every process
 draws the same global mini-batch, computes the gradient of its own contiguous share and
@@ -40,12 +48,19 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import socket
 import sys
 import time
 import zipfile
 from pathlib import Path
 
 import numpy as np
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: checkpoint directories are not locked
+    fcntl = None
 
 from xpnet import backend
 from xpnet.backend import as_numpy, device_of, get_array_module, get_rng, to_device
@@ -55,6 +70,7 @@ from xpnet.optimizers import get_optimizer
 __all__ = ["Trainer", "CheckpointError", "TrainingDivergedError", "CHECKPOINT_NAME"]
 
 CHECKPOINT_NAME = "checkpoint.npz"
+LOCK_NAME = "checkpoint.lock"
 _FORMAT = "xpnet-checkpoint"
 _VERSION = 1
 # On the GPU, reading a loss back is a device synchronisation; losses are gathered on
@@ -70,10 +86,33 @@ class TrainingDivergedError(FloatingPointError):
     """The training loss became NaN or infinite."""
 
 
+def _is_int(value) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
 def _positive_int(value, name):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
+    if not _is_int(value) or value <= 0:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
     return int(value)
+
+
+def _non_negative_int(value, name):
+    if not _is_int(value) or value < 0:
+        raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
+    return int(value)
+
+
+def _check_hyperparams(optimizer) -> None:
+    """Every hyperparameter finite, the learning rate positive: refused before any step
+    (a NaN momentum would otherwise surface as a diverged loss)."""
+    name = type(optimizer).__name__
+    for h in getattr(optimizer, "hyperparams", ()):
+        value = getattr(optimizer, h)
+        if not math.isfinite(value):
+            raise ValueError(f"{name} hyperparameter {h} must be a finite number, got {value!r}")
+    lr = getattr(optimizer, "lr", None)
+    if lr is not None and not lr > 0:
+        raise ValueError(f"{name} learning rate lr must be positive, got {lr!r}")
 
 
 class Trainer:
@@ -92,8 +131,9 @@ class Trainer:
         evaluate_sample_num_per_epoch: evaluate per-epoch accuracy on only the first
             this-many samples of each set (None: all).
         verbose: print a line per epoch and the final test accuracy.
-        seed: seed of the mini-batch draws and Dropout masks (None: drawn from xpnet's
-            current random state, so ``xpnet.seed(0)`` beforehand also makes runs repeat).
+        seed: seed of the mini-batch draws and Dropout masks, a non-negative integer
+            (None: drawn from xpnet's current random state, so ``xpnet.seed(0)`` beforehand
+            also makes runs repeat; on resume, the checkpoint's).
         device: ``'cpu'`` or ``'gpu'``: move the model there (``network.to``) and the data
             with it; None keeps the model where it is and brings the data to it.
         checkpoint_dir: directory for ``checkpoint.npz`` (created if missing).
@@ -180,6 +220,7 @@ class Trainer:
         if optimizer_param is None:  # the book's default, {'lr': 0.01}, whatever the optimizer
             optimizer_param = {} if not isinstance(optimizer, str) else {"lr": 0.01}
         self.optimizer = get_optimizer(optimizer, **dict(optimizer_param))
+        _check_hyperparams(self.optimizer)
 
         self.iter_per_epoch = max(math.ceil(self.train_size / self.batch_size), 1)
         self.max_iter = self.epochs * self.iter_per_epoch
@@ -194,13 +235,10 @@ class Trainer:
         self._epoch_start = time.perf_counter()
         self.final_test_acc: float | None = None
 
+        self._seed_given = seed is not None  # an explicit seed must match a resumed run's
         if seed is None:  # from xpnet's random state, so xpnet.seed(...) governs it too
             seed = int(get_rng(np).integers(2**63))
-        self.seed = int(seed)
-        if communicator is not None:  # one seed, one sequence of global mini-batches
-            communicator.check_consistency(network)
-            self.seed = int(communicator.bcast_object(self.seed, 0, "the training seed"))
-            communicator.broadcast_params(network.params)
+        self.seed = _non_negative_int(seed, "seed")
         if checkpoint_every is not None:
             checkpoint_every = _positive_int(checkpoint_every, "checkpoint_every")
         self.checkpoint_every = checkpoint_every
@@ -208,8 +246,35 @@ class Trainer:
         self.progress = progress
         self._pending_losses: list = []  # (step, 0-d loss array) not yet read back
         self._loss_sync = 1 if self.xp is np else _GPU_LOSS_SYNC_STEPS
-        self._reseed_pending = True
+        self._streams: _StepStreams | None = None
         self._bar = None
+        self._lock: _DirectoryLock | None = None
+        try:
+            self._start(communicator, resume)
+        except BaseException:
+            self.release_lock()
+            raise
+
+    def _start(self, communicator, resume) -> None:
+        """Agree with the other processes, lock the checkpoint directory, resume."""
+        network = self.network
+        lock_problem = None
+        if self.checkpoint_dir is not None and (communicator is None or communicator.is_root):
+            try:  # only the writer locks; the others learn of a refusal below
+                self._lock = _DirectoryLock(self.checkpoint_dir, self._log)
+            except CheckpointError as exc:
+                if communicator is None:
+                    raise
+                lock_problem = str(exc)
+        if communicator is not None:  # one seed, one sequence of global mini-batches
+            communicator.check_consistency(network, settings=self._run_settings())
+            seed, lock_problem = communicator.bcast_object(
+                (self.seed, lock_problem), 0, "the training seed"
+            )
+            if lock_problem is not None:
+                raise CheckpointError(lock_problem)
+            self.seed = int(seed)
+            communicator.broadcast_params(network.params)
 
         path = self.checkpoint_path
         if path is not None and path.exists():
@@ -227,6 +292,30 @@ class Trainer:
         elif resume and path is not None:
             self._check_same_position()
             self._log(f"no checkpoint in {self.checkpoint_dir} yet; starting from the beginning")
+
+    def _run_settings(self) -> dict:
+        """What every process of a data-parallel run must agree on (the seed as given:
+        None is rank 0's, drawn)."""
+        opt = self.optimizer
+        return {
+            "optimizer": type(opt).__name__,
+            "optimizer_param": {h: getattr(opt, h) for h in getattr(opt, "hyperparams", ())},
+            "mini_batch_size": self.batch_size,
+            "epochs": self.epochs,
+            "train_size": self.train_size,
+            "seed": self.seed if self._seed_given else None,
+        }
+
+    def release_lock(self) -> None:
+        """Give up the checkpoint directory (done at the end of :meth:`train`)."""
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+    def __del__(self):
+        lock = getattr(self, "_lock", None)
+        if lock is not None:
+            lock.release()
 
     def _check_same_position(self) -> None:
         """Every process must have resumed from the same checkpoint (a shared directory)."""
@@ -255,20 +344,34 @@ class Trainer:
     # -- one step -----------------------------------------------------------------------
 
     def _is_boundary(self, step: int) -> bool:
-        """Checkpoint (and reseeding) boundaries: every epoch or every checkpoint_every steps."""
+        """Checkpoint boundaries: every epoch or every checkpoint_every steps."""
         return step % (self.checkpoint_every or self.iter_per_epoch) == 0
 
-    def _reseed(self) -> None:
-        ss = np.random.SeedSequence(self.seed, spawn_key=(self.current_iter,))
-        backend.seed(int(ss.generate_state(1, np.uint64)[0] >> np.uint64(1)))
-        self._reseed_pending = False
+    def _step_streams(self, step: int) -> _StepStreams:
+        """The trainer's random streams, positioned at the start of ``step``."""
+        if self._streams is None or self._streams.seed != self.seed:
+            self._streams = _StepStreams(self.seed)
+        return self._streams.start(step)
+
+    def _draw_batch_indices(self, step: int):
+        """The samples of ``step``'s mini-batch: (mini_batch_size,) integer indices into
+        the training set, drawn with replacement on the host from the step's stream (so
+        the CPU and the GPU train on the same batches). Override to draw otherwise."""
+        return self._streams(np).integers(0, self.train_size, size=self.batch_size)
 
     def train_step(self):
         """One mini-batch step; at an epoch's end, evaluate; at a boundary, checkpoint."""
-        if self._reseed_pending or self._is_boundary(self.current_iter):
-            self._reseed()
-        xp = self.xp
-        batch_mask = get_rng(xp).integers(0, self.train_size, size=self.batch_size)
+        step = self.current_iter
+        with backend.rng_scope(self._step_streams(step)):  # Dropout draws from it too
+            loss = self._learn(step)
+        self._pending_losses.append((step, loss))
+        self.current_iter += 1
+        self._after_step()
+
+    def _learn(self, step: int):
+        """Draw the mini-batch of ``step``, compute the gradient, update: returns the loss
+        (a 0-d array, not read back)."""
+        batch_mask = self.xp.asarray(self._draw_batch_indices(step))  # to the data's device
         comm = self.communicator
         if comm is not None:  # the same global batch on every rank; this rank's share of it
             weight = comm.shard_weight(self.batch_size)
@@ -289,9 +392,10 @@ class Trainer:
                     grads, loss=loss, weight=weight, step=self.current_iter + 1
                 )
             self.optimizer.update(network.params, grads)
-        self._pending_losses.append((self.current_iter, loss))
-        self.current_iter += 1
+        return loss
 
+    def _after_step(self) -> None:
+        """Read losses back when due; at an epoch's end, evaluate; at a boundary, checkpoint."""
         epoch_end = self.current_iter % self.iter_per_epoch == 0
         checkpoint = self.checkpoint_dir is not None and self._is_boundary(self.current_iter)
         if len(self._pending_losses) >= self._loss_sync or epoch_end or checkpoint:
@@ -399,12 +503,13 @@ class Trainer:
             while self.current_iter < self.max_iter:
                 self.train_step()
             self._read_losses()
+            if self.checkpoint_dir is not None and not self._is_boundary(self.current_iter):
+                self.save_checkpoint()
         finally:
             if self._bar is not None:
                 self._bar.close()
                 self._bar = None
-        if self.checkpoint_dir is not None and not self._is_boundary(self.current_iter):
-            self.save_checkpoint()
+            self.release_lock()
         if self.evaluate_sample_num_per_epoch is None and self.test_acc_list and (
             self.current_iter % self.iter_per_epoch == 0
         ):  # the last epoch's evaluation already scored the whole test set
@@ -499,14 +604,20 @@ class Trainer:
     def load_checkpoint(self, path) -> None:
         """Restore a checkpoint written by :meth:`save_checkpoint` for this same setup.
 
-        Everything is read and checked before anything is changed: a truncated file, or
-        one from another model (keys, shapes, dtypes), optimizer, batch size or training
-        set size raises CheckpointError and leaves the network and trainer as they were.
+        Everything is read and checked before anything is changed: every array's exact
+        shape and dtype (nothing is broadcast), BatchNormalization's running statistics
+        (required when the network has them), every position and setting recorded. A
+        truncated or inconsistent file, one from another model, optimizer, batch size or
+        training set size, or one trained with other hyperparameters or another seed than
+        this run asks for, raises CheckpointError and leaves the network, the optimizer
+        and the trainer as they were.
         """
         path = Path(path)
         meta, arrays = _read_checkpoint(path)
-        tr = meta["trainer"]
-        params = self.network.params
+        try:
+            tr = _checked_meta(meta)
+        except (AttributeError, KeyError, TypeError, ValueError) as exc:
+            raise CheckpointError(f"checkpoint {path} is corrupt: {exc}") from None
 
         def mismatch(what):
             return CheckpointError(f"checkpoint {path} does not fit this run: {what}")
@@ -516,71 +627,257 @@ class Trainer:
                 f"it was written for a {meta['model']}, this network is a "
                 f"{type(self.network).__name__}"
             )
-        ours = {k: [list(v.shape), str(v.dtype)] for k, v in params.items()}
-        if meta["params"] != ours:
-            diff = [
-                f"{k}: checkpoint {meta['params'].get(k)}, network {ours.get(k)}"
-                for k in sorted(set(ours) | set(meta["params"]))
-                if meta["params"].get(k) != ours.get(k)
-            ]
-            raise mismatch("parameters differ (shape, dtype) -- " + "; ".join(diff))
-        for key in ("mini_batch_size", "train_size"):
-            here = self.batch_size if key == "mini_batch_size" else self.train_size
+        for key, here in (("mini_batch_size", self.batch_size), ("train_size", self.train_size)):
             if tr[key] != here:
                 raise mismatch(f"{key} was {tr[key]}, now {here}")
-        if tr["current_iter"] > self.max_iter:
-            raise mismatch(
-                f"it is at step {tr['current_iter']}, past this run's {self.max_iter} steps "
-                f"({self.epochs} epochs); ask for at least {tr['current_epoch']} epochs"
-            )
-        every = self.checkpoint_every if self.checkpoint_every is not None else tr[
-            "checkpoint_every"
-        ]
-        if tr["checkpoint_every"] != every:
-            raise mismatch(
-                f"checkpoint_every was {tr['checkpoint_every']}, now {every}; the random "
-                "streams are reseeded at those boundaries, so keep it to reach the same result"
-            )
+        self._check_resumable_position(tr, mismatch)
+        self._check_same_settings(path, meta, tr)
+        params = self.network.params
+        problems = _exact_problems(arrays, "params/", _layouts(params))
+        if problems:  # the optimizer state then differs the same way: name the cause only
+            raise mismatch("; ".join(problems))
         layers = _buffer_layers(self.network)
-        current = _buffers(self.network)
-        saved_buffers = {
-            k[len("buffers/") :]: v for k, v in arrays.items() if k.startswith("buffers/")
-        }
-        for name, value in saved_buffers.items():
-            layer_name, attr = name.rsplit(".", 1)
-            if layer_name not in layers or attr not in _BUFFER_ATTRS:
-                raise mismatch(f"it has a buffer {name} that this network does not have")
-            if name in current and current[name].shape != value.shape:
-                raise mismatch(
-                    f"buffer {name} has shape {value.shape}, the network's {current[name].shape}"
-                )
-        opt_state = {
-            **meta["optimizer"],
-            "state": {s: {} for s in meta["optimizer_slots"]},
-        }
-        for k, v in arrays.items():
-            if k.startswith("optimizer/"):
-                _, slot, key = k.split("/", 2)
-                opt_state["state"].setdefault(slot, {})[key] = v
-        try:  # the optimizer is fresh, so loading into it changes nothing if this fails
-            self.optimizer.load_state_dict(opt_state, params)
-        except ValueError as exc:
-            raise mismatch(str(exc)) from None
+        problems = _exact_problems(arrays, "buffers/", _buffer_layouts(layers))
+        opt_state, opt_problems = self._optimizer_state(meta, arrays)
+        problems += opt_problems + _history_problems(arrays, tr)
+        if problems:
+            raise mismatch("; ".join(problems))
 
-        # All checked: now change things.
+        # All checked: now change things (nothing below can fail on the file's content).
+        self.optimizer.load_state_dict(opt_state, params)
         for k, p in params.items():
             p[...] = get_array_module(p).asarray(arrays[f"params/{k}"])  # in place
-        for name, value in saved_buffers.items():
+        for name in _buffer_layouts(layers):
             layer_name, attr = name.rsplit(".", 1)
-            setattr(layers[layer_name], attr, self.xp.asarray(value))
+            setattr(layers[layer_name], attr, self.xp.asarray(arrays[f"buffers/{name}"]))
         self.train_loss_list = arrays["history/train_loss_list"].tolist()
         self.train_acc_list = arrays["history/train_acc_list"].tolist()
         self.test_acc_list = arrays["history/test_acc_list"].tolist()
         self.current_iter = tr["current_iter"]
         self.current_epoch = tr["current_epoch"]
         self.seed = tr["seed"]
-        self.checkpoint_every = every
-        self._reseed_pending = True
+        if self.checkpoint_every is None:
+            self.checkpoint_every = tr["checkpoint_every"]
+
+    def _check_resumable_position(self, tr: dict, mismatch) -> None:
+        if tr["current_iter"] > self.max_iter:
+            raise mismatch(
+                f"it is at step {tr['current_iter']}, past this run's {self.max_iter} steps "
+                f"({self.epochs} epochs); ask for at least {tr['current_epoch']} epochs"
+            )
+        if tr["current_epoch"] != tr["current_iter"] // self.iter_per_epoch:
+            raise mismatch(
+                f"it says epoch {tr['current_epoch']} at step {tr['current_iter']}, but an "
+                f"epoch has {self.iter_per_epoch} steps"
+            )
+
+    def _check_same_settings(self, path: Path, meta: dict, tr: dict) -> None:
+        """A resumed run trains with what it was started with, or is refused."""
+        saved, opt = meta["optimizer"], self.optimizer
+        changes = []
+        if saved["name"] != type(opt).__name__:
+            changes.append(f"optimizer {saved['name']} -> {type(opt).__name__}")
+        else:
+            ours = {h: getattr(opt, h) for h in getattr(opt, "hyperparams", ())}
+            theirs = saved["hyperparams"]
+            changes += [
+                f"{h} {theirs.get(h)} -> {ours.get(h)}"
+                for h in sorted(set(ours) | set(theirs))
+                if theirs.get(h) != ours.get(h)
+            ]
+        if self._seed_given and tr["seed"] != self.seed:
+            changes.append(f"seed {tr['seed']} -> {self.seed}")
+        if changes:
+            raise CheckpointError(
+                f"cannot resume from {path} with other settings than its run's "
+                f"({', '.join(changes)}; checkpoint -> now): resume with the checkpoint's "
+                "values, or start a new run in another checkpoint directory"
+            )
+
+    def _optimizer_state(self, meta: dict, arrays: dict) -> tuple[dict, list[str]]:
+        """The optimizer's state dict from the checkpoint, and what is wrong with it:
+        the optimizer's slots, each empty (saved before the first update) or one array
+        per parameter of exactly its shape and dtype."""
+        slots = getattr(self.optimizer, "slots", ())
+        state = {s: {} for s in meta["optimizer_slots"]}
+        for k, v in arrays.items():
+            if k.startswith("optimizer/"):
+                _, slot, key = k.split("/", 2)
+                state.setdefault(slot, {})[key] = v
+        problems = []
+        if set(state) != set(slots):
+            problems.append(f"optimizer slots {sorted(state)}, expected {sorted(slots)}")
+        layouts = _layouts(self.network.params)
+        filled = {bool(d) for d in state.values()}
+        for slot, d in state.items():
+            if d or len(filled) > 1:  # all empty or all full
+                problems += _exact_problems(arrays, f"optimizer/{slot}/", layouts)
+        opt_state = {**meta["optimizer"], "state": state}
+        return opt_state, problems
+
+
+def _layouts(arrays: dict) -> dict:
+    return {k: (tuple(v.shape), np.dtype(v.dtype)) for k, v in arrays.items()}
+
+
+def _exact_problems(arrays: dict, prefix: str, expected: dict) -> list[str]:
+    """What is wrong with the arrays named ``prefix + name`` against ``expected``
+    (``{name: (shape, dtype)}``): missing, unexpected, or another shape or dtype exactly
+    (a scalar or one row would otherwise broadcast)."""
+    found = {k[len(prefix) :]: v for k, v in arrays.items() if k.startswith(prefix)}
+    problems = []
+    for name in sorted(set(found) | set(expected)):
+        if name not in expected:
+            problems.append(f"it has {prefix}{name}, which this run does not")
+        elif name not in found:
+            problems.append(f"{prefix}{name} is missing")
+        else:
+            shape, dtype = expected[name]
+            a = found[name]
+            if a.shape != shape or a.dtype != dtype:
+                problems.append(
+                    f"{prefix}{name} is {a.dtype} of shape {a.shape}, this run needs "
+                    f"{dtype} of shape {shape}"
+                )
+    return problems
+
+
+def _history_problems(arrays: dict, tr: dict) -> list[str]:
+    """The lists: 1-D, finite float64, one loss per step and one accuracy per epoch."""
+    problems = []
+    lengths = {"train_loss_list": tr["current_iter"], "train_acc_list": tr["current_epoch"],
+               "test_acc_list": tr["current_epoch"]}
+    for name, length in lengths.items():
+        a = arrays[f"history/{name}"]
+        if a.dtype != np.float64 or a.shape != (length,) or not np.isfinite(a).all():
+            problems.append(
+                f"history/{name} must hold {length} finite float64 values, it is {a.dtype} "
+                f"of shape {a.shape}"
+            )
+    return problems
+
+
+def _checked_meta(meta: dict) -> dict:
+    """The trainer section of a checkpoint's meta, after checking every field: counts are
+    non-negative integers, hyperparameters finite numbers. Raises ValueError/TypeError/
+    KeyError naming the field."""
+    if not isinstance(meta.get("model"), str):
+        raise TypeError("its model name is not a string")
+    tr = meta["trainer"]
+    for key in ("epochs", "mini_batch_size", "train_size"):
+        _positive_int(tr[key], f"trainer.{key}")
+    for key in ("current_iter", "current_epoch", "seed"):
+        _non_negative_int(tr[key], f"trainer.{key}")
+    if tr["checkpoint_every"] is not None:
+        _positive_int(tr["checkpoint_every"], "trainer.checkpoint_every")
+    opt = meta["optimizer"]
+    if not isinstance(opt["name"], str) or not isinstance(opt["hyperparams"], dict):
+        raise TypeError("its optimizer name or hyperparameters are malformed")
+    _non_negative_int(opt["step"], "optimizer.step")
+    for h, value in opt["hyperparams"].items():
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(
+            value
+        ):
+            raise ValueError(f"optimizer hyperparameter {h} must be a finite number, got {value!r}")
+    slots = meta["optimizer_slots"]
+    if not isinstance(slots, list) or not all(isinstance(s, str) for s in slots):
+        raise TypeError("its optimizer slots are not a list of names")
+    return tr
+
+
+class _StepStreams:
+    """A trainer's random streams: ``xp -> Generator``, whose state at the start of each
+    step is a function of ``(seed, step)`` alone.
+
+    On the host one PCG64, made once, is moved to ``seed``'s stream advanced by
+    ``step * 2**64`` at every :meth:`start` (a reset and a jump: microseconds, no new
+    generator per step; a step would have to draw 2**64 numbers to reach the next one's).
+    A device generator (CuPy's cannot jump) is seeded from ``(seed, step)`` when the step
+    first asks for one: a step that draws nothing on the GPU makes none.
+    """
+
+    __slots__ = ("seed", "step", "_bits", "_origin", "_host", "_device")
+
+    def __init__(self, seed: int):
+        self.seed, self.step = seed, None
+        self._bits = np.random.PCG64(np.random.SeedSequence(seed))
+        self._origin = self._bits.state
+        self._host = np.random.Generator(self._bits)
+        self._device: dict = {}
+
+    def start(self, step: int) -> _StepStreams:
+        self._bits.state = self._origin
+        self._bits.advance(step << 64)
+        self._device.clear()
+        self.step = step
+        return self
+
+    def __call__(self, xp=np):
+        if xp is np:
+            return self._host
+        rng = self._device.get(xp.__name__)
+        if rng is None:  # CuPy's generators take an integer seed
+            ss = np.random.SeedSequence(self.seed, spawn_key=(self.step,))
+            rng = xp.random.default_rng(int(ss.generate_state(1, np.uint64)[0] >> 1))
+            self._device[xp.__name__] = rng
+        return rng
+
+
+class _DirectoryLock:
+    """An exclusive lock on a checkpoint directory, for one live run.
+
+    ``flock`` on ``<dir>/checkpoint.lock``: the kernel drops it when its process dies, so a
+    lock left by a killed run is taken over; the file names the holder (pid, host) while
+    it is held, so a refusal can name it. Taking the lock creates the directory and
+    removes the temporary files of checkpoint writes a killed run left behind (no live
+    writer can own them now). Without ``fcntl`` (Windows) nothing is locked.
+    """
+
+    def __init__(self, directory: Path, log):
+        directory.mkdir(parents=True, exist_ok=True)
+        path = directory / LOCK_NAME
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            if fcntl is not None:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = _lock_holder(fd) or "another process"
+            os.close(fd)
+            raise CheckpointError(
+                f"checkpoint directory {directory} is in use by {holder} (lock file {path}); "
+                "wait for that run to end, or choose another checkpoint directory"
+            ) from None
+        previous = _lock_holder(fd)  # a holder that never released it: killed
+        os.ftruncate(fd, 0)
+        os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname()}).encode())
+        self._fd = fd
+        if previous:
+            log(f"took over the lock on {directory} left by {previous}, which ended without "
+                "releasing it")
+        stale = list(directory.glob(f".{CHECKPOINT_NAME}.*.tmp"))
+        for tmp in stale:
+            tmp.unlink(missing_ok=True)
+        if stale:
+            log(f"removed {len(stale)} temporary file(s) of an interrupted checkpoint write")
+
+    def release(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.ftruncate(fd, 0)  # an empty lock file: released, not abandoned
+            os.close(fd)
+
+
+def _lock_holder(fd: int) -> str | None:
+    """'process PID on HOST' from a lock file's content, or None if it is empty."""
+    os.lseek(fd, 0, os.SEEK_SET)
+    text = os.read(fd, 4096)
+    if not text:
+        return None
+    try:
+        info = json.loads(text)
+        return f"process {int(info['pid'])} on {info['host']}"
+    except (ValueError, KeyError, TypeError):
+        return "an unknown process"
 
 
 def _check_labels(t: np.ndarray, n_classes: int, name: str) -> None:
@@ -628,6 +925,21 @@ def _buffers(network) -> dict:
     return out
 
 
+def _buffer_layouts(layers: dict) -> dict:
+    """``{'<layer>.<attr>': (shape, dtype)}`` every buffer of these layers must have: that of
+    the buffer set, else that of the layer's ``gamma`` (one entry per feature or channel)."""
+    out = {}
+    for name, layer in layers.items():
+        gamma = getattr(layer, "gamma", None)
+        for attr in _BUFFER_ATTRS:
+            value = getattr(layer, attr, None)
+            if value is None and gamma is not None:
+                out[f"{name}.{attr}"] = ((int(np.size(gamma)),), np.dtype(gamma.dtype))
+            elif value is not None:
+                out[f"{name}.{attr}"] = (tuple(value.shape), np.dtype(value.dtype))
+    return out
+
+
 def _read_checkpoint(path: Path) -> tuple[dict, dict]:
     try:
         with np.load(path, allow_pickle=False) as archive:
@@ -653,7 +965,7 @@ def _read_checkpoint(path: Path) -> tuple[dict, dict]:
             if f"history/{k}" not in arrays:
                 raise KeyError(f"history/{k}")
         meta["trainer"]["current_iter"]  # noqa: B018 - presence check
-    except (KeyError, TypeError, ValueError, json.JSONDecodeError) as exc:
+    except (AttributeError, KeyError, TypeError, ValueError, json.JSONDecodeError) as exc:
         if isinstance(exc, CheckpointError):
             raise
         raise CheckpointError(
