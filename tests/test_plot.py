@@ -108,5 +108,5 @@ def test_a_failed_write_leaves_the_old_file(tmp_path):
 
 def test_missing_matplotlib_says_how_to_install(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
-    with pytest.raises(ImportError, match=r"pip install 'xpnet\[plot\]'"):
+    with pytest.raises(ImportError, match=r"pip install -e '\.\[plot\]'"):
         plot.plot_history(history(), tmp_path / "h.png")

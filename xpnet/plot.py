@@ -1,7 +1,7 @@
 """Figures of the book, written to PNG files: learning curves (ch. 6-7), first-layer
 filters (ch. 7.6) and misclassified images (ch. 8.1).
 
-matplotlib is optional (``pip install 'xpnet[plot]'``) and imported only when a figure
+matplotlib is optional (``pip install matplotlib``) and imported only when a figure
 is drawn. Figures are built on ``matplotlib.figure.Figure`` directly, not through
 ``pyplot``, so nothing needs a display and no global figure state is touched; files are
 written atomically (a reader never sees half a PNG).
@@ -33,8 +33,8 @@ def new_figure(**kwargs):
         from matplotlib.figure import Figure
     except ImportError as exc:
         raise ImportError(
-            f"plotting needs matplotlib ({exc}); install it with `pip install 'xpnet[plot]'` "
-            "or `pip install matplotlib`"
+            f"plotting needs matplotlib ({exc}); install it with `pip install matplotlib` "
+            "(or, in the xpnet checkout, `pip install -e '.[plot]'`)"
         ) from None
     return Figure(**kwargs)
 
