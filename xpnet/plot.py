@@ -122,7 +122,7 @@ def plot_filters(W, path, nx=8, title=None) -> Path:
     fn = W.shape[0]
     nx = min(nx, fn)
     ny = math.ceil(fn / nx)
-    head = 0.5 * (1 + title.count("\n")) if title else 0.0  # inches for the title's lines
+    head = 0.15 + 0.3 * (1 + title.count("\n")) if title else 0.0  # inches for the title
     fig = new_figure(figsize=(max(nx, 6), ny + head))
     top = 1 - head / (ny + head)
     fig.subplots_adjust(left=0, right=1, bottom=0, top=top, hspace=0.05, wspace=0.05)
