@@ -102,7 +102,7 @@ def misclassified(args, network, x, t, name, what):
     return acc
 
 
-def half_precision(args, model, weights, x, t):
+def half_precision(args, model, weights, x, t, name):
     """8.3.4: the same weights in float64, float32 and float16 on the same images."""
     n = len(x)
     results = {}
@@ -136,7 +136,8 @@ def half_precision(args, model, weights, x, t):
                 f"acc {results[k][0]:.3f}", ha="center", va="bottom", fontsize=9)
     ax.set_ylabel(f"seconds for {n} images")
     ax.set_ylim(0, max(seconds) * 1.2)
-    ax.set_title(f"8.3.4 {model.__name__} inference by dtype on {args.device}")
+    ax.set_title(f"8.3.4 {model.__name__} inference by dtype: {n} {name} test images, "
+                 f"{args.device}", fontsize=10)
     save(fig, args, "dtype_speed.png")
 
 
@@ -169,7 +170,7 @@ def run(args):
     t_test = np.asarray(t_test).astype(np.int64)
     n = len(x_test) if args.full else 500
     misclassified(args, network, x_test[:n], t_test[:n], name, what)
-    half_precision(args, type(network), weights, x_test[:n], t_test[:n])
+    half_precision(args, type(network), weights, x_test[:n], t_test[:n], name)
     speedup_table()
 
 
