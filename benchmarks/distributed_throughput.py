@@ -135,7 +135,8 @@ def _run_worker(args: list[str], n: int, env_extra: dict) -> list[dict]:
     if n > 1:
         mpiexec = shutil.which("mpiexec")
         if mpiexec is None:
-            raise SystemExit("mpiexec not found: pip install 'xpnet[distributed]'")
+            raise SystemExit("mpiexec not found: in the xpnet checkout, "
+                             "pip install -e '.[distributed]'")
         cmd = [mpiexec, "-n", str(n), *cmd]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
     if proc.returncode != 0:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import sys
 
 import numpy as np
-from common import load_data, main, make_parser, save
+from common import class_name, load_data, main, make_parser, save
 
 from xpnet.backend import as_numpy, namespace
 from xpnet.plot import new_figure
@@ -56,7 +56,7 @@ def plot_sin_cos(args, xp):
     ax.plot(x, y2, linestyle="--", label="cos")
     ax.set_xlabel("x")
     ax.set_ylabel("y")
-    ax.set_title("sin & cos")
+    ax.set_title("1.6 sin & cos")
     ax.legend()
     save(fig, args, "sin_cos.png")
 
@@ -71,7 +71,10 @@ def show_image(args):
     fig = new_figure(figsize=(3.2, 3.4), layout="constrained")
     ax = fig.add_subplot()
     ax.imshow(np.asarray(img), cmap="gray")
-    ax.set_title(f"{name.split(' ')[0]}: label {int(t[0])}")
+    label = int(t[0])
+    meaning = class_name(label, name)
+    ax.set_title(f"{name.split(' ')[0]}, first image:\nlabel {label}"
+                 + ("" if meaning == str(label) else f" ({meaning})"), fontsize=10)
     ax.set_xticks([])
     ax.set_yticks([])
     save(fig, args, "image.png")

@@ -17,7 +17,7 @@ from __future__ import annotations
 import sys
 
 import numpy as np
-from common import Timer, book_weights, load_data, main, make_parser, save
+from common import Timer, book_weights, class_name, load_data, main, make_parser, save
 
 from xpnet.backend import as_numpy, namespace, to_device
 from xpnet.functions import identity_function, relu, sigmoid, softmax, step_function
@@ -68,33 +68,45 @@ def three_layer_forward(xp):
 
 
 def get_network(args):
-    """The book's pretrained weights, or (without them) a ThreeLayerNet trained briefly."""
-    path = book_weights(args, "ch03_sample_weight.pkl")
+    """The book's pretrained weights, or (without them) a ThreeLayerNet trained briefly.
+
+    Returns the weights, the test set, the dataset's name and what the network is.
+    """
+    (x_train, t_train), (x_test, t_test), name = load_data(args, inference_only=True)
+    path = book_weights(args, 3, name)
     if path is not None:
         network = init_network(path)  # through xpnet's restricted unpickler
-        (_, _), (x_test, t_test), name = load_data(args, inference_only=True)
         shapes = ", ".join(f"{k} {v.shape}" for k, v in sorted(network.items()))
         print(f"loaded {path.name}: {shapes}")
-        return network, x_test, t_test, name
-    (x_train, t_train), (x_test, t_test), name = load_data(args)
-    print("training the 784-50-100-10 sigmoid network for 2 epochs instead")
+        return network, x_test, t_test, name, f"the book's {path.name}"
+    if not len(x_train):  # the inference-only split of a 10,000-image folder
+        (x_train, t_train), (x_test, t_test), name = load_data(args)
+    x_train, t_train = x_train[:8000], t_train[:8000]
+    print(f"training the 784-50-100-10 sigmoid network on {len(x_train)} {name} images for "
+          "2 epochs instead")
     net = ThreeLayerNet(weight_init_std="xavier")
     Trainer(net, x_train, t_train, x_test, t_test, epochs=2, optimizer="Adam",
             optimizer_param={"lr": 0.01}, verbose=False).train()
-    return dict(net.params), x_test, t_test, name
+    return dict(net.params), x_test, t_test, name, "784-50-100-10 network trained 2 epochs"
 
 
-def plot_predictions(args, x, t, y):
-    fig = new_figure(figsize=(8, 2.2), layout="constrained")
+def plot_predictions(args, x, t, y, name, what, accuracy):
+    """The first 20 test images, each titled with its inferred class; "true → inferred"
+    in red where the network is wrong."""
+    fashion = name.startswith("Fashion")
+    fig = new_figure(figsize=(14 if fashion else 9, 3.0), layout="constrained")
     axes = fig.subplots(2, 10)
+    sep = "\n" if fashion else " "  # clothing names need two lines
     for i, ax in enumerate(axes.flat):
         ax.imshow(x[i].reshape(28, 28), cmap="gray_r")
         ok = y[i] == t[i]
-        ax.set_title(f"{y[i]}" + ("" if ok else f" ({t[i]})"), fontsize=9,
-                     color="k" if ok else "tab:red")
+        inferred = class_name(y[i], name)
+        label = inferred if ok else f"{class_name(t[i], name)} →{sep}{inferred}"
+        ax.set_title(label, fontsize=7 if fashion else 9, color="k" if ok else "tab:red")
         ax.set_xticks([])
         ax.set_yticks([])
-    fig.suptitle("inferred class (true class in red where wrong)", fontsize=10)
+    fig.suptitle(f"3.6 inference on {name}: {what}, accuracy {accuracy:.1%}\n"
+                 "inferred class; true → inferred in red where wrong", fontsize=10)
     save(fig, args, "predictions.png")
 
 
@@ -103,7 +115,7 @@ def run(args):
     plot_activations(args)
     three_layer_forward(xp)
 
-    network, x_host, t_host, name = get_network(args)
+    network, x_host, t_host, name, what = get_network(args)
     n = len(x_host) if args.full else min(2000, len(x_host))
     network = {k: to_device(v, args.device) for k, v in network.items()}
     x, t = to_device(x_host[:n], args.device), to_device(t_host[:n], args.device)
@@ -127,7 +139,8 @@ def run(args):
     print(f"Accuracy (one by one):    {acc_single:.4f}  in {single.seconds:.3f} s")
     print(f"Accuracy (batches of 100): {acc_batched:.4f}  in {batched.seconds:.3f} s")
     print(f"batching speed-up: {single.seconds / batched.seconds:.1f}x")
-    plot_predictions(args, x_host, as_numpy(t_host[:n]).astype(int), labels)
+    plot_predictions(args, x_host, as_numpy(t_host[:n]).astype(int), labels, name, what,
+                     acc_batched)
 
 
 if __name__ == "__main__":

@@ -124,7 +124,7 @@ def descent(args):
     save(fig, args, "gradient_descent.png")
 
 
-def numerical_training(args, x_train, t_train):
+def numerical_training(args, x_train, t_train, name):
     """TwoLayerNet trained by numerical gradient on a small subset -- and a twin trained on
     the same batches by backpropagation, which follows the same path far faster."""
     hidden, batch, steps, lr = (10, 20, 60, 0.3) if args.full else (5, 10, 3, 0.5)
@@ -182,12 +182,12 @@ def numerical_training(args, x_train, t_train):
         ax.set_xticks(steps_axis)
     ax.set_xlabel("step")
     ax.set_ylabel("loss of the batch")
-    ax.set_title(f"TwoLayerNet(784, {hidden}, 10) on {len(x_small)} images")
+    ax.set_title(f"4.5 TwoLayerNet(784, {hidden}, 10) on {len(x_small)} {name} images")
     ax.legend()
     save(fig, args, "numerical_training.png")
 
 
-def learning_curves(args, x_train, t_train, x_test, t_test):
+def learning_curves(args, x_train, t_train, x_test, t_test, name):
     """4.5.2-4.5.3: the book's TwoLayerNet(784, 50, 10), SGD lr 0.1, batch 100 (gradients by
     backpropagation, as the book's own ch04/train_neuralnet.py does for speed)."""
     network = TwoLayerNet(784, 50, 10, device=args.device)
@@ -197,7 +197,8 @@ def learning_curves(args, x_train, t_train, x_test, t_test):
     with Timer() as t:
         trainer.train()
     print(f"trained {trainer.max_iter} steps in {t.seconds:.1f} s")
-    plot_history(trainer, args.out / "learning_curves.png")
+    plot_history(trainer, args.out / "learning_curves.png",
+                 title=f"4.5 TwoLayerNet(784, 50, 10) on {len(x_train)} {name} images, SGD lr 0.1")
     print(f"wrote {args.out / 'learning_curves.png'}")
 
 
@@ -208,8 +209,8 @@ def run(args):
     descent(args)
     (x_train, t_train), (x_test, t_test), name = load_data(args)
     print(f"data: {name}, {len(x_train)} training and {len(x_test)} test images")
-    numerical_training(args, x_train, t_train)
-    learning_curves(args, x_train, t_train, x_test, t_test)
+    numerical_training(args, x_train, t_train, name)
+    learning_curves(args, x_train, t_train, x_test, t_test, name)
 
 
 if __name__ == "__main__":

@@ -81,9 +81,15 @@ def draw_graph(args, v):
         ax.annotate("", xy=(x1, y1), xytext=(x0, y0),
                     arrowprops={"arrowstyle": "->", "shrinkA": 14, "shrinkB": 14})
         value, grad = v[name]
+        # Beside the arrow, not on it: the value on one side, the derivative on the other,
+        # along the edge's normal (pointing up, or right for a vertical edge).
+        length = np.hypot(x1 - x0, y1 - y0)
+        nx, ny = -(y1 - y0) / length, (x1 - x0) / length
         mx, my = x0 + 0.4 * (x1 - x0), y0 + 0.4 * (y1 - y0)  # nearer the tail: no overlaps
-        ax.text(mx, my + 0.18, f"{value:g}", ha="center", fontsize=10)
-        ax.text(mx, my - 0.32, f"{grad:g}", ha="center", fontsize=10, color="tab:red")
+        ax.text(mx + 0.3 * nx, my + 0.3 * ny, f"{value:g}", ha="center", va="center",
+                fontsize=10)
+        ax.text(mx - 0.3 * nx, my - 0.3 * ny, f"{grad:g}", ha="center", va="center",
+                fontsize=10, color="tab:red")
     for name, (x, y) in sources.items():
         ax.text(x - 0.1, y, name.replace("_", " "), ha="right", va="center", fontsize=9)
     for label, (x, y) in nodes.items():
@@ -91,7 +97,8 @@ def draw_graph(args, v):
         ax.text(x, y, "×" if label.startswith("x") else "+", ha="center", va="center",
                 fontsize=14)
     ax.text(9.7, 2.5, "price", va="center", fontsize=9)
-    ax.set_title("forward values (black) and backward derivatives (red)")
+    ax.set_title("5.4 buying apples and oranges: forward values (black) and backward "
+                 "derivatives (red)")
     save(fig, args, "computational_graph.png")
 
 
@@ -117,7 +124,7 @@ def gradient_check(args, x_train, t_train):
             color=["tab:green", "tab:gray"])
     ax.set_xscale("log")
     ax.set_xlabel("seconds for one gradient (log scale)")
-    ax.set_title(f"TwoLayerNet(784, {hidden}, 10), 3 images: "
+    ax.set_title(f"5.7.3 TwoLayerNet(784, {hidden}, 10), 3 images: backprop "
                  f"{num.seconds / bp.seconds:.0f}x faster")
     for y, s in enumerate([bp.seconds, num.seconds]):
         ax.text(s, y, f" {s:.2g} s", va="center")
@@ -125,7 +132,7 @@ def gradient_check(args, x_train, t_train):
     save(fig, args, "gradient_timing.png")
 
 
-def train(args, x_train, t_train, x_test, t_test):
+def train(args, x_train, t_train, x_test, t_test, name):
     """5.7.4: the book's train_neuralnet.py -- 784-50-10, SGD lr 0.1, batch 100."""
     network = TwoLayerNet(784, 50, 10, device=args.device)
     trainer = Trainer(network, x_train, t_train, x_test, t_test,
@@ -135,7 +142,9 @@ def train(args, x_train, t_train, x_test, t_test):
         trainer.train()
     print(f"trained by backprop: {trainer.max_iter} steps in {t.seconds:.1f} s "
           f"({t.seconds / trainer.max_iter * 1e3:.2f} ms/step, batch 100)")
-    plot_history(trainer, args.out / "learning_curves.png")
+    plot_history(trainer, args.out / "learning_curves.png",
+                 title=f"5.7.4 TwoLayerNet(784, 50, 10) by backprop on {len(x_train)} {name} "
+                 "images, SGD lr 0.1")
     print(f"wrote {args.out / 'learning_curves.png'}")
 
 
@@ -145,7 +154,7 @@ def run(args):
     (x_train, t_train), (x_test, t_test), name = load_data(args)
     print(f"data: {name}, {len(x_train)} training and {len(x_test)} test images")
     gradient_check(args, x_train, t_train)
-    train(args, x_train, t_train, x_test, t_test)
+    train(args, x_train, t_train, x_test, t_test, name)
 
 
 if __name__ == "__main__":

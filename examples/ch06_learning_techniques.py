@@ -7,10 +7,10 @@ Normalization, regularization and hyperparameter search.
 Writes
   optimizer_paths.png       SGD, Momentum, AdaGrad and Adam on f(x, y) = x²/20 + y²
                             from (-7, 2) (Figures 6-3, 6-5, 6-6, 6-8)
-  optimizer_compare.png     the four on MNIST, MultiLayerNet 4x100 (Figure 6-9)
+  optimizer_compare.png     the four on the data, MultiLayerNet 4x100 (Figure 6-9)
   weight_init_hist.png      activations of 5 layers for each weight scale (Figures 6-10,
                             6-11, 6-13, 6-14)
-  weight_init_compare.png   std 0.01 vs Xavier vs He on MNIST (Figure 6-15)
+  weight_init_compare.png   std 0.01 vs Xavier vs He on the data (Figure 6-15)
   batchnorm.png             with and without Batch Normalization, for several weight
                             scales (Figure 6-19)
   overfitting.png           300 training images: plain, weight decay 0.1, Dropout 0.2
@@ -24,6 +24,7 @@ book; ``--full`` runs them at the book's length.
 from __future__ import annotations
 
 import sys
+import warnings
 
 import numpy as np
 from common import Timer, load_data, main, make_parser, save
@@ -31,6 +32,7 @@ from common import Timer, load_data, main, make_parser, save
 from xpnet.backend import as_numpy, get_rng, namespace, to_device, to_scalar
 from xpnet.functions import relu, sigmoid
 from xpnet.initializers import init_weight
+from xpnet.loss_growth import LossGrowthWarning
 from xpnet.models import MultiLayerNet, MultiLayerNetExtend
 from xpnet.optimizers import SGD, AdaGrad, Adam, Momentum
 from xpnet.plot import new_figure
@@ -110,21 +112,22 @@ def plot_losses(args, losses, title, name):
     ax.set_xlabel("iterations")
     ax.set_ylabel("loss")
     ax.set_ylim(bottom=0)
-    ax.set_title(title)
-    ax.legend()
+    ax.set_title(title, fontsize=10)
+    ax.legend(loc="best")
     save(fig, args, name)
 
 
-def optimizer_compare(args, x_train, t_train):
-    steps = 2000 if args.full else 200
+def optimizer_compare(args, x_train, t_train, name):
+    steps = 2000 if args.full else 150
     optimizers = {"SGD": SGD(), "Momentum": Momentum(), "AdaGrad": AdaGrad(), "Adam": Adam()}
     networks = {key: MultiLayerNet(784, [100] * 4, 10, device=args.device) for key in optimizers}
     with Timer() as t:
         losses = train_losses(networks, optimizers, x_train, t_train, steps)
-    print(f"6.1.8 optimizers on data, {steps} steps ({t.seconds:.1f} s); final smoothed loss:")
+    print(f"6.1.8 optimizers on {name}, {steps} steps ({t.seconds:.1f} s); final smoothed loss:")
     for key, values in losses.items():
         print(f"      {key:8s} {smooth_curve(values)[-1]:.4f}")
-    plot_losses(args, losses, f"MultiLayerNet 4x100, {steps} steps of 128", "optimizer_compare.png")
+    plot_losses(args, losses, f"6.1.8 optimizers: MultiLayerNet 4x100 on {name},\n{steps} "
+                "steps of 128 images", "optimizer_compare.png")
 
 
 # ---------------------------------------------------------------------------
@@ -163,16 +166,17 @@ def weight_init_histograms(args, xp):
     save(fig, args, "weight_init_hist.png")
 
 
-def weight_init_compare(args, x_train, t_train):
-    steps = 2000 if args.full else 200
+def weight_init_compare(args, x_train, t_train, name):
+    steps = 2000 if args.full else 150
     inits = {"std=0.01": 0.01, "Xavier": "sigmoid", "He": "relu"}
     networks = {key: MultiLayerNet(784, [100] * 4, 10, weight_init_std=std, device=args.device)
                 for key, std in inits.items()}
     optimizers = {key: SGD(lr=0.01) for key in inits}
     losses = train_losses(networks, optimizers, x_train, t_train, steps)
-    print(f"6.2.4 weight initializations on data, SGD lr 0.01, {steps} steps; final loss: "
+    print(f"6.2.4 weight initializations on {name}, SGD lr 0.01, {steps} steps; final loss: "
           + ", ".join(f"{k} {smooth_curve(v)[-1]:.4f}" for k, v in losses.items()))
-    plot_losses(args, losses, "MultiLayerNet 4x100 (ReLU), SGD lr 0.01", "weight_init_compare.png")
+    plot_losses(args, losses, f"6.2.4 weight scales: MultiLayerNet 4x100 (ReLU) on {name},\n"
+                f"SGD lr 0.01, {steps} steps of 128 images", "weight_init_compare.png")
 
 
 # ---------------------------------------------------------------------------
@@ -180,47 +184,73 @@ def weight_init_compare(args, x_train, t_train):
 # ---------------------------------------------------------------------------
 
 
-def batchnorm(args, x_train, t_train):
+def batchnorm(args, x_train, t_train, name):
     """6.3.2: 1000 images, 5x100 net, SGD lr 0.01 -- accuracy per epoch with and without
     Batch Normalization, for weight scales from 1 down to 1e-4.
 
     In float64, as the book: with weights of scale 1 and no Batch Normalization the
-    activations grow by about 7x per layer and a float32 loss overflows. Such a run stops
-    with TrainingDivergedError; its curve ends there."""
+    activations grow by about 7x per layer until the loss overflows -- the divergence the
+    figure shows. Such a run stops with TrainingDivergedError and is marked where it
+    stopped."""
     x_train, t_train = x_train[:1000], t_train[:1000]
     scales = np.logspace(0, -4, num=16) if args.full else np.array([1.0, 0.1, 0.01, 0.001])
     epochs = 20 if args.full else 10
     ncols = 4
     nrows = int(np.ceil(len(scales) / ncols))
-    fig = new_figure(figsize=(3.2 * ncols, 2.8 * nrows), layout="constrained")
+    fig = new_figure(figsize=(3.2 * ncols, 2.8 * nrows + 0.5), layout="constrained")
+    print("6.3.2 runs without Batch Normalization may diverge here on purpose: their "
+          "overflow warnings are silenced and the figure marks them")
     for i, w in enumerate(scales):
-        curves = {}
-        for use_bn in (True, False):
-            network = MultiLayerNetExtend(784, [100] * 5, 10, weight_init_std=w,
-                                          use_batchnorm=use_bn, dtype=np.float64,
-                                          device=args.device)
-            # The book plots training accuracy only; the "test" set is a token 100 images.
-            trainer = Trainer(network, x_train, t_train, x_train[:100], t_train[:100],
-                              epochs=epochs, optimizer="SGD", optimizer_param={"lr": 0.01},
-                              verbose=False)
-            try:
-                trainer.train()
-            except TrainingDivergedError:
-                print(f"      weight scale {w:.4g}, Batch Norm {use_bn}: the loss overflowed")
-            acc = trainer.train_acc_list
-            curves[use_bn] = acc + [np.nan] * (epochs - len(acc))
-        print(f"6.3.2 weight scale {w:.4g}: train accuracy after {epochs} epochs "
-              f"{curves[True][-1]:.3f} with Batch Norm, {curves[False][-1]:.3f} without")
         ax = fig.add_subplot(nrows, ncols, i + 1)
         epochs_axis = np.arange(1, epochs + 1)
-        ax.plot(epochs_axis, curves[True], label="Batch Normalization")
-        ax.plot(epochs_axis, curves[False], linestyle="--", label="Normal (without BatchNorm)")
+        final = {}
+        for use_bn, style in ((True, "-"), (False, "--")):
+            label = "Batch Normalization" if use_bn else "Normal (without BatchNorm)"
+            acc, diverged = batchnorm_run(args, x_train, t_train, w, use_bn, epochs)
+            final[use_bn] = acc[-1] if acc and not diverged else float("nan")
+            (line,) = ax.plot(epochs_axis[: len(acc)], acc, linestyle=style, label=label)
+            if diverged:
+                at = len(acc) + 1  # the epoch during which the loss overflowed
+                ax.plot([at], [0.0], marker="x", markersize=10, markeredgewidth=2,
+                        color=line.get_color(), clip_on=False, linestyle="none",
+                        label="diverged (loss overflowed)")
+                ax.text(0.5, 0.6, f"without BatchNorm:\ndiverged in epoch {at}", ha="center",
+                        transform=ax.transAxes, fontsize=8, color=line.get_color())
+        print(f"6.3.2 weight scale {w:.4g}: train accuracy after {epochs} epochs "
+              f"{final[True]:.3f} with Batch Norm, " + (
+                  f"{final[False]:.3f} without" if not np.isnan(final[False])
+                  else "diverged without"))
+        ax.set_xlim(0.5, epochs + 0.5)
         ax.set_ylim(0, 1.0)
         ax.set_title(f"W: {w:.4g}", fontsize=10)
         ax.set_xlabel("epochs", fontsize=8)
-        ax.set_ylabel("accuracy", fontsize=8)
-    fig.legend(*ax.get_legend_handles_labels(), loc="outside lower center", ncols=2)
+        ax.set_ylabel("train accuracy", fontsize=8)
+    handles = {}
+    for ax in fig.axes:  # one legend for every panel, each label once
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            handles.setdefault(label, handle)
+    fig.legend(handles.values(), handles.keys(), loc="outside lower center", ncols=3)
+    fig.suptitle(f"6.3.2 Batch Normalization: MultiLayerNetExtend 5x100 on 1000 {name} "
+                 "images, SGD lr 0.01, by weight scale W")
     save(fig, args, "batchnorm.png")
+
+
+def batchnorm_run(args, x_train, t_train, w, use_bn, epochs):
+    """One run of 6.3.2: (training accuracy per epoch, whether the loss overflowed)."""
+    network = MultiLayerNetExtend(784, [100] * 5, 10, weight_init_std=w,
+                                  use_batchnorm=use_bn, dtype=np.float64, device=args.device)
+    # The book plots training accuracy only; the "test" set is a token 100 images.
+    trainer = Trainer(network, x_train, t_train, x_train[:100], t_train[:100],
+                      epochs=epochs, optimizer="SGD", optimizer_param={"lr": 0.01},
+                      verbose=False)
+    # Large weights without Batch Normalization are meant to blow up: no overflow warnings.
+    with np.errstate(over="ignore", invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", LossGrowthWarning)
+        try:
+            trainer.train()
+        except TrainingDivergedError:
+            return trainer.train_acc_list, True
+    return trainer.train_acc_list, False
 
 
 # ---------------------------------------------------------------------------
@@ -228,14 +258,14 @@ def batchnorm(args, x_train, t_train):
 # ---------------------------------------------------------------------------
 
 
-def overfitting(args, x_train, t_train, x_test, t_test):
+def overfitting(args, x_train, t_train, x_test, t_test, name):
     """6.4: 300 training images, 6x100 net -- plain, with weight decay, with Dropout."""
     x_train, t_train = x_train[:300], t_train[:300]
     epochs = 201 if args.full else 80
     # Quick mode takes larger steps, so that 80 epochs reach what the book's 200 do, and
     # scores each epoch on 500 test images instead of all of them.
     lr = 0.01 if args.full else 0.02
-    evaluate = None if args.full else 500
+    evaluate = None if args.full else 300
     builds = {
         "plain": lambda: MultiLayerNet(784, [100] * 6, 10, device=args.device),
         "weight decay 0.1": lambda: MultiLayerNet(784, [100] * 6, 10, weight_decay_lambda=0.1,
@@ -245,13 +275,13 @@ def overfitting(args, x_train, t_train, x_test, t_test):
     }
     fig = new_figure(figsize=(12, 3.8), layout="constrained")
     axes = fig.subplots(1, 3)
-    for ax, (name, build) in zip(axes, builds.items(), strict=True):
+    for ax, (label, build) in zip(axes, builds.items(), strict=True):
         trainer = Trainer(build(), x_train, t_train, x_test, t_test, epochs=epochs,
                           optimizer="SGD", optimizer_param={"lr": lr}, verbose=False,
                           evaluate_sample_num_per_epoch=evaluate)
         trainer.train()
         train_acc, test_acc = trainer.train_acc_list, trainer.test_acc_list
-        print(f"6.4 {name:16s}: train acc {train_acc[-1]:.3f}, test acc {test_acc[-1]:.3f}, "
+        print(f"6.4 {label:16s}: train acc {train_acc[-1]:.3f}, test acc {test_acc[-1]:.3f}, "
               f"gap {train_acc[-1] - test_acc[-1]:.3f}")
         epochs_axis = np.arange(1, epochs + 1)
         ax.plot(epochs_axis, train_acc, marker="o", markevery=10, label="train")
@@ -259,8 +289,9 @@ def overfitting(args, x_train, t_train, x_test, t_test):
         ax.set_ylim(0, 1.0)
         ax.set_xlabel("epochs")
         ax.set_ylabel("accuracy")
-        ax.set_title(f"{name} (lr {lr})")
-        ax.legend(loc="lower right")
+        ax.set_title(f"{label} (lr {lr})")
+        ax.legend(loc="best")  # where it covers the fewest points
+    fig.suptitle(f"6.4 overfitting: MultiLayerNet 6x100 on 300 {name} images")
     save(fig, args, "overfitting.png")
 
 
@@ -269,10 +300,10 @@ def overfitting(args, x_train, t_train, x_test, t_test):
 # ---------------------------------------------------------------------------
 
 
-def hyperparameter_search(args, x_train, t_train):
+def hyperparameter_search(args, x_train, t_train, name):
     """6.5.3: lr = 10^U(-6, -2), weight decay = 10^U(-8, -4), validation split of 500
     training images; trained briefly, ranked by validation accuracy."""
-    trials, epochs = (100, 50) if args.full else (12, 30)
+    trials, epochs = (100, 50) if args.full else (8, 20)
 
     def build(weight_decay):
         return MultiLayerNet(784, [100] * 6, 10, weight_decay_lambda=weight_decay,
@@ -293,13 +324,13 @@ def hyperparameter_search(args, x_train, t_train):
     fig = new_figure(figsize=(11, 4.2), layout="constrained")
     left, right = fig.subplots(1, 2)
     points = left.scatter(lr, wd, c=acc, cmap="viridis", vmin=0, vmax=1, s=40)
-    left.scatter(lr[:5], wd[:5], facecolors="none", edgecolors="red", s=120, label="best 5")
+    left.scatter(lr[:5], wd[:5], facecolors="none", edgecolors="red", s=120)
     left.set_xscale("log")
     left.set_yscale("log")
     left.set_xlabel("learning rate")
     left.set_ylabel("weight decay")
-    left.set_title("each trial, coloured by validation accuracy")
-    left.legend(loc="upper left")
+    left.set_title("each trial, coloured by validation accuracy;\nthe best 5 circled in red",
+                   fontsize=10)
     fig.colorbar(points, ax=left)
     right.scatter(lr, acc, s=30)
     right.set_xscale("log")
@@ -307,6 +338,7 @@ def hyperparameter_search(args, x_train, t_train):
     right.set_ylabel("validation accuracy")
     right.set_ylim(0, 1.0)
     right.set_title(f"{trials} trials, {epochs} epochs each")
+    fig.suptitle(f"6.5.3 random search: MultiLayerNet 6x100 on 500 {name} images")
     save(fig, args, "hyperparameter_search.png")
 
 
@@ -316,11 +348,11 @@ def run(args):
     weight_init_histograms(args, xp)
     (x_train, t_train), (x_test, t_test), name = load_data(args)
     print(f"data: {name}, {len(x_train)} training and {len(x_test)} test images")
-    optimizer_compare(args, x_train, t_train)
-    weight_init_compare(args, x_train, t_train)
-    batchnorm(args, x_train, t_train)
-    overfitting(args, x_train, t_train, x_test, t_test)
-    hyperparameter_search(args, x_train, t_train)
+    optimizer_compare(args, x_train, t_train, name)
+    weight_init_compare(args, x_train, t_train, name)
+    batchnorm(args, x_train, t_train, name)
+    overfitting(args, x_train, t_train, x_test, t_test, name)
+    hyperparameter_search(args, x_train, t_train, name)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ Every example takes::
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
@@ -35,11 +34,14 @@ from xpnet.io import ParameterFileError  # noqa: E402
 from xpnet.plot import save_figure  # noqa: E402
 from xpnet.threads import set_num_threads  # noqa: E402
 
-# The project's shared data sit next to the repository (../shared/data, ../shared/fixtures)
-# unless XPNET_SHARED says otherwise, as for the tests.
-SHARED = Path(os.environ.get("XPNET_SHARED", REPO.parent / "shared"))
-MNIST_10K = SHARED / "data" / "mnist-10k"
-BOOK_WEIGHTS = SHARED / "fixtures" / "book"
+# The book's pretrained parameter files, by chapter, under the names its repository gives
+# them (each in that chapter's folder: ch03/sample_weight.pkl, ...).
+BOOK_REPOSITORY = "https://github.com/oreilly-japan/deep-learning-from-scratch"
+BOOK_FILES = {3: "sample_weight.pkl", 7: "params.pkl", 8: "deep_convnet_params.pkl"}
+
+# Fashion-MNIST's ten classes, by label (the dataset's own names).
+FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal",
+                         "Shirt", "Sneaker", "Bag", "Ankle boot")
 
 
 def make_parser(chapter: int, description: str, *, data=False, weights=False):
@@ -59,18 +61,23 @@ def make_parser(chapter: int, description: str, *, data=False, weights=False):
     if data:
         parser.add_argument(
             "--dataset", choices=("mnist", "fashion-mnist"), default="mnist",
-            help="mnist (the book's; default) or fashion-mnist",
+            help="mnist (the book's; default) or fashion-mnist. MNIST is used when its files "
+            "are on this machine (--data-dir, $XPNET_DATA/mnist, /usr/share/datasets/mnist); "
+            "otherwise Fashion-MNIST, which the quick start installs",
         )
         parser.add_argument(
-            "--data-dir", type=Path, default=MNIST_10K,
-            help="a folder with MNIST IDX files: the four standard ones, or the 10,000 "
-            "digits images-idx3-ubyte.gz + labels-idx1-ubyte.gz (default ../shared/data/"
-            "mnist-10k); without them xpnet's usual places are searched, then Fashion-MNIST",
+            "--data-dir", type=Path, default=None,
+            help="a folder with MNIST's IDX files: the four standard ones, or one "
+            "images-idx3-ubyte.gz + labels-idx1-ubyte.gz pair (split 8,000 training / "
+            "2,000 test); looked in before xpnet's usual places",
         )
     if weights:
+        files = ", ".join(f"ch{c:02d}/{name}" for c, name in BOOK_FILES.items())
         parser.add_argument(
-            "--weights", type=Path, default=BOOK_WEIGHTS,
-            help="folder with the book's pretrained .pkl files (default ../shared/fixtures/book)",
+            "--weights", type=Path, default=None,
+            help=f"the book's pretrained parameters: a checkout of {BOOK_REPOSITORY}, or a "
+            f"folder holding its files ({files}) directly or in their chNN folders. "
+            "Without it, the example trains a network itself",
         )
     return parser
 
@@ -125,33 +132,57 @@ def load_data(args, flatten=True, inference_only=False):
 def _load(args, flatten, inference_only):
     name = args.dataset
     if name == "mnist":
-        images = args.data_dir / "images-idx3-ubyte.gz"
-        labels = args.data_dir / "labels-idx1-ubyte.gz"
-        if images.exists() and labels.exists():
+        pair = [args.data_dir / f for f in ("images-idx3-ubyte.gz", "labels-idx1-ubyte.gz")
+                ] if args.data_dir is not None else []
+        if pair and all(p.exists() for p in pair):
+            images, labels = pair
             x, t = load_idx_pair(images, labels, flatten=flatten)
             if inference_only:
                 return (x[:0], t[:0]), (x, t), "MNIST (10,000 test digits)"
             return (x[:8000], t[:8000]), (x[8000:], t[8000:]), "MNIST (10,000 digits, 8k/2k)"
-        for where in (args.data_dir, None):  # --data-dir, then xpnet's usual places
+        for where in dict.fromkeys((args.data_dir, None)):  # --data-dir, then xpnet's usual places
             try:
                 train, test = load_mnist(flatten=flatten, data_dir=where, download=False)
                 return train, test, "MNIST"
             except DatasetError:
                 pass
-        print(f"note: no MNIST found in {args.data_dir} or xpnet's data folders; "
-              "using Fashion-MNIST instead (accuracies will be lower than the book's)")
+        print("note: MNIST, the book's dataset, is not on this machine (see --data-dir); "
+              "using Fashion-MNIST, the quick start's: same shapes, ten kinds of clothing, "
+              "accuracies lower than the book's digits")
         name = "fashion-mnist"
     train, test = load_mnist(flatten=flatten, dataset=name)
     return train, test, "Fashion-MNIST"
 
 
-def book_weights(args, file_name):
-    """Path of one of the book's pretrained pickles in ``--weights``, or None (with a note)."""
-    path = args.weights / file_name
-    if path.is_file():
-        return path
-    print(f"note: the book's weights {file_name} are not in {args.weights}")
+def book_weights(args, chapter, data_name):
+    """Path of chapter ``chapter``'s pretrained pickle under ``--weights``, or None.
+
+    ``--weights DIR`` may hold the file itself (``DIR/params.pkl``) or be a checkout of the
+    book's repository (``DIR/ch07/params.pkl``). The book trained them on MNIST digits, so
+    with any other data (``data_name``) they are not used. None comes with a note saying why.
+    """
+    name = BOOK_FILES[chapter]
+    where = f"ch{chapter:02d}/{name} of {BOOK_REPOSITORY}"
+    if args.weights is None:
+        print(f"note: no --weights DIR given, so not the book's pretrained {where}")
+        return None
+    for path in (args.weights / name, args.weights / f"ch{chapter:02d}" / name):
+        if path.is_file():
+            if not data_name.startswith("MNIST"):
+                print(f"note: the book's {name} was trained on MNIST digits; with "
+                      f"{data_name} it is not used")
+                return None
+            return path
+    print(f"note: the book's {name} is neither in {args.weights} nor in "
+          f"{args.weights / f'ch{chapter:02d}'} (it is {where})")
     return None
+
+
+def class_name(label, data_name) -> str:
+    """What a label means: a digit for MNIST, a kind of clothing for Fashion-MNIST."""
+    if data_name.startswith("Fashion"):
+        return FASHION_MNIST_CLASSES[int(label)]
+    return str(int(label))
 
 
 def save(fig, args, name):

@@ -72,7 +72,7 @@ def test_gpu_without_cupy_says_install_cupy(no_cupy):
     assert not backend.gpu_available()
     message = _gpu_error()
     assert "CuPy is not installed" in message and "No module named 'cupy'" in message
-    assert "pip install 'xpnet[gpu]'" in message
+    assert "pip install -e '.[gpu]'" in message and "xpnet[" not in message
 
 
 def test_gpu_without_driver_says_install_driver(monkeypatch):

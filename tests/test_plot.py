@@ -85,6 +85,45 @@ def test_plot_misclassified_shows_the_wrong_ones(tmp_path):
     assert again == shown[:2]
 
 
+def drawn_figure(monkeypatch):
+    """The figure the next plot function saves, kept for inspection: {'fig': Figure}."""
+    drawn = {}
+    save = plot.save_figure
+
+    def keep(fig, path, **kw):
+        drawn["fig"] = fig
+        return save(fig, path, **kw)
+
+    monkeypatch.setattr(plot, "save_figure", keep)
+    return drawn
+
+
+def test_plot_misclassified_titles_true_then_predicted_by_name(tmp_path, monkeypatch):
+    drawn = drawn_figure(monkeypatch)
+    names = ("T-shirt/top", "Trouser", "Pullover")
+    x = np.zeros((3, 1, 28, 28))
+    plot.plot_misclassified(x, np.array([0, 1, 2]), np.array([0, 2, 1]), tmp_path / "w.png",
+                            class_names=names, title="SimpleConvNet on Fashion-MNIST")
+    fig = drawn["fig"]
+    titles = [ax.get_title() for ax in fig.axes]
+    assert titles == ["Trouser → Pullover", "Pullover → Trouser"]
+    assert fig._suptitle.get_text() == "SimpleConvNet on Fashion-MNIST"
+    plot.plot_misclassified(x, np.array([0, 1, 2]), np.array([1, 1, 2]), tmp_path / "d.png")
+    assert [ax.get_title() for ax in drawn["fig"].axes] == ["0 → 1"]
+    with pytest.raises(ValueError, match="3 class names do not cover"):
+        plot.plot_misclassified(x, np.array([0, 1, 5]), np.array([0, 1, 2]), tmp_path / "x.png",
+                                class_names=names)
+
+
+def test_plot_filters_and_history_take_a_title(tmp_path, monkeypatch):
+    drawn = drawn_figure(monkeypatch)
+    W = np.random.default_rng(0).standard_normal((30, 1, 5, 5))
+    plot.plot_filters(W, tmp_path / "f.png", title="SimpleConvNet conv1 after 40 steps")
+    assert drawn["fig"]._suptitle.get_text() == "SimpleConvNet conv1 after 40 steps"
+    plot.plot_history(history(), tmp_path / "h.png", title="TwoLayerNet on MNIST")
+    assert drawn["fig"]._suptitle.get_text() == "TwoLayerNet on MNIST"
+
+
 def test_plot_misclassified_with_nothing_wrong(tmp_path):
     x = np.zeros((5, 1, 8, 8))
     t = np.arange(5)
@@ -108,5 +147,5 @@ def test_a_failed_write_leaves_the_old_file(tmp_path):
 
 def test_missing_matplotlib_says_how_to_install(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
-    with pytest.raises(ImportError, match=r"pip install 'xpnet\[plot\]'"):
+    with pytest.raises(ImportError, match=r"pip install -e '\.\[plot\]'"):
         plot.plot_history(history(), tmp_path / "h.png")

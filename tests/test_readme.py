@@ -1,11 +1,13 @@
-"""The README's commands run as written.
+"""The README's commands run as written, and the README reads as a first read should.
 
-Every command in a ```bash block of README.md is accounted for here:
+Every command in a ```bash block of README.md and of the documents in docs/ is accounted
+for here:
 - `xpnet ...` training and search commands, and the `mpiexec ... xpnet train --distributed`
   one, are run as written in a scratch directory;
 - the chapter examples are run by tests/test_examples.py (quick mode); here we check that the
   README names each of them and that each exists;
 - the quick start and the test command are run by CI (.ci/run), which this test reads;
+  the README's first Python snippet and its "own arrays" one are run as written;
 - commands that need a GPU run only where one is present (they are skipped otherwise);
 - the benchmark suite's quick run and the report command are run as written (the report on
   the committed `benchmarks/results/cpu.json`);
@@ -30,12 +32,14 @@ from xpnet.backend import gpu_available
 
 REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
+DOCS = sorted((REPO / "docs").glob("*.md"))
 
 
-def bash_commands() -> list[str]:
-    """Every command line of the README's ```bash blocks (comments stripped)."""
+def bash_commands(documents=(README, *DOCS)) -> list[str]:
+    """Every command line of the ```bash blocks of ``documents`` (comments stripped)."""
+    text = "\n".join(path.read_text(encoding="utf-8") for path in documents)
     commands = []
-    for block in re.findall(r"```bash\n(.*?)```", README.read_text(encoding="utf-8"), re.S):
+    for block in re.findall(r"```bash\n(.*?)```", text, re.S):
         for line in block.splitlines():
             line = line.split("  #")[0].strip()
             if line and not line.startswith("#"):
@@ -52,14 +56,67 @@ XPNET_COMMANDS = [c for c in bash_commands() if c.startswith("xpnet ") and not n
 MPI_COMMANDS = [c for c in bash_commands() if c.startswith("mpiexec ") and not needs_gpu(c)]
 
 
+CI = REPO / ".ci" / "run"
+
+
+def ci_commands() -> list[str]:
+    """The command lines of .ci/run (comments, blank lines and shell settings left out)."""
+    lines = [line.strip() for line in CI.read_text(encoding="utf-8").splitlines()]
+    return [line for line in lines if line and not line.startswith(("#", "set ", "export "))]
+
+
 def test_the_quick_start_and_the_test_command_are_what_ci_runs():
-    ci = (REPO / ".ci" / "run").read_text(encoding="utf-8")
     assert bash_commands()[1] == "pytest -q"
-    assert "python3 -m pytest -q" in ci
-    # CI runs the quick start's training command as written (its installs are done above it).
-    training = QUICK_START.split("&&")[-1].strip()
-    assert training.startswith("xpnet train")
-    assert training in ci
+    steps = [step.strip() for step in QUICK_START.split("&&")]
+    # a virtual environment, not the system Python (PEP 668 refuses that on Debian/Ubuntu)
+    assert steps[:4] == ["apt-get update", "apt-get install -y python3-venv dataset-fashion-mnist",
+                         "python3 -m venv .venv", ". .venv/bin/activate"]
+    assert steps[4] == "pip install -e '.[dev]'"
+    assert steps[-1].startswith("xpnet train")
+    ci = ci_commands()
+    # CI runs every step as written, in the README's order, with the system packages behind
+    # a check that they are not there yet
+    assert "apt-get update && apt-get install -y python3-venv dataset-fashion-mnist" in ci
+    assert " && ".join(steps[2:5]) in ci
+    assert ci.index(" && ".join(steps[2:5])) < ci.index(steps[-1])
+    # then the README's test command, last, so that its summary line ends CI's output
+    assert ci[-1] == "pytest -q"
+    assert not any("python3 -m pip" in line or "pip install --user" in line for line in ci)
+
+
+def test_the_readme_says_what_the_quick_start_and_the_tests_cost():
+    text = " ".join(README.read_text(encoding="utf-8").split())
+    assert "git clone" in text and "cd xpnet" in text
+    assert re.search(r"about \d+ tests .* in about \d+ minutes on 2 cores", text)
+    assert "same shell" in text
+
+
+def test_the_readme_is_a_first_read():
+    """The tour comes first; GPU, MPI and benchmark figures live in docs/."""
+    text = README.read_text(encoding="utf-8")
+    headings = re.findall(r"(?m)^## (.*)$", text)
+    assert headings[0].startswith("What xpnet is") and headings[1] == "Quick start"
+    for figure in ("H200", "GB/s", "GFLOP/s", "images/s", "ms/step"):
+        assert figure not in text, f"README states {figure!r} figures: they belong in docs/"
+    for doc in ("docs/gpu.md", "docs/distributed.md", "docs/benchmarks.md"):
+        assert f"]({doc})" in text and (REPO / doc).is_file()
+
+
+def python_snippets() -> list[str]:
+    return re.findall(r"```python\n(.*?)```", README.read_text(encoding="utf-8"), re.S)
+
+
+@pytest.mark.parametrize("which", ["first", "own arrays"])
+def test_python_snippet_runs_offline_as_written(which, tmp_path, fashion_dir):
+    snippets = python_snippets()
+    code = snippets[0] if which == "first" else next(s for s in snippets if "default_rng" in s)
+    env = dict(os.environ, XPNET_DATA=str(tmp_path / "empty"),  # no cached MNIST to lean on
+               MPLBACKEND="Agg")
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    accuracy = float(done.stdout.rsplit(":", 1)[1])
+    assert accuracy > 0.5
 
 
 def test_every_example_named_in_the_readme_exists_and_is_tested():

@@ -43,8 +43,8 @@ def gpu_unavailable_reason() -> str | None:
     if _cupy is None:
         return (
             "CuPy is not installed (or failed to import: "
-            f"{_cupy_import_error}); install it with `pip install 'xpnet[gpu]'` "
-            "(CuPy wheels for CUDA 12 or 13) to use the GPU."
+            f"{_cupy_import_error}); in the xpnet checkout, install it with "
+            "`pip install -e '.[gpu]'` (CUDA 12; `.[gpu-cuda13]` for CUDA 13) to use the GPU."
         )
     try:
         count = _cupy.cuda.runtime.getDeviceCount()

@@ -19,6 +19,7 @@ import os
 import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -98,7 +99,9 @@ def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return args._run(args)
+        with warnings.catch_warnings():  # a warning is one line, like the errors
+            warnings.showwarning = _show_warning
+            return args._run(args)
     except KeyboardInterrupt:
         print("xpnet: interrupted", file=sys.stderr)
         return 130
@@ -117,6 +120,11 @@ def main(argv=None) -> int:
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
         print(f"xpnet: error: {message or type(exc).__name__}", file=sys.stderr)
         return EXIT_ERROR
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    """Print a warning raised while a command runs as ``xpnet: warning: ...``."""
+    print(f"xpnet: warning: {message}", file=sys.stderr if file is None else file)
 
 
 # ---------------------------------------------------------------------------
@@ -198,8 +206,12 @@ def _optimizer_names():
 
 def _add_data_arguments(p, train_size_default=None):
     g = p.add_argument_group("data")
-    g.add_argument("--dataset", type=_name_choice(DATASET_NAMES, "dataset"), default="mnist",
-                   help=f"one of {', '.join(DATASET_NAMES)}")
+    g.add_argument("--dataset", type=_name_choice(DATASET_NAMES, "dataset"),
+                   default="fashion-mnist",
+                   help="fashion-mnist (default; works offline once `apt-get install "
+                   "dataset-fashion-mnist` has installed it) or mnist (the book's; needs its "
+                   "IDX files in --data-dir or $XPNET_DATA/mnist, or the internet to download "
+                   "them)")
     g.add_argument("--data-dir", metavar="DIR",
                    help="directory holding the four IDX files (looked in first; otherwise "
                    "$XPNET_DATA, system locations, then a verified download)")
@@ -215,8 +227,7 @@ def _add_model_arguments(p, models=MODEL_NAMES, default="TwoLayerNet", hidden_de
     g.add_argument("--model", type=_name_choice(models, "model"), default=default,
                    help=f"one of {', '.join(models)} (any case)")
     g.add_argument("--hidden", type=_int_list, metavar="SIZES", default=hidden_default,
-                   help="hidden layer sizes, e.g. 100,100,100 (MultiLayerNet*), or one size "
-                   "(TwoLayerNet: 50, SimpleConvNet: 100, DeepConvNet: 50)")
+                   help=_hidden_help(models, hidden_default))
     g.add_argument("--activation", choices=("relu", "sigmoid"),
                    help="hidden activation of MultiLayerNet* (default relu)")
     g.add_argument("--weight-init-std", type=_weight_init_std, metavar="STD",
@@ -230,6 +241,34 @@ def _add_model_arguments(p, models=MODEL_NAMES, default="TwoLayerNet", hidden_de
     return g
 
 
+# The hidden sizes each model takes by default, for --hidden's help.
+_HIDDEN_DEFAULTS = {"TwoLayerNet": "50", "MultiLayerNet": "100,100,100,100,100",
+                    "MultiLayerNetExtend": "100,100,100,100,100", "SimpleConvNet": "100",
+                    "DeepConvNet": "50"}
+
+
+def _hidden_help(models, hidden_default=None) -> str:
+    """--hidden's help, naming the defaults of ``models`` only (the ones the command takes)."""
+    mlps = [m for m in models if m in _MLP_MODELS]
+    others = [m for m in models if m not in _MLP_MODELS]
+    parts = []
+    if mlps:
+        default = (",".join(map(str, hidden_default)) if hidden_default
+                   else _HIDDEN_DEFAULTS[mlps[0]])
+        parts.append(f"hidden layer sizes separated by commas ({'/'.join(mlps)}; default "
+                     f"{default})")
+    if others:
+        sizes = ", ".join(f"{m}: {_HIDDEN_DEFAULTS[m]}" for m in others)
+        parts.append(f"one size for the hidden layer (default {sizes})")
+    return "; ".join(parts)
+
+
+def _device_name(text):
+    """--device: cpu or gpu; 'cuda' is taken as gpu, as the library takes it."""
+    name = text.lower()
+    return "gpu" if name == "cuda" else name
+
+
 def _add_run_arguments(p, optimizer="Adam", lr=True):
     g = p.add_argument_group("training")
     g.add_argument("--optimizer", type=_name_choice(_optimizer_names(), "optimizer"),
@@ -241,9 +280,12 @@ def _add_run_arguments(p, optimizer="Adam", lr=True):
                    help="another optimizer hyperparameter, e.g. momentum=0.95 (repeatable)")
     g.add_argument("--batch-size", type=_positive_int, default=100, metavar="N",
                    help="mini-batch size")
-    g.add_argument("--seed", type=int, help="seed for initial weights, mini-batches, Dropout")
-    g.add_argument("--device", type=str.lower, choices=("cpu", "gpu"), default="cpu",
-                   help="where to train (gpu: needs CuPy and an NVIDIA GPU)")
+    g.add_argument("--seed", type=int,
+                   help="seed for initial weights, mini-batches and Dropout (default: none, so "
+                   "each run draws its own and is not repeatable; give one to repeat a run)")
+    g.add_argument("--device", type=_device_name, choices=("cpu", "gpu"), default="cpu",
+                   help="where to train: cpu or gpu (also spelled cuda; needs CuPy and an "
+                   "NVIDIA GPU)")
     return g
 
 
@@ -453,7 +495,7 @@ def _run_train(args) -> int:
 
         written.append(plot_history(history, out / "history.png"))
     except ImportError:
-        print("matplotlib is not installed: no history.png (pip install 'xpnet[plot]')",
+        print("matplotlib is not installed: no history.png (pip install matplotlib)",
               file=sys.stderr)
     if verbose:
         print("wrote " + ", ".join(str(p) for p in written))
@@ -529,8 +571,8 @@ register_command(
     "search",
     help="random search for learning rate and weight decay (book 6.5)",
     description="Random search for the learning rate and weight decay (book 6.5): sample "
-    "both on a log scale, train briefly on 80%% of the training samples, rank by accuracy "
-    "on the other 20%%. The test set is never used.",
+    "both on a log scale, train briefly on 80% of the training samples "
+    "(--validation-rate), rank by accuracy on the other 20%. The test set is never used.",
     configure=_configure_search,
     run=_run_search,
 )

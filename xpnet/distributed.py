@@ -155,7 +155,7 @@ def get_communicator(device: str = "cpu", *, timeout: float | None = None, verbo
         except ImportError as exc:
             reason = (
                 f"mpi4py is not installed ({exc}); install it with "
-                "`pip install 'xpnet[distributed]'`"
+                "`pip install -e '.[distributed]'` in the xpnet checkout"
             )
         else:
             if MPI.COMM_WORLD.Get_size() == 1:

@@ -1,7 +1,7 @@
 """Figures of the book, written to PNG files: learning curves (ch. 6-7), first-layer
 filters (ch. 7.6) and misclassified images (ch. 8.1).
 
-matplotlib is optional (``pip install 'xpnet[plot]'``) and imported only when a figure
+matplotlib is optional (``pip install matplotlib``) and imported only when a figure
 is drawn. Figures are built on ``matplotlib.figure.Figure`` directly, not through
 ``pyplot``, so nothing needs a display and no global figure state is touched; files are
 written atomically (a reader never sees half a PNG).
@@ -33,8 +33,8 @@ def new_figure(**kwargs):
         from matplotlib.figure import Figure
     except ImportError as exc:
         raise ImportError(
-            f"plotting needs matplotlib ({exc}); install it with `pip install 'xpnet[plot]'` "
-            "or `pip install matplotlib`"
+            f"plotting needs matplotlib ({exc}); install it with `pip install matplotlib` "
+            "(or, in the xpnet checkout, `pip install -e '.[plot]'`)"
         ) from None
     return Figure(**kwargs)
 
@@ -53,9 +53,9 @@ def save_figure(fig, path, dpi=100) -> Path:
 # ---------------------------------------------------------------------------
 
 
-def plot_history(history, path) -> Path:
+def plot_history(history, path, title=None) -> Path:
     """Loss per iteration (raw and smoothed, as in ch. 6) and train/test accuracy per
-    epoch (as in ch. 7) side by side.
+    epoch (as in ch. 7) side by side, under ``title`` (e.g. the model and the dataset).
 
     history: a dict with ``train_loss_list``, ``train_acc_list``, ``test_acc_list``
     (``Trainer.history``, or the ``history.json`` that ``xpnet train`` writes), or a
@@ -93,7 +93,9 @@ def plot_history(history, path) -> Path:
     ax_acc.set_ylabel("accuracy")
     ax_acc.set_ylim(0, 1.0)
     ax_acc.set_title("accuracy")
-    ax_acc.legend(loc="lower right")
+    ax_acc.legend(loc="best")  # wherever it covers no curve
+    if title:
+        fig.suptitle(title)
     if epochs.size:
         ax_acc.set_xticks(epochs if epochs.size <= 20 else epochs[:: math.ceil(epochs.size / 20)])
     return save_figure(fig, path)
@@ -104,8 +106,9 @@ def plot_history(history, path) -> Path:
 # ---------------------------------------------------------------------------
 
 
-def plot_filters(W, path, nx=8) -> Path:
-    """The first input channel of every filter as a grey image, ``nx`` to a row (ch. 7.6).
+def plot_filters(W, path, nx=8, title=None) -> Path:
+    """The first input channel of every filter as a grey image, ``nx`` to a row (ch. 7.6),
+    under ``title`` when one is given.
 
     W: (FN, C, FH, FW), e.g. ``network.params['W1']`` of a SimpleConvNet.
     """
@@ -119,8 +122,12 @@ def plot_filters(W, path, nx=8) -> Path:
     fn = W.shape[0]
     nx = min(nx, fn)
     ny = math.ceil(fn / nx)
-    fig = new_figure(figsize=(nx, ny))
-    fig.subplots_adjust(left=0, right=1, bottom=0, top=1, hspace=0.05, wspace=0.05)
+    head = 0.15 + 0.3 * (1 + title.count("\n")) if title else 0.0  # inches for the title
+    fig = new_figure(figsize=(max(nx, 6), ny + head))
+    top = 1 - head / (ny + head)
+    fig.subplots_adjust(left=0, right=1, bottom=0, top=top, hspace=0.05, wspace=0.05)
+    if title:
+        fig.suptitle(title, y=1 - 0.1 * head / (ny + head), va="top", fontsize=10)
     for i in range(fn):
         ax = fig.add_subplot(ny, nx, i + 1, xticks=[], yticks=[])
         ax.imshow(W[i, 0], cmap="gray_r", interpolation="nearest")
@@ -159,13 +166,15 @@ def _labels(a, name) -> np.ndarray:
     return a.astype(np.int64)
 
 
-def plot_misclassified(x, t, y, path, max_view=20, ncols=5) -> list[tuple[int, int, int]]:
-    """Show the first ``max_view`` images that the network got wrong, titled
-    ``label -> prediction`` (ch. 8.1).
+def plot_misclassified(x, t, y, path, max_view=20, ncols=5, class_names=None,
+                       title=None) -> list[tuple[int, int, int]]:
+    """Show the first ``max_view`` images that the network got wrong, each titled
+    ``true → predicted`` (ch. 8.1), under ``title`` (e.g. the model, the dataset, its accuracy).
 
     x: (N, 784), (N, 28, 28) or (N, 1, 28, 28) inputs; t: labels (N,) or one-hot;
-    y: predicted labels (N,) or class scores (N, classes). Returns the
-    ``(index, label, prediction)`` of each image shown.
+    y: predicted labels (N,) or class scores (N, classes); class_names: the name of each
+    label (e.g. Fashion-MNIST's ``'T-shirt/top'``, ...), the label itself when None.
+    Returns the ``(index, label, prediction)`` of each image shown.
     """
     x = as_numpy(x)
     t, y = _labels(t, "t"), _labels(y, "y")
@@ -174,13 +183,25 @@ def plot_misclassified(x, t, y, path, max_view=20, ncols=5) -> list[tuple[int, i
     images = _images(x)
     wrong = np.flatnonzero(t != y)[:max_view]
     shown = [(int(i), int(t[i]), int(y[i])) for i in wrong]
+    if class_names is not None and shown and max(max(s[1:]) for s in shown) >= len(class_names):
+        raise ValueError(f"{len(class_names)} class names do not cover the labels shown "
+                         f"{sorted({c for s in shown for c in s[1:]})}")
+
+    def name(label):
+        return str(label) if class_names is None else class_names[label]
+
     nrows = max(1, math.ceil(len(shown) / ncols))
-    fig = new_figure(figsize=(ncols * 1.4, nrows * 1.6))
-    fig.subplots_adjust(left=0, right=1, bottom=0.02, top=0.92, hspace=0.4, wspace=0.2)
+    width = ncols * (2.0 if class_names is not None else 1.4)  # room for "Ankle boot → Bag"
+    head = 0.6 if title else 0.2
+    fig = new_figure(figsize=(width, nrows * 1.6 + head))
+    fig.subplots_adjust(left=0, right=1, bottom=0.02, top=1 - head / (nrows * 1.6 + head),
+                        hspace=0.4, wspace=0.2)
+    if title:
+        fig.suptitle(title, fontsize=10)
     for k, (i, label, pred) in enumerate(shown):
         ax = fig.add_subplot(nrows, ncols, k + 1, xticks=[], yticks=[])
         ax.imshow(images[i], cmap="gray_r", interpolation="nearest")
-        ax.set_title(f"{label} -> {pred}", fontsize=9, color="tab:red")
+        ax.set_title(f"{name(label)} → {name(pred)}", fontsize=8, color="tab:red")
     if not shown:
         fig.text(0.5, 0.5, "no misclassified images", ha="center", va="center")
     save_figure(fig, path)

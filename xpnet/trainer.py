@@ -65,6 +65,7 @@ except ImportError:  # not POSIX: checkpoint directories are not locked
 from xpnet import backend
 from xpnet.backend import as_numpy, device_of, get_array_module, get_rng, to_device
 from xpnet.io import atomic_write
+from xpnet.loss_growth import LossGrowthCheck
 from xpnet.optimizers import get_optimizer
 
 __all__ = ["Trainer", "CheckpointError", "TrainingDivergedError", "CHECKPOINT_NAME"]
@@ -248,6 +249,7 @@ class Trainer:
         self._loss_sync = 1 if self.xp is np else _GPU_LOSS_SYNC_STEPS
         self._streams: _StepStreams | None = None
         self._bar = None
+        self._loss_growth = LossGrowthCheck()  # warns once if the loss explodes without NaN
         self._lock: _DirectoryLock | None = None
         try:
             self._start(communicator, resume)
@@ -285,10 +287,11 @@ class Trainer:
                 )
             self.load_checkpoint(path)
             self._check_same_position()
-            self._log(
-                f"resumed from {path} at epoch {self.current_epoch}, "
-                f"step {self.current_iter} of {self.max_iter}"
-            )
+            # epochs counted as the epoch lines count them (epoch:1/N is the first)
+            mid_epoch = self.current_iter % self.iter_per_epoch != 0
+            where = (f"in epoch {self.current_epoch + 1}/{self.epochs}" if mid_epoch
+                     else f"after epoch {self.current_epoch}/{self.epochs}")
+            self._log(f"resumed from {path} {where}, step {self.current_iter} of {self.max_iter}")
         elif resume and path is not None:
             self._check_same_position()
             self._log(f"no checkpoint in {self.checkpoint_dir} yet; starting from the beginning")
@@ -432,6 +435,7 @@ class Trainer:
                     f"learning rate{hint}."
                 )
             self.train_loss_list.append(float(value))
+            self._loss_growth.check(float(value), step + 1, self.optimizer)
         if self._bar is not None:
             self._bar.set_postfix(loss=f"{self.train_loss_list[-1]:.4f}", refresh=False)
 
