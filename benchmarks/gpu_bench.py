@@ -44,8 +44,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))  # run from a checkout without installing
 
 import xpnet  # noqa: E402
-from kernels import reference as ref  # noqa: E402 - the book's slicing loops: on CuPy, the baseline
 from xpnet import backend  # noqa: E402
+from xpnet.kernels import reference as ref  # noqa: E402 - the book's slicing loops: on CuPy, the baseline
 
 PARTS = ("env", "kernels", "parity", "epoch", "torch", "cpu", "train")
 
@@ -189,7 +189,7 @@ def _pool_row(cp, gk, rng, name, shape, k, stride, pad):
 
 def part_kernels(args):
     cp = _cupy()
-    from kernels import cuda as gk
+    from xpnet.kernels import cuda as gk
 
     rng = np.random.default_rng(0)
     rows = [_conv_row(cp, gk, rng, *spec) for spec in CONV_SHAPES]

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import operator
 
-from kernels.reference import conv_output_size
+from xpnet.kernels.reference import conv_output_size
 
 __all__ = [
     "check_integer",
@@ -49,11 +49,11 @@ def _backend(a):
     """The kernel module for an array: kernels.cpu for NumPy, kernels.cuda for CuPy."""
     module = type(a).__module__.partition(".")[0]
     if module == "numpy":
-        from kernels import cpu
+        from xpnet.kernels import cpu
 
         return cpu
     if module == "cupy":
-        from kernels import cuda
+        from xpnet.kernels import cuda
 
         return cuda
     raise TypeError(
@@ -164,7 +164,7 @@ def _impl(a, name):
     backend = _backend(a)
     if hasattr(backend, name):
         return getattr(backend, name)
-    from kernels import generic
+    from xpnet.kernels import generic
 
     return getattr(generic, name)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import importlib
 
-import kernels
+from xpnet import kernels
 
 
 def _namespace(a):

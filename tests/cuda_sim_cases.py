@@ -23,8 +23,8 @@ if os.environ.get("NUMBA_ENABLE_CUDASIM") != "1":
 
 from numba import config  # noqa: E402
 
-from kernels import cuda as gpu  # noqa: E402
-from kernels import reference as ref  # noqa: E402
+from xpnet.kernels import cuda as gpu  # noqa: E402
+from xpnet.kernels import reference as ref  # noqa: E402
 
 DTYPES = [np.float32, np.float64]
 SEEDS = range(16)

@@ -18,9 +18,8 @@ import time
 import numpy as np
 import pytest
 
-import kernels
 import xpnet
-from xpnet import backend
+from xpnet import backend, kernels
 from xpnet.backend import DeviceError, as_numpy
 
 pytestmark = [
@@ -31,8 +30,8 @@ pytestmark = [
 
 if backend.gpu_available():
     cp = backend.require_gpu()
-    from kernels import cuda as gpu_kernels
-    from kernels import reference as ref
+    from xpnet.kernels import cuda as gpu_kernels
+    from xpnet.kernels import reference as ref
 
 
 def _rel(a, b):

@@ -20,7 +20,7 @@ import math
 
 import numpy as np
 
-import kernels
+from xpnet import kernels
 from xpnet.backend import get_array_module, get_rng
 from xpnet.functions import sigmoid, softmax_cross_entropy
 
