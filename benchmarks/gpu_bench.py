@@ -364,7 +364,7 @@ def part_train(args):
 
 def table(results: dict) -> str:
     """The short table printed last (the same rows as the report's GPU section)."""
-    from xpnet.bench import gpu_table
+    from xpnet.bench.gpu import gpu_table
 
     return "\n".join(gpu_table(results))
 

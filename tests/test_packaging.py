@@ -30,3 +30,8 @@ def test_the_library_imports_its_kernels_as_a_subpackage():
     loaded = _loaded_modules("import xpnet.models, xpnet.kernels.cpu, xpnet.kernels.generic")
     assert "xpnet.kernels" in loaded
     assert not [m for m in loaded if m.split(".")[0] == "kernels"]
+
+
+def test_the_command_line_loads_only_the_arguments_of_the_benchmark_report():
+    loaded = _loaded_modules("import xpnet.cli\nxpnet.cli.build_parser()")
+    assert {m for m in loaded if m.startswith("xpnet.bench")} == {"xpnet.bench", "xpnet.bench.cli"}
