@@ -12,6 +12,7 @@ out-of-memory hint and seeded GPU runs repeating exactly.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import time
 from pathlib import Path
@@ -332,11 +333,12 @@ def _networks():
 
 @pytest.fixture
 def same_masks():
-    """Dropout draws the same uniforms on both devices (from one host stream each)."""
+    """``same_masks(net, gnet)``: for the rest of the test, the Dropout layers of both
+    networks draw the same uniforms (from one host stream each)."""
     from xpnet.parity import same_dropout_masks
 
-    with same_dropout_masks():
-        yield
+    with contextlib.ExitStack() as stack:
+        yield lambda *networks: stack.enter_context(same_dropout_masks(*networks))
 
 
 @pytest.mark.parametrize("name,build,shape", _networks(), ids=[n[0] for n in _networks()])
@@ -344,6 +346,7 @@ def test_networks_on_gpu_equal_cpu(name, build, shape, same_masks):
     rng = np.random.default_rng(9)
     net = build()
     gnet = copy.deepcopy(net).to("gpu")
+    same_masks(net, gnet)
     assert gnet.device == "gpu" and all(isinstance(p, cp.ndarray) for p in gnet.params.values())
     classes = net.params[f"b{len([k for k in net.params if k.startswith('W')])}"].shape[0]
     x = rng.standard_normal((4, *shape))

@@ -31,27 +31,28 @@ from xpnet import backend
 
 
 @contextlib.contextmanager
-def same_dropout_masks(seed: int = 1234):
-    """Within the block, Dropout draws its uniforms on the host from one fresh stream per
-    device (``seed``), so a CPU and a GPU network that run the same layers get the same masks."""
-    from xpnet import layers
+def same_dropout_masks(*networks, seed: int = 1234):
+    """Within the block, the Dropout layers of each network draw their masks from a fresh host
+    generator seeded ``seed``, one per network, so networks that run the same layers in the
+    same order get the same masks whatever their device and dtype (the uniforms are drawn in
+    float32 on the host, then moved). On exit each layer has its own generator back."""
+    from xpnet.layers import Dropout
 
-    streams: dict = {}
-
-    class HostUniforms:
-        def __init__(self, xp):
-            self.xp = xp
-            self.rng = streams.setdefault(xp.__name__, np.random.default_rng(seed))
-
-        def random(self, size, dtype=np.float64):
-            return self.xp.asarray(self.rng.random(size, dtype=np.float32).astype(dtype))
-
-    original = layers.get_rng
-    layers.get_rng = HostUniforms
+    if not networks:
+        raise TypeError("same_dropout_masks takes the networks whose Dropout layers are to "
+                        "draw the same masks, e.g. same_dropout_masks(cpu_net, gpu_net)")
+    dropouts = [[layer for layer in net._all_layers() if isinstance(layer, Dropout)]
+                for net in networks]
+    saved = [(layer, layer.rng) for layers in dropouts for layer in layers]
+    for layers in dropouts:
+        host = np.random.default_rng(seed)
+        for layer in layers:
+            layer.rng = host
     try:
         yield
     finally:
-        layers.get_rng = original
+        for layer, rng in saved:
+            layer.rng = rng
 
 
 def _max_rel(a, b) -> float:
@@ -63,7 +64,7 @@ def _max_rel(a, b) -> float:
 
 
 def _gradient(network, x, t, seed):
-    with same_dropout_masks(seed):  # a fresh stream for every network: identical masks
+    with same_dropout_masks(network, seed=seed):  # a fresh stream each time: identical masks
         grads = network.gradient(x, t)
     return grads, float(network.last_loss)
 
