@@ -71,6 +71,7 @@ def run_example(script, *args, timeout=240, env=None):
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("script", sorted(FIGURES))
 def test_example_quick_mode_writes_its_figures(script, tmp_path):
     if script in NEEDS_DATA and not _data_on_disk():
@@ -102,6 +103,7 @@ def test_device_gpu_without_gpu_fails_with_one_sentence(tmp_path):
     assert not list(tmp_path.glob("*.png"))
 
 
+@pytest.mark.slow
 def test_without_mnist_the_examples_fall_back_to_fashion_mnist(tmp_path, fashion_dir):
     if Path("/usr/share/datasets/mnist").exists():
         pytest.skip("a system-wide MNIST is installed")
@@ -114,6 +116,7 @@ def test_without_mnist_the_examples_fall_back_to_fashion_mnist(tmp_path, fashion
     assert (tmp_path / "image.png").stat().st_size > 1000
 
 
+@pytest.mark.slow
 def test_without_the_books_weights_chapter_3_trains_its_own(tmp_path, mnist10k_dir):
     proc = run_example("ch03_neural_network.py", "--out", str(tmp_path), "--threads", "1",
                        "--weights", str(tmp_path / "no-weights-here"))
@@ -124,6 +127,7 @@ def test_without_the_books_weights_chapter_3_trains_its_own(tmp_path, mnist10k_d
     assert (tmp_path / "predictions.png").stat().st_size > 1000
 
 
+@pytest.mark.slow
 def test_chapter_3_reaches_the_books_accuracy_with_its_weights(tmp_path, book_fixture,
                                                                mnist10k_dir):
     book_fixture("ch03_sample_weight.pkl")

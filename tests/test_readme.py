@@ -56,6 +56,7 @@ def test_the_quick_start_and_the_test_command_are_what_ci_runs():
     ci = (REPO / ".ci" / "run").read_text(encoding="utf-8")
     assert bash_commands()[1] == "pytest -q"
     assert "python3 -m pytest -q" in ci
+    assert "not slow" not in ci  # CI runs the end-to-end tests too
     # CI runs the quick start's training command as written (its installs are done above it).
     training = QUICK_START.split("&&")[-1].strip()
     assert training.startswith("xpnet train")
@@ -70,6 +71,7 @@ def test_every_example_named_in_the_readme_exists_and_is_tested():
     assert "glob(" in tested or all(name in tested for name in named)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", XPNET_COMMANDS, ids=lambda c: " ".join(c.split()[:4]))
 def test_xpnet_command_runs_as_written(command, tmp_path, fashion_dir):
     env = dict(os.environ, MPLBACKEND="Agg")
@@ -92,6 +94,7 @@ def test_the_readme_shows_the_benchmark_commands():
     assert any(c.startswith("python -m xpnet.bench ") for c in BENCH_COMMANDS)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", BENCH_COMMANDS, ids=lambda c: " ".join(c.split()[:6]))
 def test_benchmark_command_runs_as_written(command, tmp_path):
     """Run from the repository, the variables the command unsets unset, outputs in tmp_path."""
@@ -121,6 +124,7 @@ def test_benchmark_command_runs_as_written(command, tmp_path):
     assert written and all(p.stat().st_size > 0 for p in written)
 
 
+@pytest.mark.slow
 @pytest.mark.mpi
 @pytest.mark.parametrize("command", MPI_COMMANDS)
 def test_mpi_command_runs_as_written(command, tmp_path, fashion_dir):
