@@ -3,21 +3,22 @@
     >>> report = step_parity(DeepConvNet(dtype=np.float32), x_batch, t_batch)
     >>> report["passed"], report["grad_max_rel"], report["adam_gpu_vs_float64"]
 
-The network (on the CPU, float32) is copied to the GPU and, as the reference, to a float64
-network on the CPU. All three compute the gradient of the same batch with the same Dropout
-masks; then each takes one SGD step and, from the same start, one Adam step. Every error is
-per parameter tensor, relative to its largest entry: ``max|a - b| / max|b|``.
+The network (float32, on the CPU) is copied to the device and, as the reference, to a
+float64 network on the CPU. All three compute the gradient of the same batch (x: (N, ...),
+t: (N,)) with the same Dropout masks (:func:`same_dropout_masks`); then each takes one SGD
+step and, from the same start, one Adam step. Every error is per parameter tensor, relative
+to its largest entry: ``max|a - b| / max|b|``.
 
-What "equal" can mean in float32:
+What "equal" means in float32, and why:
 
-* gradients and the SGD step: GPU and CPU agree to ``tol`` (1e-5); they differ only by the
-  order of float32 summations, about 1e-7.
+* gradients and the SGD step: device and CPU agree to ``tol``; they may differ only by the
+  order of float32 summations.
 * the Adam step: its first update is ``lr * g / (|g| + eps)``, which for a gradient entry
-  near ``eps`` (a bias whose contributions nearly cancel) turns the float32 rounding of
-  ``g`` into a visible change of the update. The CPU's own float32 step then differs from
-  the float64 one by up to about 3e-4 of a zero-initialised bias, so the GPU is held to
-  ``tol`` or, where the CPU's float32 step is itself further than that from float64, to
-  being no further from float64 than twice the CPU's distance.
+  near ``eps`` (a bias whose contributions nearly cancel) turns the float32 rounding of ``g``
+  into a visible change of the update, so the CPU's own float32 step can be further than
+  ``tol`` from the float64 one. The device is held to ``tol`` or, where the CPU's step is
+  itself further than that from float64, to being no further from float64 than twice the
+  CPU's distance.
 """
 
 from __future__ import annotations

@@ -17,6 +17,6 @@ One module per job, in the order the data flows:
 Every ratio in the report is between two cases of the same run: shared machines are noisy,
 and ratios measured together are what holds up.
 
-This package is not part of the library's import: ``import xpnet`` and the ``xpnet`` command
-load only ``xpnet.bench.cli`` (argparse), and the rest when a report is written.
+``import xpnet`` does not load this package; the ``xpnet`` command loads only
+``xpnet.bench.cli`` (the arguments of ``xpnet bench``), and the rest when a report is written.
 """

@@ -17,6 +17,7 @@ __all__ = ["render_markdown"]
 
 
 def _headline_markdown(h: dict) -> list[str]:
+    """The figures of ``analysis.headline`` as a table, then float16 inference per device."""
     lines = [f"## {h['model']} at batch {h['batch']}", ""]
     if h["xpnet"] is None:
         return lines + [f"No float32 CPU training step of {h['model']} in this run.", ""]
@@ -90,6 +91,7 @@ def _headline_markdown(h: dict) -> list[str]:
 
 
 def _scaling_markdown(cases: list[Case], caches: dict, chart: str | None) -> list[str]:
+    """Per sweep (batch, image size): a table of time per sample, one sentence per series."""
     lines = []
     for kind, title in (("batch", "batch size"), ("image", "image size")):
         series = scaling_series(cases, kind)
@@ -139,6 +141,7 @@ def _blas_threads_by_impl(cases: list[Case]) -> dict[str, set]:
 
 
 def _machine_markdown(data: dict) -> list[str]:
+    """What the numbers were measured on: CPU, caches, libraries, BLAS, threads, load."""
     mi = data.get("machine_info") or {}
     info = mi.get("xpnet") or {}
     commit = data.get("commit_info") or {}
@@ -200,6 +203,7 @@ def _machine_markdown(data: dict) -> list[str]:
 
 
 def _scaling_group_markdown(name: str, group: list[Case]) -> list[str]:
+    """A sweep's group, ordered by series then size (no speed-ups: the sizes differ)."""
     kind = str(group[0].get("kind")).split("-", 1)[1]
     lines = [f"### {name}", "", "| case | median | IQR | rounds | per sample | GFLOP/s |",
              "|---|---:|---:|---:|---:|---:|"]
@@ -211,6 +215,7 @@ def _scaling_group_markdown(name: str, group: list[Case]) -> list[str]:
 
 
 def _group_markdown(name: str, group: list[Case]) -> list[str]:
+    """A comparison group: medians and speed-ups over its baseline, fastest first."""
     if str(group[0].get("kind", "")).startswith("scaling-"):
         return _scaling_group_markdown(name, group)
     base = baseline_of(group)

@@ -37,9 +37,11 @@ class Case:
 
     @property
     def baseline(self) -> bool:
+        """Whether the suite marked this case as its group's baseline."""
         return bool(self.extra.get("baseline"))
 
     def get(self, key, default=None):
+        """One entry of the case's extra_info."""
         return self.extra.get(key, default)
 
     @property
@@ -49,6 +51,7 @@ class Case:
         return flops / self.median / 1e9 if flops and self.median > 0 else None
 
     def matches(self, **want) -> bool:
+        """Whether every ``key=value`` of ``want`` is in the case's extra_info."""
         return all(self.extra.get(k) == v for k, v in want.items())
 
 
@@ -58,6 +61,8 @@ def _label_from_name(name: str) -> str:
 
 
 def load_json(path) -> dict:
+    """The pytest-benchmark JSON at ``path``; ReportError, saying how to write one, when it is
+    missing, not JSON, or holds no benchmarks."""
     path = Path(path)
     try:
         data = json.loads(path.read_text())
@@ -78,6 +83,8 @@ def load_json(path) -> dict:
 
 
 def load_cases(data: dict) -> list[Case]:
+    """One Case per entry of ``data["benchmarks"]``, in the run's order; ReportError for an
+    entry without ``stats.median``."""
     cases = []
     for b in data["benchmarks"]:
         try:
@@ -124,6 +131,7 @@ def speedups(group: list[Case]) -> dict[str, float]:
 
 
 def find(cases, **want) -> Case | None:
+    """The first case whose extra_info has every ``key=value`` of ``want``, else None."""
     for case in cases:
         if case.matches(**want):
             return case

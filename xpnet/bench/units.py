@@ -8,6 +8,7 @@ __all__ = ["cache_bytes", "fmt_bytes", "fmt_ratio", "fmt_time"]
 
 
 def fmt_time(seconds: float | None) -> str:
+    """0.0123 -> '12.3 ms' (s, ms, µs or ns); 'n/a' for None or a non-finite time."""
     if seconds is None or not math.isfinite(seconds):
         return "n/a"
     if seconds >= 1:
@@ -20,10 +21,12 @@ def fmt_time(seconds: float | None) -> str:
 
 
 def fmt_ratio(r: float | None) -> str:
+    """2.5 -> '2.5×'; 'n/a' for None."""
     return "n/a" if r is None else f"{r:.3g}×"
 
 
 def fmt_bytes(n: float) -> str:
+    """2097152 -> '2.1 MB' (decimal units, as the cache sizes are quoted)."""
     for unit, size in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
         if n >= size:
             return f"{n / size:.3g} {unit}"
