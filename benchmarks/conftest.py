@@ -110,7 +110,7 @@ def pytest_sessionfinish(session, exitstatus):
     # pytest-benchmark's own sessionfinish (a hook wrapper) has written the JSON by now
     report = session.config.getoption("--bench-report")
     if report:
-        from xpnet.bench import write_report
+        from xpnet.bench.report import write_report
 
         json_file = session.config.getoption("benchmark_json")
         # pytest-benchmark < 5.3 gives an open file (its path in .name), 5.3+ a Path

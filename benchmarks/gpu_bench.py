@@ -44,8 +44,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))  # run from a checkout without installing
 
 import xpnet  # noqa: E402
-from kernels import reference as ref  # noqa: E402 - the book's slicing loops: on CuPy, the baseline
 from xpnet import backend  # noqa: E402
+from xpnet.kernels import reference as ref  # noqa: E402 - the book's slicing loops: on CuPy, the baseline
 
 PARTS = ("env", "kernels", "parity", "epoch", "torch", "cpu", "train")
 
@@ -156,11 +156,11 @@ POOL_SHAPES = [
 ]
 
 
-def _conv_row(cp, gk, rng, name, shape, k, stride, pad):
+def _conv_row(cp, gk, col2im_scatter, rng, name, shape, k, stride, pad):
     x = cp.asarray(rng.standard_normal(shape, dtype=np.float32))
     col = gk.im2col(x, k, k, stride, pad)
     gather = gk.col2im(col, shape, k, k, stride, pad)
-    scatter = gk.col2im_scatter(col, shape, k, k, stride, pad)
+    scatter = col2im_scatter(col, shape, k, k, stride, pad)
     return {
         "shape": name, "col_mib": col.nbytes / 2**20,
         "im2col_ms": gpu_time(lambda: gk.im2col(x, k, k, stride, pad)),
@@ -168,7 +168,7 @@ def _conv_row(cp, gk, rng, name, shape, k, stride, pad):
                                     sync=cp.cuda.Device().synchronize),
         "book_im2col_ms": gpu_time(lambda: ref.im2col(x, k, k, stride, pad)),
         "col2im_gather_ms": gpu_time(lambda: gk.col2im(col, shape, k, k, stride, pad)),
-        "col2im_scatter_ms": gpu_time(lambda: gk.col2im_scatter(col, shape, k, k, stride, pad)),
+        "col2im_scatter_ms": gpu_time(lambda: col2im_scatter(col, shape, k, k, stride, pad)),
         "book_col2im_ms": gpu_time(lambda: ref.col2im(col, shape, k, k, stride, pad)),
         # the two col2im agree up to the order of summation
         "gather_vs_scatter_max_rel": float(abs(gather - scatter).max() / abs(gather).max()),
@@ -189,10 +189,12 @@ def _pool_row(cp, gk, rng, name, shape, k, stride, pad):
 
 def part_kernels(args):
     cp = _cupy()
-    from kernels import cuda as gk
+    from gpu_col2im_scatter import col2im_scatter  # beside this script: the atomic col2im
+
+    from xpnet.kernels import cuda as gk
 
     rng = np.random.default_rng(0)
-    rows = [_conv_row(cp, gk, rng, *spec) for spec in CONV_SHAPES]
+    rows = [_conv_row(cp, gk, col2im_scatter, rng, *spec) for spec in CONV_SHAPES]
     rows += [_pool_row(cp, gk, rng, *spec) for spec in POOL_SHAPES]
     # the cost of one call from Python (checks, CuPy allocation, Numba dispatch, launch)
     tiny = cp.zeros((1, 1, 4, 4), np.float32)
@@ -364,7 +366,7 @@ def part_train(args):
 
 def table(results: dict) -> str:
     """The short table printed last (the same rows as the report's GPU section)."""
-    from xpnet.bench import gpu_table
+    from xpnet.bench.gpu import gpu_table
 
     return "\n".join(gpu_table(results))
 

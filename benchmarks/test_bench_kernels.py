@@ -14,8 +14,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import kernels
-from kernels import reference
+from xpnet import kernels
+from xpnet.kernels import reference
 
 # (name, x shape, filter/pool, stride, pad): the busiest layers of the book's networks
 CONV_SHAPES = [

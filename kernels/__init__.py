@@ -1,10 +1,19 @@
-"""The convolution core: im2col, col2im, max-pool forward and backward.
+"""xpnet.kernels: the convolution core - im2col, col2im, max-pool, the fused convolution, ReLU.
 
-Each entry point takes arrays of the caller's backend and returns arrays of the same
-backend: NumPy arrays go to the Numba CPU kernels (``kernels.cpu``), CuPy arrays to the
-Numba CUDA kernels (``kernels.cuda``, imported only when a CuPy array arrives, so
-importing ``kernels`` never needs CUDA). ``kernels.reference`` holds plain NumPy versions
-with the same signatures, used by the tests as the oracle.
+The repository keeps this package in its top-level ``kernels/`` folder; it installs and
+imports as ``xpnet.kernels``. It depends on ``xpnet.backend`` only, and the layers
+(``xpnet.layers``, ``xpnet.convolution``, ``xpnet.util``) depend on it.
+
+The entry points below are the contract. Each takes arrays of one backend and returns arrays
+of the same backend, dtype and device; each checks its shapes and window arguments first
+(``check_integer``, and the output size ``conv_output_size``), so a bad one is one
+ValueError or TypeError naming it, never an out-of-bounds access in a kernel. Then it
+dispatches on the array's module: NumPy arrays go to ``xpnet.kernels.cpu`` (Numba ``@njit``),
+CuPy arrays to ``xpnet.kernels.cuda`` (Numba CUDA, imported only when a CuPy array arrives,
+so importing this package never needs CUDA). An op that a backend module does not define -
+the convolution pair and ReLU on CuPy - falls back to ``xpnet.kernels.generic``: the book's
+im2col + GEMM + col2im, and array expressions, on the array's own namespace.
+``xpnet.kernels.reference`` holds plain versions with the same signatures: the tests' oracle.
 
 Layout (the book's): ``col`` has rows ordered (N, out_h, out_w) and columns ordered
 (C, FH, FW), so ``W.reshape(FN, -1).T`` multiplies it directly.
@@ -20,16 +29,16 @@ Layout (the book's): ``col`` has rows ordered (N, out_h, out_w) and columns orde
     out = relu_forward(x)                                # max(x, 0): one pass, no mask
     dx = relu_backward(dout, out)                        # 0 where out <= 0, else dout
 
-The convolution pair is fused on the CPU (``kernels.cpu``: im2col and GEMM per cache-sized
-chunk, no full ``col`` ever built); a backend without its own falls back to the book's
-im2col + GEMM + col2im (``kernels.generic``).
+The convolution pair is fused on the CPU (im2col and GEMM per cache-sized chunk, so the full
+``col`` is never built: it would not fit the caches); on the GPU one large cuBLAS product
+over the whole ``col`` is the fast way, which is what the generic fallback does.
 """
 
 from __future__ import annotations
 
 import operator
 
-from kernels.reference import conv_output_size
+from xpnet.kernels.reference import conv_output_size
 
 __all__ = [
     "check_integer",
@@ -46,14 +55,14 @@ __all__ = [
 
 
 def _backend(a):
-    """The kernel module for an array: kernels.cpu for NumPy, kernels.cuda for CuPy."""
+    """The kernel module for an array: xpnet.kernels.cpu for NumPy, .cuda for CuPy."""
     module = type(a).__module__.partition(".")[0]
     if module == "numpy":
-        from kernels import cpu
+        from xpnet.kernels import cpu
 
         return cpu
     if module == "cupy":
-        from kernels import cuda
+        from xpnet.kernels import cuda
 
         return cuda
     raise TypeError(
@@ -116,6 +125,7 @@ def col2im(col, input_shape, filter_h, filter_w, stride=1, pad=0):
 
 
 def _check_pool(what, shape, pool_h, pool_w, stride, pad):
+    """``_check`` for a pooling window, which must also be wider than the padding."""
     checked = _check(what, shape, pool_h, pool_w, stride, pad, "pool_h", "pool_w")
     ph, pw, _, pad = checked[:4]
     if pad >= min(ph, pw):
@@ -168,6 +178,7 @@ def _check_argmax_dtype(argmax):
 
 
 def _check_conv(what, x_shape, W, stride, pad):
+    """``_check`` for x: (N, C, H, W) against filters W: (FN, C, FH, FW)."""
     if len(W.shape) != 4:
         raise ValueError(f"{what}: expected W of shape (FN, C, FH, FW), got {tuple(W.shape)}")
     if len(x_shape) != 4 or x_shape[1] != W.shape[1]:
@@ -179,10 +190,11 @@ def _check_conv(what, x_shape, W, stride, pad):
 
 
 def _impl(a, name):
+    """Op ``name`` of ``a``'s backend module, else the generic version (im2col + GEMM)."""
     backend = _backend(a)
     if hasattr(backend, name):
         return getattr(backend, name)
-    from kernels import generic
+    from xpnet.kernels import generic
 
     return getattr(generic, name)
 

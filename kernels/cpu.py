@@ -27,7 +27,7 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-from kernels.reference import conv_output_size
+from xpnet.kernels.reference import conv_output_size
 
 _HALF = np.dtype(np.float16)
 

@@ -29,7 +29,7 @@ atomics the hardware lacks for float16 on older GPUs, and (c) must zero ``x`` fi
 more pass over memory. Gathering writes every output exactly once, coalesced, with no
 zeroing; its reads of ``col`` are strided, but each thread reads only
 ``ceil(FH/stride) * ceil(FW/stride)`` values (9 for a 3x3, stride-1 convolution), which the
-L2 cache absorbs. ``col2im_scatter`` keeps the atomic version so that
+L2 cache absorbs. ``benchmarks/gpu_col2im_scatter.py`` keeps the atomic version so that
 ``benchmarks/gpu_bench.py`` measures the two side by side; the default stays the gather
 even where the scatter is a little faster, because reproducible training (and CPU/GPU
 parity) is worth more than a fraction of a step.
@@ -163,22 +163,6 @@ def _col2im_kernel(col, x, filter_h, filter_w, stride, pad, out_h, out_w, zero):
             for ow in range(ow_hi, ow_lo - 1, -1):
                 acc += col[row_base + ow, col_base - ow * stride]
         x[n, c, h, w] = acc
-
-
-@cuda.jit
-def _col2im_scatter_kernel(col, x, filter_h, filter_w, stride, pad, out_h, out_w):
-    """col -> x (pre-zeroed), scattering with atomicAdd: one thread per col entry.
-
-    Kept only to measure against the gather kernel; the summation order is not fixed.
-    """
-    height, width = x.shape[2], x.shape[3]
-    ncols = col.shape[1]
-    total = col.shape[0] * ncols
-    for i in range(cuda.grid(1), total, cuda.gridsize(1)):
-        row, k, n, c, h, w = _col_entry(i, ncols, out_h, out_w, filter_h, filter_w, stride,
-                                        pad)
-        if 0 <= h < height and 0 <= w < width:
-            cuda.atomic.add(x, (n, c, h, w), col[row, k])
 
 
 @cuda.jit
@@ -319,14 +303,6 @@ def launch_col2im(col, x, filter_h, filter_w, stride, pad, *, stream=0,
             col, x, filter_h, filter_w, stride, pad, out_h, out_w, _scalar(x.dtype, 0))
 
 
-def launch_col2im_scatter(col, x, filter_h, filter_w, stride, pad, *, stream=0,
-                          threads=THREADS_PER_BLOCK, max_blocks=MAX_BLOCKS):
-    """Add the windows in ``col`` into ``x`` with atomics; ``x`` must be zeroed first."""
-    out_h, out_w = _conv_geometry(x, col, filter_h, filter_w, stride, pad)
-    _launch(_col2im_scatter_kernel, col.size, threads, max_blocks, stream,
-            col, x, filter_h, filter_w, stride, pad, out_h, out_w)
-
-
 def launch_maxpool_forward(x, out, argmax, pool_h, pool_w, stride, pad, *, stream=0,
                            threads=THREADS_PER_BLOCK, max_blocks=MAX_BLOCKS):
     """Fill ``out`` and int32 ``argmax`` (N, C, out_h, out_w) from ``x`` (N, C, H, W)."""
@@ -377,24 +353,6 @@ def col2im(col, input_shape, filter_h, filter_w, stride=1, pad=0):
     x = cp.empty(shape, dtype=col.dtype)
     if x.size:
         launch_col2im(_dev(col), _dev(x), filter_h, filter_w, stride, pad, stream=_stream())
-    return x
-
-
-def col2im_scatter(col, input_shape, filter_h, filter_w, stride=1, pad=0):
-    """col2im by atomic scatter (float32/float64): same result up to summation order.
-
-    For benchmarks only; ``col2im`` is the deterministic gather (see the module docstring).
-    """
-    cp = backend.require_gpu()
-    col = _input(cp, col, "col", 2)
-    if col.dtype not in (np.float32, np.float64):
-        raise TypeError(f"col2im_scatter supports float32 and float64, got {col.dtype}")
-    shape = _shape4(input_shape)
-    _check_geometry(shape, filter_h, filter_w, stride, pad, "filter")
-    x = cp.zeros(shape, dtype=col.dtype)
-    if x.size:
-        launch_col2im_scatter(_dev(col), _dev(x), filter_h, filter_w, stride, pad,
-                              stream=_stream())
     return x
 
 

@@ -1,17 +1,18 @@
-"""Convolution as the book writes it -- im2col, one GEMM, col2im -- and ReLU as array
+"""Convolution as the book writes it - im2col, one GEMM, col2im - and ReLU as array
 expressions, for any array backend.
 
-Used for arrays whose kernel module has no fused version of its own (CuPy arrays: cuBLAS
-is at its best on the one large product, and CuPy fuses the elementwise ReLU itself).
-Only the kernel entry points and the array's own namespace are used, so the arrays stay
-on their device.
+The fallback of ``xpnet.kernels`` for an op that a backend module does not define: today the
+convolution pair and ReLU on CuPy arrays (cuBLAS is at its best on one large product, and
+CuPy fuses the elementwise ReLU itself). Only the kernel entry points and the array's own
+namespace are used, so the arrays stay on their device; the shapes were checked by the entry
+point that called these.
 """
 
 from __future__ import annotations
 
 import importlib
 
-import kernels
+from xpnet import kernels
 
 
 def _namespace(a):

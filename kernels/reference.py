@@ -1,10 +1,11 @@
-"""Plain NumPy versions of the kernels, written for clarity: the oracle the tests trust.
+"""Plain versions of the kernels, written for clarity: the oracle the tests trust.
 
-``im2col`` and ``col2im`` are the book's slicing loops (chapter 7.4.3, ``common/util.py``),
-changed only to keep the input's dtype and to run on the array module of their input, so on
-CuPy arrays they are the book's code ported to the GPU (the naive GPU baseline of
-``benchmarks/gpu_bench.py``). The max-pool pair is the obvious loop over every output
-position, NumPy only. Nothing here is fast; everything here is easy to check by eye.
+Same signatures and results as the entry points of ``xpnet.kernels`` (without their argument
+checks). ``im2col`` and ``col2im`` are the book's slicing loops (chapter 7.4.3,
+``common/util.py``), changed only to keep the input's dtype and to run on the array module
+of their input, so on CuPy arrays they are the book's code ported to the GPU (the naive GPU
+baseline of ``benchmarks/gpu_bench.py``). The max-pool pair is the obvious loop over every
+output position, NumPy only. Nothing here is fast; everything here is easy to check by eye.
 
 Layouts (the book's): ``col`` rows are ordered (N, out_h, out_w), its columns (C, FH, FW).
 """

@@ -13,6 +13,8 @@ computation (strides, padding, odd sizes, the grid-stride loops) is exercised.
 """
 
 import os
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,8 +25,12 @@ if os.environ.get("NUMBA_ENABLE_CUDASIM") != "1":
 
 from numba import config  # noqa: E402
 
-from kernels import cuda as gpu  # noqa: E402
-from kernels import reference as ref  # noqa: E402
+from xpnet.kernels import cuda as gpu  # noqa: E402
+from xpnet.kernels import reference as ref  # noqa: E402
+
+# the atomic col2im lives with the benchmarks that compare it with the gather
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from gpu_col2im_scatter import launch_col2im_scatter  # noqa: E402
 
 DTYPES = [np.float32, np.float64]
 SEEDS = range(16)
@@ -93,7 +99,7 @@ def test_col2im_scatter_equals_reference(seed, dtype):
     oh, ow = _out_hw(shape, fh, fw, stride, pad)
     col = rng.standard_normal((shape[0] * oh * ow, shape[1] * fh * fw)).astype(dtype)
     x = np.zeros(shape, dtype=dtype)
-    gpu.launch_col2im_scatter(col, x, fh, fw, stride, pad, **_launch_kwargs(rng))
+    launch_col2im_scatter(col, x, fh, fw, stride, pad, **_launch_kwargs(rng))
     rtol = 1e-6 if dtype == np.float32 else 1e-14
     np.testing.assert_allclose(x, ref.col2im(col, shape, fh, fw, stride, pad), rtol=rtol,
                                atol=rtol)

@@ -4,7 +4,12 @@ import json
 
 import pytest
 
-from xpnet import bench
+from xpnet.bench.analysis import headline, scaling_series, scaling_summary
+from xpnet.bench.cli import main
+from xpnet.bench.gpu import gpu_table
+from xpnet.bench.markdown import render_markdown
+from xpnet.bench.report import write_report
+from xpnet.bench.results import ReportError, group_cases, load_cases, speedups
 
 PEAK_N = 1000  # a 1000^3 sgemm: 2e9 FLOP
 
@@ -100,7 +105,7 @@ def run_json(tmp_path):
 
 
 def test_headline_figures():
-    h = bench.headline(bench.load_cases(synthetic_run()))
+    h = headline(load_cases(synthetic_run()))
     assert h["naive_over_xpnet"] == pytest.approx(10.0)
     assert h["xpnet_over_torch"] == pytest.approx(0.8)
     assert h["gflops"] == pytest.approx(4e9 / 0.2 / 1e9)  # 20 GFLOP/s
@@ -113,33 +118,33 @@ def test_headline_figures():
 
 
 def test_speedups_use_the_marked_baseline_else_the_slowest():
-    groups = bench.group_cases(bench.load_cases(synthetic_run()))
-    train = bench.speedups(groups["train DeepConvNet"])
+    groups = group_cases(load_cases(synthetic_run()))
+    train = speedups(groups["train DeepConvNet"])
     assert train == pytest.approx({"xpnet float32": 10.0, "PyTorch float32": 8.0,
                                    "book float64": 1.0})
     # no extra_info: labels come from the test ids, the slowest case is the baseline
-    assert bench.speedups(groups["other"]) == pytest.approx({"fast": 3.0, "slow": 1.0})
+    assert speedups(groups["other"]) == pytest.approx({"fast": 3.0, "slow": 1.0})
     assert [c.label for c in groups["train DeepConvNet"]] == [
         "xpnet float32", "PyTorch float32", "book float64"]  # fastest first
 
 
 def test_batch_scaling_sentence_finds_the_knee_and_the_rise():
-    cases = bench.load_cases(synthetic_run())
-    series = bench.scaling_series(cases, "batch")
+    cases = load_cases(synthetic_run())
+    series = scaling_series(cases, "batch")
     assert list(series) == ["xpnet"]
     assert [x for x, _ in series["xpnet"]] == [1, 8, 64, 256, 1024]
-    text = bench.scaling_summary(series["xpnet"], "batch", {"L2": "2048K"})
+    text = scaling_summary(series["xpnet"], "batch", {"L2": "2048K"})
     assert "from batch 64 on" in text  # 0.41 ms is within 10% of the best 0.4 ms
     assert "batch 256" in text  # where the best is
     assert "At batch 1024 it is 50% above its best" in text
     assert "L2 cache 2.1 MB per core" in text  # 2048K from sysfs, in decimal megabytes
-    image = bench.scaling_summary(bench.scaling_series(cases, "image")["xpnet"], "image")
+    image = scaling_summary(scaling_series(cases, "image")["xpnet"], "image")
     assert "proportional to the number of pixels" in image
     assert "4× the pixels" in image
 
 
 def test_markdown_report_shows_figures_and_machine(run_json):
-    text = bench.render_markdown(json.loads(run_json.read_text()), source="bench.json")
+    text = render_markdown(json.loads(run_json.read_text()), source="bench.json")
     assert "do not edit by hand" in text
     assert "**10×**" in text  # book / xpnet
     assert "**0.8**" in text  # xpnet / PyTorch
@@ -159,8 +164,8 @@ def test_markdown_report_shows_figures_and_machine(run_json):
 def test_write_report_with_charts(run_json, tmp_path):
     pytest.importorskip("matplotlib")
     out = tmp_path / "report" / "RESULTS.md"
-    assert bench.main([str(run_json), "-o", str(out), "--charts-dir",
-                       str(tmp_path / "report" / "img")]) == 0
+    assert main([str(run_json), "-o", str(out), "--charts-dir",
+                 str(tmp_path / "report" / "img")]) == 0
     text = out.read_text()
     for name in ("speedups.png", "scaling.png"):
         png = tmp_path / "report" / "img" / name
@@ -170,7 +175,7 @@ def test_write_report_with_charts(run_json, tmp_path):
 
 def test_write_report_without_charts(run_json, tmp_path):
     out = tmp_path / "R.md"
-    assert bench.main([str(run_json), "-o", str(out), "--no-charts"]) == 0
+    assert main([str(run_json), "-o", str(out), "--no-charts"]) == 0
     assert ".png" not in out.read_text()
     assert not list(tmp_path.glob("*.png"))
 
@@ -186,21 +191,21 @@ def test_bad_input_is_one_clear_error(tmp_path, capsys, content, message):
     path = tmp_path / "bench.json"
     if content is not None:
         path.write_text(content)
-    with pytest.raises(bench.ReportError, match=message):
-        bench.write_report(path, tmp_path / "R.md", charts=False)
-    assert bench.main([str(path), "-o", str(tmp_path / "R.md")]) == 2
+    with pytest.raises(ReportError, match=message):
+        write_report(path, tmp_path / "R.md", charts=False)
+    assert main([str(path), "-o", str(tmp_path / "R.md")]) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "R.md").exists()
 
 
 def test_batch_scaling_still_falling_and_flat_from_the_start():
-    falling = [(b, bench.load_cases({"benchmarks": [_scaling("batch", b, t)]})[0])
+    falling = [(b, load_cases({"benchmarks": [_scaling("batch", b, t)]})[0])
                for b, t in ((1, 1e-3), (4, 2e-3), (16, 4e-3))]
-    text = bench.scaling_summary(falling, "batch")
+    text = scaling_summary(falling, "batch")
     assert "still falling" in text and "at batch 16" in text
-    flat = [(b, bench.load_cases({"benchmarks": [_scaling("batch", b, 1e-3 * b)]})[0])
+    flat = [(b, load_cases({"benchmarks": [_scaling("batch", b, 1e-3 * b)]})[0])
             for b in (1, 4, 16)]
-    assert "already at batch 1" in bench.scaling_summary(flat, "batch")
+    assert "already at batch 1" in scaling_summary(flat, "batch")
 
 
 def test_xpnet_bench_subcommand(run_json, tmp_path, capsys):
@@ -237,8 +242,8 @@ def test_report_with_a_gpu_section(run_json, tmp_path):
     gpu = tmp_path / "gpu.json"
     gpu.write_text(json.dumps(_gpu_results()))
     out = tmp_path / "R.md"
-    assert bench.main([str(run_json), "-o", str(out), "--no-charts", "--gpu-results",
-                       str(gpu)]) == 0
+    assert main([str(run_json), "-o", str(out), "--no-charts", "--gpu-results",
+                 str(gpu)]) == 0
     text = out.read_text()
     section = text[text.index("## On an NVIDIA GPU"):]
     assert f"--gpu-results {gpu.as_posix()}" in text  # the regeneration command names it
@@ -258,7 +263,7 @@ def test_gpu_section_shows_failed_and_skipped_parts():
     results = {"parity": {"error": "RuntimeError: no kernel"},
                "torch": {"skipped": "PyTorch is not installed"},
                "epoch": {"steps": 600, "batch": 100, "seconds": 12.0, "ms_per_step": 20.0}}
-    rows = bench.gpu_table(results)
+    rows = gpu_table(results)
     assert "| parity | ERROR: RuntimeError: no kernel |" in rows
     assert "| PyTorch CUDA epoch | skipped: PyTorch is not installed |" in rows
     assert not any("GPU speed-up" in r for r in rows)  # no CPU part: no ratio invented
@@ -267,5 +272,5 @@ def test_gpu_section_shows_failed_and_skipped_parts():
 def test_gpu_results_that_are_not_json_are_one_clear_error(run_json, tmp_path):
     gpu = tmp_path / "gpu.json"
     gpu.write_text("not json")
-    with pytest.raises(bench.ReportError, match="not a GPU check's results.json"):
-        bench.write_report(run_json, tmp_path / "R.md", charts=False, gpu_results=gpu)
+    with pytest.raises(ReportError, match="not a GPU check's results.json"):
+        write_report(run_json, tmp_path / "R.md", charts=False, gpu_results=gpu)

@@ -256,6 +256,7 @@ def test_ch05_gradient_check_float32_images_float64_weights():
         assert rel < 1e-6 and diff < 1e-9, (key, diff, rel)
 
 
+@pytest.mark.slow
 def test_ch05_train_neuralnet_on_real_digits(mnist10k_dir):
     from xpnet.datasets import load_idx_pair
 

@@ -70,6 +70,7 @@ def test_train_writes_params_history_and_plot(capsys, data_dir, tmp_path):
         assert (out_dir / "history.png").read_bytes()[:4] == b"\x89PNG"
 
 
+@pytest.mark.slow
 def test_train_a_conv_net_on_images(capsys, data_dir, tmp_path):
     code, out, err = run(capsys, *train_args(
         data_dir, "--model", "SimpleConvNet", "--hidden", 20, "--epochs", 1, "--train-size", 60,
@@ -94,6 +95,7 @@ def test_train_multilayernetextend_options(capsys, data_dir, tmp_path):
     assert "gamma1" in params and "running_mean1" in params  # BatchNorm and its statistics
 
 
+@pytest.mark.slow
 def test_resume_from_the_command_line_matches_one_run(capsys, data_dir, tmp_path):
     common = ("--epochs", "3", "--batch-size", "50", "--quiet")
     assert run(capsys, *train_args(data_dir, *common, "--out", tmp_path / "full"))[0] == 0

@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from kernels import reference as ref
 from xpnet.convolution import Convolution, Pooling
 from xpnet.gradient import numerical_gradient, relative_error
+from xpnet.kernels import reference as ref
 
 
 def book_forward(x, W, b, stride, pad):

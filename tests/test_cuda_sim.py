@@ -17,6 +17,7 @@ REPO = Path(__file__).resolve().parents[1]
 CASES = REPO / "tests" / "cuda_sim_cases.py"
 
 
+@pytest.mark.slow
 def test_gpu_kernels_match_reference_under_cuda_simulator():
     pytest.importorskip("numba.cuda", reason="numba-cuda is not installed")
     env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1")

@@ -235,6 +235,7 @@ def test_bad_timeout_setting_is_a_clear_error(monkeypatch):
 # ---------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @needs_mpi
 @pytest.mark.parametrize("batch", [32, 33])  # an even split, and shards of 16 and 17
 def test_two_processes_with_half_batches_equal_one_process(tmp_path, batch):
@@ -266,6 +267,7 @@ def _cases_module():
     return distributed_cases
 
 
+@pytest.mark.slow
 @needs_mpi
 def test_batchnorm_statistics_are_per_replica_then_averaged(tmp_path):
     _ok(_cases("batchnorm", "--out", tmp_path, "--steps", 5, "--batch", 32))
@@ -330,6 +332,7 @@ def _read_checkpoint(path):
     return meta
 
 
+@pytest.mark.slow
 @needs_mpi
 def test_killed_rank_stops_the_job_and_the_checkpoint_resumes(tmp_path):
     ck = tmp_path / "ck"
@@ -352,6 +355,7 @@ def test_killed_rank_stops_the_job_and_the_checkpoint_resumes(tmp_path):
     assert len(losses) == 12
 
 
+@pytest.mark.slow
 @needs_mpi
 @pytest.mark.parametrize("sig, state", [("KILL", "died"), ("STOP", "is stopped")],
                          ids=["killed", "stopped"])
@@ -575,6 +579,7 @@ def test_nccl_world_of_one_trains_like_no_communicator():
 # ---------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @needs_mpi
 def test_trainer_on_two_processes_equals_one_process(tmp_path):
     one, two = tmp_path / "one", tmp_path / "two"
@@ -600,6 +605,7 @@ def test_trainer_on_two_processes_equals_one_process(tmp_path):
     assert h2["final_test_acc"] == h1["final_test_acc"]
 
 
+@pytest.mark.slow
 @needs_mpi
 def test_trainer_batchnorm_and_a_drawn_seed_keep_the_replicas_identical(tmp_path):
     # --seed 0: each rank's Trainer draws its own seed (the ranks' random states differ);
@@ -614,6 +620,7 @@ def test_trainer_batchnorm_and_a_drawn_seed_keep_the_replicas_identical(tmp_path
     assert h[0]["test_acc_list"] == h[1]["test_acc_list"]
 
 
+@pytest.mark.slow
 @needs_mpi
 def test_trainer_killed_rank_then_resume_reaches_the_uninterrupted_result(tmp_path):
     ck, ref = tmp_path / "ck", tmp_path / "ref"
@@ -661,6 +668,7 @@ def _tiny_idx(directory: Path) -> Path:
     return directory
 
 
+@pytest.mark.slow
 @needs_mpi
 def test_xpnet_train_distributed(tmp_path):
     common = ("--model", "TwoLayerNet", "--data-dir", _tiny_idx(tmp_path / "data"),

@@ -119,6 +119,7 @@ def tiny_mnist_pair(directory: Path, n=20) -> Path:
     return directory
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("script", sorted(FIGURES))
 def test_example_quick_mode_writes_its_figures_within_its_budget(script, tmp_path):
     if script in NEEDS_DATA and not _data_on_disk():
@@ -156,6 +157,7 @@ def test_device_gpu_without_gpu_fails_with_one_sentence(tmp_path):
     assert not list(tmp_path.glob("*.png"))
 
 
+@pytest.mark.slow
 def test_without_mnist_the_examples_fall_back_to_fashion_mnist(tmp_path, fashion_dir):
     if Path("/usr/share/datasets/mnist").exists():
         pytest.skip("a system-wide MNIST is installed")
@@ -217,6 +219,7 @@ def test_example_help_names_the_books_files(tmp_path):
     assert "shared" not in text
 
 
+@pytest.mark.slow
 def test_without_the_books_weights_chapter_3_trains_its_own(tmp_path, mnist10k_dir):
     proc = run_example("ch03_neural_network.py", "--out", str(tmp_path), "--threads", "1",
                        "--data-dir", str(mnist10k_dir),
@@ -228,6 +231,7 @@ def test_without_the_books_weights_chapter_3_trains_its_own(tmp_path, mnist10k_d
     assert (tmp_path / "predictions.png").stat().st_size > 1000
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("layout", ["flat", "repository"])
 def test_chapter_3_reaches_the_books_accuracy_with_its_weights(tmp_path, mnist10k_dir, layout):
     weights = book_folder(tmp_path, "ch03_sample_weight.pkl", layout=layout)
@@ -241,6 +245,7 @@ def test_chapter_3_reaches_the_books_accuracy_with_its_weights(tmp_path, mnist10
     assert "Accuracy (one by one):    0.9374" in proc.stdout
 
 
+@pytest.mark.slow
 def test_chapter_7_shows_the_books_filters_with_its_params_pkl(tmp_path, mnist10k_dir):
     weights = book_folder(tmp_path, "ch07_simple_convnet_params.pkl", layout="repository")
     proc = run_example("ch07_cnn.py", "--out", str(tmp_path / "out"), "--threads", "1",
@@ -251,6 +256,7 @@ def test_chapter_7_shows_the_books_filters_with_its_params_pkl(tmp_path, mnist10
     assert (tmp_path / "out" / "filters_book.png").stat().st_size > 1000
 
 
+@pytest.mark.slow
 def test_chapter_8_shows_the_mistakes_of_the_books_deepconvnet(tmp_path, mnist10k_dir):
     weights = book_folder(tmp_path, "ch08_deep_convnet_params.pkl", layout="flat")
     proc = run_example("ch08_deep_learning.py", "--out", str(tmp_path / "out"), "--threads",

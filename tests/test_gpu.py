@@ -12,15 +12,16 @@ out-of-memory hint and seeded GPU runs repeating exactly.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-import kernels
 import xpnet
-from xpnet import backend
+from xpnet import backend, kernels
 from xpnet.backend import DeviceError, as_numpy
 
 pytestmark = [
@@ -31,8 +32,8 @@ pytestmark = [
 
 if backend.gpu_available():
     cp = backend.require_gpu()
-    from kernels import cuda as gpu_kernels
-    from kernels import reference as ref
+    from xpnet.kernels import cuda as gpu_kernels
+    from xpnet.kernels import reference as ref
 
 
 def _rel(a, b):
@@ -116,12 +117,16 @@ def test_kernels_on_an_empty_batch_return_empty_arrays():
     assert gpu_kernels.maxpool_backward(out, arg, x.shape, 2, 2, 2, 0).shape == x.shape
 
 
-def test_col2im_scatter_agrees_with_gather():
+def test_col2im_scatter_agrees_with_gather(monkeypatch):
+    # the atomic col2im lives with the benchmarks that compare it with the gather
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from gpu_col2im_scatter import col2im_scatter
+
     rng = np.random.default_rng(2)
     shape, fh, fw, stride, pad = (8, 16, 14, 14), 3, 3, 1, 1
     c = cp.asarray(rng.standard_normal((8 * 14 * 14, 16 * 9)).astype(np.float32))
     gather = gpu_kernels.col2im(c, shape, fh, fw, stride, pad)
-    scatter = gpu_kernels.col2im_scatter(c, shape, fh, fw, stride, pad)
+    scatter = col2im_scatter(c, shape, fh, fw, stride, pad)
     assert _rel(scatter, gather) < 1e-6
 
 
@@ -328,11 +333,12 @@ def _networks():
 
 @pytest.fixture
 def same_masks():
-    """Dropout draws the same uniforms on both devices (from one host stream each)."""
+    """``same_masks(net, gnet)``: for the rest of the test, the Dropout layers of both
+    networks draw the same uniforms (from one host stream each)."""
     from xpnet.parity import same_dropout_masks
 
-    with same_dropout_masks():
-        yield
+    with contextlib.ExitStack() as stack:
+        yield lambda *networks: stack.enter_context(same_dropout_masks(*networks))
 
 
 @pytest.mark.parametrize("name,build,shape", _networks(), ids=[n[0] for n in _networks()])
@@ -340,6 +346,7 @@ def test_networks_on_gpu_equal_cpu(name, build, shape, same_masks):
     rng = np.random.default_rng(9)
     net = build()
     gnet = copy.deepcopy(net).to("gpu")
+    same_masks(net, gnet)
     assert gnet.device == "gpu" and all(isinstance(p, cp.ndarray) for p in gnet.params.values())
     classes = net.params[f"b{len([k for k in net.params if k.startswith('W')])}"].shape[0]
     x = rng.standard_normal((4, *shape))

@@ -8,9 +8,9 @@ import numba
 import numpy as np
 import pytest
 
-import kernels
-from kernels import generic
-from kernels import reference as ref
+from xpnet import kernels
+from xpnet.kernels import generic
+from xpnet.kernels import reference as ref
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -57,9 +57,9 @@ def test_same_dropout_masks_gives_each_network_the_same_masks():
     net = MultiLayerNetExtend(12, [10, 10], 3, use_dropout=True, dropout_ration=0.5,
                               dtype=np.float64)
     x, _ = _batch(8, (12,), classes=3)
-    with same_dropout_masks():
+    with same_dropout_masks(net):
         a = net.predict(x, train_flg=True)
-    with same_dropout_masks():
+    with same_dropout_masks(net):
         b = net.predict(x, train_flg=True)
     c = net.predict(x, train_flg=True)
     np.testing.assert_array_equal(a, b)
@@ -70,3 +70,32 @@ def test_step_parity_wants_a_float32_network_on_the_cpu():
     with pytest.raises(ValueError, match="float32 network on the CPU"):
         step_parity(MultiLayerNetExtend(4, [3], 2, dtype=np.float64), np.zeros((2, 4)),
                     np.zeros(2, int), device="cpu")
+
+
+def test_dropout_draws_its_masks_from_the_generator_it_is_given():
+    x = np.ones((4, 6))
+    a = layers.Dropout(0.5, rng=np.random.default_rng(3))
+    b = layers.Dropout(0.5, rng=np.random.default_rng(3))
+    np.testing.assert_array_equal(a.forward(x), b.forward(x))
+    uniforms = np.random.default_rng(3).random((4, 6), dtype=np.float32)
+    np.testing.assert_array_equal(a.mask, uniforms > 0.5)
+
+
+def test_same_dropout_masks_touches_only_the_networks_it_is_given():
+    net = MultiLayerNetExtend(12, [10], 3, use_dropout=True, dtype=np.float64)
+    other = layers.Dropout(0.5)
+    x, _ = _batch(8, (12,), classes=3)
+    with same_dropout_masks(net):
+        assert layers.get_rng is xpnet.backend.get_rng  # nothing patched
+        xpnet.seed(5)
+        inside = other.forward(x)
+    xpnet.seed(5)
+    np.testing.assert_array_equal(other.forward(x), inside)  # still xpnet's generator
+    assert all(layer.rng is None for layer in net._all_layers()
+               if isinstance(layer, layers.Dropout))  # the network's own generators are back
+
+
+def test_same_dropout_masks_wants_the_networks():
+    with pytest.raises(TypeError, match="takes the networks"):
+        with same_dropout_masks():
+            pass

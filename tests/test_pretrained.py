@@ -9,6 +9,7 @@ of the float64 computation.
 """
 
 import numpy as np
+import pytest
 
 from xpnet.datasets import load_idx_pair
 from xpnet.models import DeepConvNet, SimpleConvNet, ThreeLayerNet, init_network, predict
@@ -52,6 +53,7 @@ def test_simple_conv_net(book_fixture, mnist10k_dir):
     assert _correct(net.accuracy(x, t), len(t)) == 9600
 
 
+@pytest.mark.slow
 def test_deep_conv_net(book_fixture, mnist10k_dir):
     x, t = _mnist10k(mnist10k_dir, flatten=False)
     net = DeepConvNet()
@@ -59,6 +61,7 @@ def test_deep_conv_net(book_fixture, mnist10k_dir):
     assert _correct(net.accuracy(x, t), len(t)) == 9758
 
 
+@pytest.mark.slow
 def test_deep_conv_net_float16(book_fixture, mnist10k_dir):
     """Book 8.3.4: half precision keeps the accuracy (within 0.1 points of 97.58%)."""
     x, t = _mnist10k(mnist10k_dir, flatten=False)

@@ -74,6 +74,7 @@ def test_the_quick_start_and_the_test_command_are_what_ci_runs():
     assert steps[4] == "pip install -e '.[dev]'"
     assert steps[-1].startswith("xpnet train")
     ci = ci_commands()
+    assert not any("not slow" in line for line in ci)  # CI runs the end-to-end tests too
     # CI runs every step as written, in the README's order, with the system packages behind
     # a check that they are not there yet
     assert "apt-get update && apt-get install -y python3-venv dataset-fashion-mnist" in ci
@@ -106,6 +107,7 @@ def python_snippets() -> list[str]:
     return re.findall(r"```python\n(.*?)```", README.read_text(encoding="utf-8"), re.S)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("which", ["first", "own arrays"])
 def test_python_snippet_runs_offline_as_written(which, tmp_path, fashion_dir):
     snippets = python_snippets()
@@ -127,6 +129,7 @@ def test_every_example_named_in_the_readme_exists_and_is_tested():
     assert "glob(" in tested or all(name in tested for name in named)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", XPNET_COMMANDS, ids=lambda c: " ".join(c.split()[:4]))
 def test_xpnet_command_runs_as_written(command, tmp_path, fashion_dir):
     env = dict(os.environ, MPLBACKEND="Agg")
@@ -149,6 +152,7 @@ def test_the_readme_shows_the_benchmark_commands():
     assert any(c.startswith("python -m xpnet.bench ") for c in BENCH_COMMANDS)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", BENCH_COMMANDS, ids=lambda c: " ".join(c.split()[:6]))
 def test_benchmark_command_runs_as_written(command, tmp_path):
     """Run from the repository, the variables the command unsets unset, outputs in tmp_path."""
@@ -178,6 +182,7 @@ def test_benchmark_command_runs_as_written(command, tmp_path):
     assert written and all(p.stat().st_size > 0 for p in written)
 
 
+@pytest.mark.slow
 @pytest.mark.mpi
 @pytest.mark.parametrize("command", MPI_COMMANDS)
 def test_mpi_command_runs_as_written(command, tmp_path, fashion_dir):

@@ -7,6 +7,7 @@ Run with ``-s`` to see the figure.
 """
 
 import numpy as np
+import pytest
 
 from xpnet.datasets import load_mnist
 from xpnet.models import TwoLayerNet
@@ -29,6 +30,7 @@ def _train(network, x_train, t_train, rng):
     return losses
 
 
+@pytest.mark.slow
 def test_two_layer_net_learns_fashion_mnist(fashion_dir):
     (x_train, t_train), (x_test, t_test) = load_mnist(
         normalize=True, one_hot_label=True, dataset="fashion-mnist", data_dir=fashion_dir,

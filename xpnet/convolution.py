@@ -11,8 +11,7 @@ promoted to float64 by float64 weights (the weights are cast for the product ins
 
 from __future__ import annotations
 
-import kernels
-from xpnet import threads
+from xpnet import kernels, threads
 from xpnet.backend import get_array_module, is_gpu_array
 
 __all__ = ["Convolution", "Pooling"]

@@ -20,7 +20,7 @@ import math
 
 import numpy as np
 
-import kernels
+from xpnet import kernels
 from xpnet.backend import get_array_module, get_rng
 from xpnet.functions import sigmoid, softmax_cross_entropy
 
@@ -296,13 +296,17 @@ class Dropout:
     ``forward(x, train_flg=True)``: training multiplies by a fresh random 0/1 ``mask``
     drawn on x's device from ``xpnet.backend.get_rng`` (so ``xpnet.seed`` fixes it);
     evaluation multiplies by ``1 - dropout_ratio`` (the book's scaling, not inverted).
+    ``rng``, if given, is the generator the masks come from instead (anything with
+    ``random(size, dtype)``, e.g. ``numpy.random.default_rng(0)``; its draws move to x's
+    device), so two networks can be given the same masks.
     """
 
-    def __init__(self, dropout_ratio=0.5):
+    def __init__(self, dropout_ratio=0.5, rng=None):
         ratio = float(dropout_ratio)
         if not 0.0 <= ratio < 1.0:
             raise ValueError(f"Dropout: dropout_ratio must be in [0, 1), got {dropout_ratio!r}")
         self.dropout_ratio = ratio
+        self.rng = rng
         self.mask = None
         self._train = True
         self._shape = None
@@ -314,7 +318,8 @@ class Dropout:
         self._shape = x.shape
         if self._train:
             # float32 uniforms are plenty for a comparison and half the memory traffic.
-            self.mask = get_rng(xp).random(x.shape, dtype=xp.float32) > self.dropout_ratio
+            rng = get_rng(xp) if self.rng is None else self.rng
+            self.mask = xp.asarray(rng.random(x.shape, dtype=xp.float32)) > self.dropout_ratio
             return x * self.mask
         return x * x.dtype.type(1.0 - self.dropout_ratio)
 

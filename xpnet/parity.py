@@ -3,21 +3,22 @@
     >>> report = step_parity(DeepConvNet(dtype=np.float32), x_batch, t_batch)
     >>> report["passed"], report["grad_max_rel"], report["adam_gpu_vs_float64"]
 
-The network (on the CPU, float32) is copied to the GPU and, as the reference, to a float64
-network on the CPU. All three compute the gradient of the same batch with the same Dropout
-masks; then each takes one SGD step and, from the same start, one Adam step. Every error is
-per parameter tensor, relative to its largest entry: ``max|a - b| / max|b|``.
+The network (float32, on the CPU) is copied to the device and, as the reference, to a
+float64 network on the CPU. All three compute the gradient of the same batch (x: (N, ...),
+t: (N,)) with the same Dropout masks (:func:`same_dropout_masks`); then each takes one SGD
+step and, from the same start, one Adam step. Every error is per parameter tensor, relative
+to its largest entry: ``max|a - b| / max|b|``.
 
-What "equal" can mean in float32:
+What "equal" means in float32, and why:
 
-* gradients and the SGD step: GPU and CPU agree to ``tol`` (1e-5); they differ only by the
-  order of float32 summations, about 1e-7.
+* gradients and the SGD step: device and CPU agree to ``tol``; they may differ only by the
+  order of float32 summations.
 * the Adam step: its first update is ``lr * g / (|g| + eps)``, which for a gradient entry
-  near ``eps`` (a bias whose contributions nearly cancel) turns the float32 rounding of
-  ``g`` into a visible change of the update. The CPU's own float32 step then differs from
-  the float64 one by up to about 3e-4 of a zero-initialised bias, so the GPU is held to
-  ``tol`` or, where the CPU's float32 step is itself further than that from float64, to
-  being no further from float64 than twice the CPU's distance.
+  near ``eps`` (a bias whose contributions nearly cancel) turns the float32 rounding of ``g``
+  into a visible change of the update, so the CPU's own float32 step can be further than
+  ``tol`` from the float64 one. The device is held to ``tol`` or, where the CPU's step is
+  itself further than that from float64, to being no further from float64 than twice the
+  CPU's distance.
 """
 
 from __future__ import annotations
@@ -31,27 +32,28 @@ from xpnet import backend
 
 
 @contextlib.contextmanager
-def same_dropout_masks(seed: int = 1234):
-    """Within the block, Dropout draws its uniforms on the host from one fresh stream per
-    device (``seed``), so a CPU and a GPU network that run the same layers get the same masks."""
-    from xpnet import layers
+def same_dropout_masks(*networks, seed: int = 1234):
+    """Within the block, the Dropout layers of each network draw their masks from a fresh host
+    generator seeded ``seed``, one per network, so networks that run the same layers in the
+    same order get the same masks whatever their device and dtype (the uniforms are drawn in
+    float32 on the host, then moved). On exit each layer has its own generator back."""
+    from xpnet.layers import Dropout
 
-    streams: dict = {}
-
-    class HostUniforms:
-        def __init__(self, xp):
-            self.xp = xp
-            self.rng = streams.setdefault(xp.__name__, np.random.default_rng(seed))
-
-        def random(self, size, dtype=np.float64):
-            return self.xp.asarray(self.rng.random(size, dtype=np.float32).astype(dtype))
-
-    original = layers.get_rng
-    layers.get_rng = HostUniforms
+    if not networks:
+        raise TypeError("same_dropout_masks takes the networks whose Dropout layers are to "
+                        "draw the same masks, e.g. same_dropout_masks(cpu_net, gpu_net)")
+    dropouts = [[layer for layer in net._all_layers() if isinstance(layer, Dropout)]
+                for net in networks]
+    saved = [(layer, layer.rng) for layers in dropouts for layer in layers]
+    for layers in dropouts:
+        host = np.random.default_rng(seed)
+        for layer in layers:
+            layer.rng = host
     try:
         yield
     finally:
-        layers.get_rng = original
+        for layer, rng in saved:
+            layer.rng = rng
 
 
 def _max_rel(a, b) -> float:
@@ -63,7 +65,7 @@ def _max_rel(a, b) -> float:
 
 
 def _gradient(network, x, t, seed):
-    with same_dropout_masks(seed):  # a fresh stream for every network: identical masks
+    with same_dropout_masks(network, seed=seed):  # a fresh stream each time: identical masks
         grads = network.gradient(x, t)
     return grads, float(network.last_loss)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-import kernels
+from xpnet import kernels
 from xpnet.backend import as_numpy, get_array_module, get_rng
 
 __all__ = ["im2col", "col2im", "conv_output_size", "shuffle_dataset", "smooth_curve"]
