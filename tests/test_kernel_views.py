@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import kernels
-from kernels import reference as ref
+from xpnet import kernels
+from xpnet.kernels import reference as ref
 
 REPO = Path(__file__).resolve().parents[1]
 SEEDS = range(40)
@@ -195,7 +195,7 @@ def test_relu_on_a_transposed_view_stays_inside_the_array():
     # kernel read far outside the array (a crash), so run it in a child process
     code = textwrap.dedent("""
         import numpy as np
-        import kernels
+        from xpnet import kernels
         base = np.random.default_rng(0).standard_normal((2, 2000, 1, 1030)).astype(np.float32)
         view = base.transpose(1, 2, 0, 3)[:, :, :1, :1024]
         assert np.array_equal(kernels.relu_forward(view), np.maximum(view, 0))

@@ -459,7 +459,7 @@ def test_gpu_kernels_build_where_numpy_lacks_row_stack():
     code = (
         "import numpy as np\n"
         "if hasattr(np, 'row_stack'): del np.row_stack\n"  # as NumPy 2.5
-        "import kernels.cuda\n"
+        "import xpnet.kernels.cuda\n"
         "import numba.cuda.np.arrayobj\n"  # what numba-cuda imports before its first kernel
         "assert np.row_stack is np.vstack\n"
     )
