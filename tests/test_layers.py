@@ -416,3 +416,116 @@ def test_relu_keeps_the_book_mask_and_a_scalar_dout_broadcasts():
     scalar = Relu()
     assert scalar.forward(np.array(-2.0)).shape == ()
     assert scalar.backward(1.0).shape == () and scalar.backward(1.0) == 0
+
+
+# ---------------------------------------------------------------------------
+# What the book's scripts pass: label columns, scalar biases, strides that do not tile,
+# float32 images with float64 weights
+# ---------------------------------------------------------------------------
+
+
+def test_softmax_with_loss_takes_a_column_of_labels():
+    """The book's ch. 7 gradient check passes t of shape (N, 1)."""
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((4, 5))
+    labels = np.array([3, 0, 4, 1])
+    flat, column = SoftmaxWithLoss(), SoftmaxWithLoss()
+    assert column.forward(x, labels.reshape(4, 1)) == flat.forward(x, labels)
+    np.testing.assert_array_equal(column.backward(), flat.backward())
+    one = SoftmaxWithLoss()
+    assert one.forward(x[:1], np.array([[3]])) == pytest.approx(-np.log(softmax(x[0])[3]))
+    from xpnet.functions import cross_entropy_error
+
+    y = softmax(x)
+    assert cross_entropy_error(y, labels.reshape(4, 1)) == cross_entropy_error(y, labels)
+
+
+def test_label_shapes_that_fit_nothing_are_still_refused():
+    x = np.zeros((4, 5))
+    for t in (np.zeros((4, 2), dtype=int), np.zeros((1, 4), dtype=int), np.zeros((4, 1, 1), int)):
+        with pytest.raises(ValueError, match=r"SoftmaxWithLoss: t of shape"):
+            SoftmaxWithLoss().forward(x, t)
+    with pytest.raises(ValueError, match=r"t of shape \(4, 1\)"):  # float: not labels
+        SoftmaxWithLoss().forward(x, np.zeros((4, 1)))
+
+
+def _book_conv(x, W, b, stride, pad):
+    """The book's Convolution.forward on the reference (slicing) im2col, floored sizes."""
+    from kernels import reference
+
+    FN, C, FH, FW = W.shape
+    N, _, H, Wd = x.shape
+    out_h, out_w = 1 + (H + 2 * pad - FH) // stride, 1 + (Wd + 2 * pad - FW) // stride
+    out = np.dot(reference.im2col(x, FH, FW, stride, pad), W.reshape(FN, -1).T) + b
+    return out.reshape(N, out_h, out_w, -1).transpose(0, 3, 1, 2)
+
+
+def test_convolution_takes_a_scalar_bias():
+    """The book's ch. 7 apply_filter.py builds Convolution(W, 0)."""
+    from xpnet.layers import Convolution
+
+    rng = np.random.default_rng(12)
+    x, W = rng.standard_normal((1, 1, 6, 6)), rng.standard_normal((3, 1, 3, 3))
+    for b in (0, 0.5, np.float64(-1.0), np.array(2.0)):
+        conv = Convolution(W, b)
+        np.testing.assert_allclose(conv.forward(x), _book_conv(x, W, b, 1, 0), rtol=1e-12)
+        conv.backward(np.ones((1, 3, 4, 4)))
+        np.testing.assert_allclose(conv.db, np.full(3, 16.0))  # per filter, as the book's
+    with pytest.raises(ValueError, match=r"Convolution: b must have shape \(3,\).*or be a scalar"):
+        Convolution(W, np.zeros(2))
+
+
+@pytest.mark.parametrize("size, stride, pad", [(8, 2, 0), (7, 3, 1), (9, 4, 0)])
+def test_convolution_floors_strides_that_do_not_tile(size, stride, pad):
+    from xpnet.layers import Convolution
+
+    rng = np.random.default_rng(13)
+    x = rng.standard_normal((2, 2, size, size + 1))
+    W, b = rng.standard_normal((3, 2, 3, 3)), rng.standard_normal(3)
+    conv = Convolution(W, b, stride=stride, pad=pad)
+    out = conv.forward(x)
+    np.testing.assert_allclose(out, _book_conv(x, W, b, stride, pad), rtol=1e-12, atol=1e-12)
+    assert_small(grad_check(conv, x, params=("W", "b")))
+
+
+def test_window_arguments_name_the_layer_and_argument():
+    from xpnet.layers import Convolution, Pooling
+
+    W, b = np.zeros((2, 1, 3, 3)), np.zeros(2)
+    with pytest.raises(TypeError, match=r"Convolution: stride must be an integer, got 1\.5"):
+        Convolution(W, b, stride=1.5)
+    with pytest.raises(TypeError, match=r"Convolution: pad must be an integer, got 0\.5"):
+        Convolution(W, b, pad=0.5)
+    with pytest.raises(TypeError, match=r"Convolution: stride must be one integer.*\(1, 2\)"):
+        Convolution(W, b, stride=(1, 2))
+    with pytest.raises(ValueError, match=r"Convolution: stride must be >= 1, got 0"):
+        Convolution(W, b, stride=0)
+    with pytest.raises(ValueError, match=r"Convolution: pad must be >= 0, got -1"):
+        Convolution(W, b, pad=-1)
+    assert Convolution(W, b, stride=np.int64(2)).stride == 2
+    with pytest.raises(TypeError, match=r"Pooling: pool_h must be an integer, got 2\.5"):
+        Pooling(2.5, 2)
+    with pytest.raises(ValueError, match=r"Pooling: pool_w must be >= 1, got 0"):
+        Pooling(2, 0)
+    with pytest.raises(TypeError, match=r"Pooling: stride must be one integer.*\[2, 2\]"):
+        Pooling(2, 2, stride=[2, 2])
+    with pytest.raises(ValueError, match=r"Pooling: pad must be >= 0, got -2"):
+        Pooling(2, 2, pad=-2)
+
+
+def test_convolution_promotes_input_and_parameters_like_numpy():
+    """float32 images with the book's float64 weights compute in float64, as the book's
+    layers (and xpnet's Affine) do."""
+    from xpnet.layers import Convolution
+
+    rng = np.random.default_rng(14)
+    x = rng.standard_normal((2, 3, 6, 6)).astype(np.float32)
+    W, b = rng.standard_normal((4, 3, 3, 3)), rng.standard_normal(4)
+    conv = Convolution(W, b, pad=1)
+    out = conv.forward(x)
+    assert out.dtype == np.float64
+    np.testing.assert_allclose(out, _book_conv(x.astype(np.float64), W, b, 1, 1), rtol=1e-13)
+    dx = conv.backward(np.ones_like(out))
+    assert dx.dtype == np.float64 and conv.dW.dtype == np.float64
+    half = Convolution(W.astype(np.float32), b.astype(np.float32), pad=1)
+    assert half.forward(x).dtype == np.float32  # matching dtypes: no promotion

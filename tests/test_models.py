@@ -102,8 +102,9 @@ def test_multi_layer_net_extend_gradient_all_options():
         5, [6, 6], 3, weight_decay_lambda=0.05, use_dropout=True, dropout_ration=0.3,
         use_batchnorm=True, dtype=F64,
     )
-    assert list(net.params) == ["W1", "b1", "W2", "b2", "W3", "b3", "gamma1", "beta1",
-                                "gamma2", "beta2"]
+    # the book's order, layer by layer (its batch_norm_gradient_check.py prints them so)
+    assert list(net.params) == ["W1", "b1", "gamma1", "beta1", "W2", "b2", "gamma2", "beta2",
+                                "W3", "b3"]
     assert list(net.layers) == [
         "Affine1", "BatchNorm1", "Activation_function1", "Dropout1",
         "Affine2", "BatchNorm2", "Activation_function2", "Dropout2", "Affine3",
@@ -118,6 +119,22 @@ def test_multi_layer_net_extend_gradient_all_options():
     # dropout was really active in that pass: some units were dropped, not all
     mask = np.asarray(net.layers["Dropout1"].mask)
     assert 0 < mask.sum() < mask.size
+
+
+def test_multi_layer_net_extend_loss_is_in_inference_mode_by_default():
+    """The book's MultiLayerNetExtend.loss(x, t, train_flg=False): no dropped units, the
+    running statistics of BatchNormalization; gradients still come from training mode."""
+    rng = np.random.default_rng(16)
+    net = MultiLayerNetExtend(4, [8], 3, use_dropout=True, use_batchnorm=True, dtype=F64)
+    x, t = _batch(rng, 5, (4,), 3)
+    net.gradient(x, t)  # moves the running statistics off their start
+    bn = net.layers["BatchNorm1"]
+    saved = bn.running_mean.copy()
+    default = net.loss(x, t)
+    assert default == net.loss(x, t, train_flg=False) == net.loss(x, t)
+    np.testing.assert_array_equal(bn.running_mean, saved)  # inference: statistics unchanged
+    assert net.loss(x, t, train_flg=True) != default
+    assert list(net.gradient(x, t)) == ["W1", "b1", "gamma1", "beta1", "W2", "b2"]
 
 
 def test_numerical_gradient_of_dropout_net_repeats_the_mask():

@@ -62,22 +62,6 @@ def test_momentum_two_steps():
     np.testing.assert_allclose(opt.v["W"], v2, rtol=1e-14)
 
 
-def test_nesterov_two_steps_book_form():
-    params = fresh()
-    lr, mu = 0.1, 0.9
-    opt = Nesterov(lr=lr, momentum=mu)
-    opt.update(params, G1)
-    v1 = -lr * G1["W"]
-    w1 = W0 + mu * mu * v1 - (1 + mu) * lr * G1["W"]
-    np.testing.assert_allclose(params["W"], w1, rtol=1e-14)
-    # first entry by hand: v = -0.05; W = 1 + 0.81*(-0.05) - 1.9*0.1*0.5 = 0.8645
-    assert params["W"][0, 0] == pytest.approx(0.8645, abs=1e-14)
-    opt.update(params, G2)
-    v2 = mu * v1 - lr * G2["W"]
-    w2 = w1 + mu * mu * v2 - (1 + mu) * lr * G2["W"]
-    np.testing.assert_allclose(params["W"], w2, rtol=1e-14)
-
-
 def test_adagrad_two_steps():
     params = fresh()
     opt = AdaGrad(lr=0.1)
@@ -129,6 +113,82 @@ def test_adam_two_steps_book_form():
     p = fresh()
     Adam(lr=0.001).update(p, G1)
     np.testing.assert_allclose(W0 - p["W"], 0.001 * np.sign(G1["W"]), atol=1e-8)
+
+
+# The book's formulas, written plainly in NumPy, as references for whole update sequences.
+def _reference_step(name, state, x, g, lr):
+    """One step of the book's ``common/optimizer.py`` formula for one parameter x (a float)."""
+    if name == "sgd":
+        return x - lr * g
+    if name == "momentum":
+        state["v"] = 0.9 * state.get("v", 0.0) - lr * g
+        return x + state["v"]
+    if name == "nesterov":  # steps with momentum**2 times the *previous* v, then updates v
+        v = state.get("v", 0.0)
+        x = x + 0.81 * v - 1.9 * lr * g
+        state["v"] = 0.9 * v - lr * g
+        return x
+    if name == "adagrad":
+        state["h"] = state.get("h", 0.0) + g * g
+        return x - lr * g / (np.sqrt(state["h"]) + 1e-7)
+    if name == "rmsprop":
+        state["h"] = 0.99 * state.get("h", 0.0) + 0.01 * g * g
+        return x - lr * g / (np.sqrt(state["h"]) + 1e-7)
+    if name == "adam":
+        state["t"] = t = state.get("t", 0) + 1
+        lr_t = lr * np.sqrt(1.0 - 0.999**t) / (1.0 - 0.9**t)
+        state["m"] = state.get("m", 0.0) + 0.1 * (g - state.get("m", 0.0))
+        state["v"] = state.get("v", 0.0) + 0.001 * (g * g - state.get("v", 0.0))
+        return x - lr_t * state["m"] / (np.sqrt(state["v"]) + 1e-7)
+    raise AssertionError(name)
+
+
+def _naive_gradient(x, y):
+    """The gradient of the book's ch. 6 test function f(x, y) = x**2 / 20 + y**2."""
+    return {"x": x / 10.0, "y": 2.0 * y}
+
+
+def _reference_path(name, lr, steps=30):
+    pos, states = {"x": -7.0, "y": 2.0}, {"x": {}, "y": {}}
+    for _ in range(steps):
+        g = _naive_gradient(pos["x"], pos["y"])
+        pos = {k: _reference_step(name, states[k], pos[k], g[k], lr) for k in pos}
+    return pos
+
+
+_NAIVE_LR = {"sgd": 0.95, "momentum": 0.1, "nesterov": 0.1, "adagrad": 1.5, "rmsprop": 0.1,
+             "adam": 0.3}
+
+
+@pytest.mark.parametrize("kind", ["float", "0-d", "1-d"])
+@pytest.mark.parametrize("name", sorted(OPTIMIZERS))
+def test_naive_problem_on_scalar_parameters_follows_the_book(name, kind):
+    """The book's optimizer_compare_naive.py keeps its parameters as Python floats."""
+    wrap = {"float": float, "0-d": np.array, "1-d": lambda v: np.array([v])}[kind]
+    params = {"x": wrap(-7.0), "y": wrap(2.0)}
+    opt = get_optimizer(name, lr=_NAIVE_LR[name])
+    for _ in range(30):
+        opt.update(params, _naive_gradient(params["x"], params["y"]))
+    expected = _reference_path(name, _NAIVE_LR[name])
+    for key in params:
+        assert np.shape(params[key]) == np.shape(wrap(0.0))
+        np.testing.assert_allclose(np.ravel(params[key]), [expected[key]], rtol=1e-12, atol=1e-15)
+
+
+def test_nesterov_is_the_books_sequence():
+    """Nesterov steps with momentum**2 times the previous step's v and updates v afterwards
+    (the book's order): every point of 30 steps of the book's naive problem is the book's."""
+    params = {"x": np.array([-7.0]), "y": np.array([2.0])}
+    opt = Nesterov(lr=0.1)
+    path = [(-7.0, 2.0)]
+    for _ in range(30):
+        opt.update(params, _naive_gradient(params["x"], params["y"]))
+        path.append((float(params["x"][0]), float(params["y"][0])))
+    for steps in (1, 2, 30):
+        expected = _reference_path("nesterov", 0.1, steps)
+        np.testing.assert_allclose(path[steps], (expected["x"], expected["y"]), rtol=1e-12)
+    # the first step by hand: no velocity yet, so x = -7 - 1.9 * 0.1 * (-0.7)
+    assert path[1][0] == pytest.approx(-6.867, abs=1e-12)
 
 
 # ---------------------------------------------------------------------------

@@ -590,3 +590,15 @@ register_command(
     configure=_bench.configure_parser,
     run=_bench.run,
 )
+
+
+# ``xpnet book``: the book's own scripts, unchanged, on xpnet (xpnet.book holds it all)
+from xpnet import book as _book  # noqa: E402
+
+register_command(
+    "book",
+    help="run a script of the book's repository unchanged on xpnet (the book's numbers)",
+    description=_book.DESCRIPTION,
+    configure=_book.configure_parser,
+    run=_book.run,
+)

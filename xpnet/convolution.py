@@ -5,11 +5,17 @@ attributes (``W``, ``b``, ``stride``, ``pad``, ``x``, ``col``, ``col_W``, ``dW``
 ``pool_h``, ``pool_w``, ``arg_max``) -- and run on the kernels of the ``kernels`` package,
 so the same code runs on NumPy (Numba kernels) and CuPy (CUDA kernels).
 
-Layers compute in the dtype of the input they are given: a float32 batch is never
-promoted to float64 by float64 weights (the weights are cast for the product instead).
+dtype: a layer computes in NumPy's promotion of its input and its parameters, as the
+book's layers do (float32 images with the book's float64 weights: float64). xpnet's
+networks cast their input to their own dtype, so a float32 network stays float32.
+
+Output sizes are floored as in the book's im2col, ``1 + (H + 2*pad - FH) // stride``:
+windows that would run past the bottom/right edge are dropped.
 """
 
 from __future__ import annotations
+
+import operator
 
 from xpnet import kernels, threads
 from xpnet.backend import get_array_module, is_gpu_array
@@ -37,27 +43,53 @@ def _check_input(layer: str, x, channels: int | None = None) -> None:
         )
 
 
-def _output_size(layer, shape, axis, size, window, stride, pad):
-    padded = size + 2 * pad
-    if window > padded:
+def _window_argument(layer: str, name: str, value, minimum: int) -> int:
+    """``value`` as an int for the argument ``name`` of ``layer`` (stride, pad, pool size).
+
+    One integer for both axes, as in the book: a tuple, a float such as ``1.5`` (never
+    truncated silently) or a value below ``minimum`` is an error naming the layer.
+    """
+    if isinstance(value, (tuple, list)):
+        raise TypeError(
+            f"{layer}: {name} must be one integer used for both height and width, got "
+            f"{value!r}; per-axis values are not supported"
+        )
+    try:
+        value = operator.index(value)
+    except TypeError:
+        raise TypeError(f"{layer}: {name} must be an integer, got {value!r}") from None
+    if value < minimum:
+        raise ValueError(f"{layer}: {name} must be >= {minimum}, got {value}")
+    return value
+
+
+def _check_window_fits(layer, shape, axis, size, window, pad):
+    if window > size + 2 * pad:
         raise ValueError(
             f"{layer}: the filter {axis} {window} is larger than the padded input {axis} "
-            f"{padded} (input shape {shape}, pad {pad})"
+            f"{size + 2 * pad} (input shape {shape}, pad {pad})"
         )
-    if (padded - window) % stride:
+
+
+def _bias_vector(b, filters: int, layer: str = "Convolution"):
+    """The bias as given, checked: one value per filter, (FN,) or (FN, 1, 1), or a scalar
+    that every filter shares (the book's ``Convolution(W, 0)``)."""
+    shape = tuple(getattr(b, "shape", ()))
+    if shape not in ((), (filters,), (filters, 1, 1)):
         raise ValueError(
-            f"{layer}: stride {stride} does not tile the padded input {axis} {padded} with a "
-            f"filter of {window} (input shape {shape}, pad {pad}); expected "
-            f"({axis} + 2*pad - filter) divisible by the stride"
+            f"{layer}: b must have shape ({filters},) for {filters} filters, or be a scalar, "
+            f"got shape {shape}"
         )
-    return (padded - window) // stride + 1
+    return b
 
 
 class Convolution:
-    """Convolution layer; W: (FN, C, FH, FW), b: (FN,); x: (N, C, H, W) -> (N, FN, OH, OW).
+    """Convolution layer; W: (FN, C, FH, FW), b: (FN,) or a scalar shared by all filters;
+    x: (N, C, H, W) -> (N, FN, OH, OW).
 
     ``W`` and ``b`` are kept by reference (as in the book), so an optimizer updating the
-    network's ``params`` in place updates the layer too.
+    network's ``params`` in place updates the layer too. ``stride`` and ``pad`` are one
+    integer each (for both axes).
     """
 
     def __init__(self, W, b, stride=1, pad=0):
@@ -65,17 +97,10 @@ class Convolution:
             raise ValueError(
                 f"Convolution: W must be 4-D (FN, C, FH, FW), got shape {getattr(W, 'shape', W)}"
             )
-        if tuple(getattr(b, "shape", ())) not in ((W.shape[0],), (W.shape[0], 1, 1)):
-            raise ValueError(
-                f"Convolution: b must have shape ({W.shape[0]},) for W of shape {W.shape}, got "
-                f"{getattr(b, 'shape', b)}"
-            )
-        if int(stride) < 1 or int(pad) < 0:
-            raise ValueError(f"Convolution: need stride >= 1 and pad >= 0, got {stride}, {pad}")
         self.W = W
-        self.b = b
-        self.stride = int(stride)
-        self.pad = int(pad)
+        self.b = _bias_vector(b, W.shape[0])
+        self.stride = _window_argument("Convolution", "stride", stride, 1)
+        self.pad = _window_argument("Convolution", "pad", pad, 0)
 
         # intermediate data (used by backward)
         self.x = None
@@ -87,18 +112,23 @@ class Convolution:
         self.db = None
 
     def forward(self, x):
-        """x: (N, C, H, W) -> out: (N, FN, OH, OW), in x's dtype."""
+        """x: (N, C, H, W) -> out: (N, FN, OH, OW), in NumPy's promotion of x, W and b."""
         FN, C, FH, FW = self.W.shape
         _check_input("Convolution", x, C)
         _, _, H, W = x.shape
-        _output_size("Convolution", x.shape, "height", H, FH, self.stride, self.pad)
-        _output_size("Convolution", x.shape, "width", W, FW, self.stride, self.pad)
-        get_array_module(x, self.W)  # refuses a CPU batch for GPU weights and vice versa
+        _check_window_fits("Convolution", x.shape, "height", H, FH, self.pad)
+        _check_window_fits("Convolution", x.shape, "width", W, FW, self.pad)
+        xp = get_array_module(x, self.W)  # refuses a CPU batch for GPU weights and vice versa
         if not is_gpu_array(x):
             threads.ensure_default()  # kernel workers with single-threaded BLAS, once
 
-        col_W = self.W.reshape(FN, -1).T.astype(x.dtype, copy=False)  # (C*FH*FW, FN)
-        b = self.b.reshape(FN).astype(x.dtype, copy=False)
+        # The kernels take one dtype; casting is a no-op when x, W and b already agree.
+        dtype = xp.result_type(x, self.W, self.b)
+        x = x.astype(dtype, copy=False)
+        col_W = self.W.reshape(FN, -1).T.astype(dtype, copy=False)  # (C*FH*FW, FN)
+        b = xp.asarray(self.b, dtype=dtype).reshape(-1)
+        if b.size != FN:  # a scalar bias, shared by every filter
+            b = xp.full(FN, b[0], dtype=dtype)
         # = im2col(x) @ col_W + b in NCHW order, without materializing col on the CPU
         out = kernels.conv2d_forward(x, col_W.T.reshape(self.W.shape), b, self.stride, self.pad)
 
@@ -124,7 +154,8 @@ class Convolution:
         self._col = value
 
     def backward(self, dout):
-        """dout: (N, FN, OH, OW) -> dx: (N, C, H, W); sets dW (FN, C, FH, FW) and db (FN,)."""
+        """dout: (N, FN, OH, OW) -> dx: (N, C, H, W); sets dW (FN, C, FH, FW) and db (FN,)
+        (per filter, also for a scalar ``b``, as in the book)."""
         if self.x is None:
             raise RuntimeError("Convolution: backward() was called before forward()")
         W = self.col_W.T.reshape(self.W.shape)  # W in the dtype of the forward pass
@@ -141,10 +172,10 @@ class Pooling:
     """
 
     def __init__(self, pool_h, pool_w, stride=2, pad=0):
-        self.pool_h = int(pool_h)
-        self.pool_w = int(pool_w)
-        self.stride = int(stride)
-        self.pad = int(pad)
+        self.pool_h = _window_argument("Pooling", "pool_h", pool_h, 1)
+        self.pool_w = _window_argument("Pooling", "pool_w", pool_w, 1)
+        self.stride = _window_argument("Pooling", "stride", stride, 1)
+        self.pad = _window_argument("Pooling", "pad", pad, 0)
 
         self.x = None
         self.arg_max = None

@@ -156,13 +156,18 @@ def check_targets(y, t, name="cross_entropy_error"):
     """Validate targets ``t`` against scores ``y`` of shape (C,) or (N, C).
 
     Returns ``(kind, t)`` with ``kind`` ``'onehot'`` (``t`` has ``y``'s shape, cast to its
-    dtype) or ``'labels'`` (``t`` integer class indices of shape ``y.shape[:-1]``).
+    dtype) or ``'labels'`` (``t`` integer class indices of shape ``y.shape[:-1]``; a column
+    of labels, shape ``y.shape[:-1] + (1,)``, is read as that).
     Raises ValueError naming both shapes, or a label outside ``[0, C)``.
     """
     xp = get_array_module(y, t)
     t = xp.asarray(t)
     if t.shape == y.shape:
         return "onehot", t.astype(y.dtype, copy=False)
+    if t.shape == y.shape[:-1] + (1,) and t.dtype.kind in "iu":
+        # A column of labels (N, 1), as the book's ch. 7 gradient check passes: its indexing
+        # reads it as (N,), and so do we.
+        t = t.reshape(y.shape[:-1])
     if t.shape != y.shape[:-1]:
         raise ValueError(
             f"{name}: t of shape {t.shape} fits neither one-hot targets of y's shape {y.shape} "
@@ -190,7 +195,8 @@ def cross_entropy_error(y, t):
     """Mean cross-entropy of probabilities ``y`` against targets ``t`` (the book's).
 
     y: (C,) or (N, C) probabilities (e.g. softmax output), floating.
-    t: one-hot/probabilities of ``y``'s shape, or integer labels (N,) (a scalar for one sample).
+    t: one-hot/probabilities of ``y``'s shape, or integer labels (N,) or (N, 1) (a scalar for
+    one sample).
     Returns ``-sum(t * log(y + 1e-7)) / N`` in ``y``'s dtype.
     """
     xp, y = _check_probabilities(y, "cross_entropy_error")

@@ -6,9 +6,10 @@ references to them (``W``, ``b``, ``gamma``, ``beta``) and leave their gradients
 place by the optimizers, so a layer always sees the current values.
 
 dtype: a layer computes in the dtype of what it is given -- float32 in, float32 out;
-with parameters, NumPy's promotion of input and parameters (the same dtype when both
-match, as in every network xpnet builds). Bad input raises one clear error: TypeError
-for non-floating arrays, ValueError for empty batches and shape mismatches.
+with parameters, NumPy's promotion of input and parameters, as the book's layers do (the
+same dtype when both match, as in every network xpnet builds, which casts its input).
+Bad input raises one clear error: TypeError for non-floating arrays, ValueError for
+empty batches and shape mismatches.
 
 ``Convolution`` and ``Pooling`` (chapter 7) live in ``xpnet.convolution`` and are
 re-exported here, so ``from xpnet.layers import *`` is the book's ``common.layers``.

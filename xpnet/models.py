@@ -598,13 +598,18 @@ class MultiLayerNet(Network):
         idx = self.hidden_layer_num + 1
         self.layers[f"Affine{idx}"] = Affine(p[f"W{idx}"], p[f"b{idx}"])
         self.last_layer = SoftmaxWithLoss()
+        # The book's order, layer by layer: W1, b1, gamma1, beta1, W2, ... (its gradients
+        # come in this order, so a gradient check prints them so).
+        order = [f"{name}{i}" for i in range(1, idx + 1) for name in ("W", "b", "gamma", "beta")]
+        self.params = {key: p[key] for key in order if key in p}
         self._bind()
 
 
 class MultiLayerNetExtend(MultiLayerNet):
     """MultiLayerNet with the book's options Dropout (``use_dropout``, ratio
     ``dropout_ration`` — the book's spelling) and BatchNormalization (``use_batchnorm``;
-    parameters ``gamma1``, ``beta1``... after each hidden Affine)."""
+    parameters ``gamma1``, ``beta1``... after each hidden Affine's ``W``/``b``).
+    ``loss`` runs in inference mode by default, as the book's."""
 
     def __init__(
         self,
@@ -627,6 +632,13 @@ class MultiLayerNetExtend(MultiLayerNet):
         self.use_batchnorm = use_batchnorm
         self._init_weight(weight_init_std)
         self._build(activation, use_batchnorm, use_dropout, dropout_ration)
+
+    def loss(self, x, t, train_flg=False):
+        """As :meth:`Network.loss`, but in inference mode unless ``train_flg=True`` (the
+        book's default for this network): Dropout keeps every unit and BatchNormalization
+        uses its running statistics. :meth:`gradient` and :meth:`numerical_gradient` use
+        training mode."""
+        return super().loss(x, t, train_flg)
 
 
 # ---------------------------------------------------------------------------

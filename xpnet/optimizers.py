@@ -206,22 +206,28 @@ class Momentum(Optimizer):
 class Nesterov(Momentum):
     """Nesterov's accelerated gradient in the book's form (Bengio et al., 2012, eq. 7):
 
-    ``v <- momentum * v - lr * g``;
-    ``W <- W + momentum**2 * v - (1 + momentum) * lr * g``.
+    ``W <- W + momentum**2 * v - (1 + momentum) * lr * g`` with the velocity of the
+    previous step, and only then ``v <- momentum * v - lr * g``.
     """
 
     def update(self, params, grads):
         (v,) = self._state(params)
         for key in params.keys():
-            v[key] *= self.momentum
-            v[key] -= self.lr * grads[key]
             params[key] += self.momentum * self.momentum * v[key]
             params[key] -= (1 + self.momentum) * self.lr * grads[key]
+            v[key] *= self.momentum
+            v[key] -= self.lr * grads[key]
 
 
 def _scaled_step(xp, grad, h, lr):
-    """``lr * grad / (sqrt(h) + EPS)``, computed with one temporary in the dtype of ``h``."""
+    """``lr * grad / (sqrt(h) + EPS)``, computed with one temporary in the dtype of ``h``.
+
+    A 0-d ``h`` (the state of a scalar parameter, such as the book's ``{'x': -7.0}``) has
+    no buffer to reuse: ``sqrt`` of it is a NumPy scalar, so it is computed plainly.
+    """
     denom = xp.sqrt(h)
+    if denom.ndim == 0:
+        return lr * grad / (denom + EPS)
     denom += EPS
     xp.divide(grad, denom, out=denom)
     denom *= lr
