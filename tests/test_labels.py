@@ -41,3 +41,14 @@ def test_accuracy_refuses_labels_out_of_range_as_loss_does(bad):
         net.accuracy(x, t)
     t[7] = 3
     assert 0.0 <= net.accuracy(x, t) <= 1.0
+
+
+def test_accuracy_takes_a_column_of_labels_as_loss_does():
+    x = np.random.default_rng(1).random((30, 4), dtype=np.float32)
+    t = np.arange(30) % 10
+    net = TwoLayerNet(4, 5, 10)
+    assert net.accuracy(x, t[:, None]) == net.accuracy(x, t)
+    assert net.loss(x, t[:, None]) == net.loss(x, t)
+    t[0] = 10
+    with pytest.raises(ValueError, match=r"class labels must lie in \[0, 10\)"):
+        net.accuracy(x, t[:, None])

@@ -451,7 +451,7 @@ def test_label_shapes_that_fit_nothing_are_still_refused():
 
 def _book_conv(x, W, b, stride, pad):
     """The book's Convolution.forward on the reference (slicing) im2col, floored sizes."""
-    from kernels import reference
+    from xpnet.kernels import reference
 
     FN, C, FH, FW = W.shape
     N, _, H, Wd = x.shape

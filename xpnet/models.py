@@ -254,6 +254,8 @@ class Network:
         if len(t) != n:
             raise ValueError(f"x has {n} rows but t has {len(t)}")
         tx = get_array_module(t)
+        if t.ndim == 2 and t.shape[1] == 1 and t.dtype.kind in "iu":
+            t = t.reshape(-1)  # a column of labels, as loss accepts it (argmax would give 0s)
         labels = t if t.ndim == 1 else tx.argmax(t, axis=1)
         correct = 0
         for i in range(0, n, batch_size):
