@@ -206,6 +206,28 @@ def rng_scope(streams):
         _scope.streams = previous
 
 
+@contextlib.contextmanager
+def random_source(source, xp=np):
+    """Within the block, in every thread, ``get_rng(xp)`` returns ``source``; afterwards the
+    generator that was there (or a fresh one from the seed) comes back.
+
+    ``source``: an object with the Generator methods xpnet draws with (``standard_normal``,
+    ``random``, ``integers``). ``xpnet book`` installs NumPy's global ``np.random`` this way,
+    so a seeded book script draws what the book's draws. A Trainer's step scope
+    (:func:`rng_scope`) still takes precedence inside its steps.
+    """
+    key = xp.__name__
+    saved = _rngs.get(key)
+    _rngs[key] = source
+    try:
+        yield source
+    finally:
+        if saved is None:
+            _rngs.pop(key, None)
+        else:
+            _rngs[key] = saved
+
+
 def get_rng(xp=np):
     """The random Generator of a backend: ``numpy.random.Generator`` or ``cupy.random.Generator``.
 

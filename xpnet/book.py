@@ -305,19 +305,14 @@ def book_mode(data_dir=None) -> Iterator[BookImporter]:
     importer = BookImporter()
     sys.meta_path.insert(0, importer)
     saved_dtype, saved_dir = backend.get_default_dtype(), _data_dir
-    saved_rng = backend._rngs.get("numpy")
     backend.set_default_dtype(np.float64)
-    # xpnet.backend keeps one random source per array module; the book's is np.random.
-    backend._rngs["numpy"] = GlobalNumpyRandom()
     _data_dir = None if data_dir is None else os.fspath(data_dir)
     try:
-        yield importer
+        # the book's random source is NumPy's global np.random
+        with backend.random_source(GlobalNumpyRandom(), np):
+            yield importer
     finally:
         _data_dir = saved_dir
-        if saved_rng is None:
-            backend._rngs.pop("numpy", None)
-        else:
-            backend._rngs["numpy"] = saved_rng
         backend.set_default_dtype(saved_dtype)
         sys.meta_path.remove(importer)
         _take_modules(_served_name)
