@@ -54,6 +54,7 @@ Adding an op (average pooling was added this way):
 
 from __future__ import annotations
 
+import functools
 import importlib
 import operator
 
@@ -105,6 +106,7 @@ def _backend_name(a):
     return module
 
 
+@functools.cache  # one lookup per (backend, op): the entry points run in every training step
 def implementation(backend, op):
     """The function implementing ``op`` on ``backend`` ('numpy' or 'cupy'), per
     ``IMPLEMENTATIONS``. It takes checked arguments: call the entry point instead."""
@@ -161,17 +163,20 @@ def col2im(col, input_shape, filter_h, filter_w, stride=1, pad=0):
         "col2im", input_shape, filter_h, filter_w, stride, pad
     )
     N, C = input_shape[:2]
-    _expect_shape("col2im", "col", col, (N * out_h * out_w, C * fh * fw),
-                  f"input_shape {input_shape} with a {fh}x{fw} filter, stride {stride}, pad {pad}")
+    _expect_shape("col2im", "col", col, (N * out_h * out_w, C * fh * fw), input_shape,
+                  (fh, fw), stride, pad)
     return _run("col2im", backend, col, input_shape, fh, fw, stride, pad)
 
 
-def _expect_shape(what, name, a, expected, given):
-    """ValueError unless ``a`` has shape ``expected`` (which follows from ``given``)."""
-    if tuple(a.shape) != tuple(expected):
+def _expect_shape(what, name, a, expected, input_shape, window, stride, pad):
+    """ValueError unless ``a`` has shape ``expected``, which ``input_shape`` and the window
+    (a (height, width) pair), stride and pad imply."""
+    if tuple(a.shape) != expected:
         raise ValueError(
-            f"{what}: {name} of shape {tuple(a.shape)} does not match {given}; "
-            f"expected {tuple(expected)}"
+            f"{what}: {name} of shape {tuple(a.shape)} does not match input_shape "
+            f"{input_shape} with a {window[0]}x{window[1]} "
+            f"{'filter' if what in ('im2col', 'col2im') else 'window'}, stride {stride}, "
+            f"pad {pad}; expected {expected}"
         )
 
 
@@ -193,10 +198,9 @@ def _check_pool_backward(what, input_shape, pool_h, pool_w, stride, pad, **poole
     ph, pw, stride, pad, out_h, out_w = _check_pool(
         what, input_shape, pool_h, pool_w, stride, pad
     )
+    expected = (*input_shape[:2], out_h, out_w)
     for name, a in pooled.items():
-        _expect_shape(what, name, a, (*input_shape[:2], out_h, out_w),
-                      f"input_shape {input_shape} with a {ph}x{pw} window, stride {stride}, "
-                      f"pad {pad}")
+        _expect_shape(what, name, a, expected, input_shape, (ph, pw), stride, pad)
     return input_shape, ph, pw, stride, pad
 
 
