@@ -450,6 +450,8 @@ def avgpool_forward(x, pool_h, pool_w, stride=1, pad=0):
     """x: (N, C, H, W) -> out: (N, C, out_h, out_w), window means (padding counts as 0)."""
     cp = backend.require_gpu()
     x = _input(cp, x, "x")
+    if x.dtype == np.float16:  # sum in float32 and round once, as the CPU does
+        return avgpool_forward(x.astype(np.float32), pool_h, pool_w, stride, pad).astype(x.dtype)
     out = _pooled_empty(cp, x.shape, pool_h, pool_w, stride, pad, x.dtype)
     if out.size:
         launch_avgpool_forward(_dev(x), _dev(out), pool_h, pool_w, stride, pad,
@@ -461,6 +463,9 @@ def avgpool_backward(dout, input_shape, pool_h, pool_w, stride=1, pad=0):
     """dout: (N, C, out_h, out_w) -> dx: input_shape (N, C, H, W)."""
     cp = backend.require_gpu()
     dout = _input(cp, dout, "dout")
+    if dout.dtype == np.float16:
+        dx = avgpool_backward(dout.astype(np.float32), input_shape, pool_h, pool_w, stride, pad)
+        return dx.astype(dout.dtype)
     dx = cp.empty(tuple(input_shape), dtype=dout.dtype)
     if dx.size:
         launch_avgpool_backward(_dev(dout), _dev(dx), pool_h, pool_w, stride, pad,

@@ -60,6 +60,9 @@ class Backend:
     asnumpy: object = np.asarray
     exact: frozenset = field(default_factory=frozenset)  # ops bit-identical to the reference
     checks_indices: bool = True  # refuses a bad argmax (the reference trusts its input)
+    # waits for the device and raises what its kernels flagged (on a GPU a bad argmax may
+    # be reported after the call that passed it returned)
+    finish: object = lambda: None
 
 
 _EVERYTHING = frozenset({"im2col", "col2im", "maxpool_forward", "maxpool_backward",
@@ -80,8 +83,15 @@ def make_backend(name: str) -> Backend:
 
         if not backend.gpu_available():
             pytest.skip(f"no GPU: {backend.gpu_unavailable_reason()}")
+        from xpnet.kernels import cuda
+
         cp = backend.require_gpu()
-        return Backend(name, kernels, cp.asarray, cp.asnumpy, exact=_EVERYTHING)
+
+        def finish():
+            cp.cuda.Device().synchronize()
+            cuda.raise_pending_error()
+
+        return Backend(name, kernels, cp.asarray, cp.asnumpy, exact=_EVERYTHING, finish=finish)
     if name == "cuda-sim":
         return Backend(name, _simulated_ops(), exact=_EVERYTHING)
     raise ValueError(f"unknown kernel backend {name!r}")
@@ -352,6 +362,7 @@ def test_maxpool_backward_refuses_an_index_outside_the_window(backend, bad, shap
     with pytest.raises(IndexError, match="outside its pooling window"):
         backend.ops.maxpool_backward(backend.asarray(dout), backend.asarray(argmax), x.shape,
                                      size, size, stride, pad)
+        backend.finish()
 
 
 def test_maxpool_backward_refuses_an_index_into_the_padding(backend):
@@ -362,6 +373,7 @@ def test_maxpool_backward_refuses_an_index_into_the_padding(backend):
     with pytest.raises(IndexError, match="padding"):
         backend.ops.maxpool_backward(backend.asarray(dout), backend.asarray(argmax), x.shape,
                                      3, 3, 2, 1)
+        backend.finish()
 
 
 # ----------------------------------------------------------------------------- average pooling
