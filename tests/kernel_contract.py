@@ -19,7 +19,6 @@ Adding an op: add its tests here, and every backend runs them.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -93,72 +92,76 @@ def make_backend(name: str) -> Backend:
 
         return Backend(name, kernels, cp.asarray, cp.asnumpy, exact=_EVERYTHING, finish=finish)
     if name == "cuda-sim":
-        return Backend(name, _simulated_ops(), exact=_EVERYTHING)
+        return Backend(name, _SimulatedKernels(), exact=_EVERYTHING)
     raise ValueError(f"unknown kernel backend {name!r}")
 
 
-def _simulated_ops():
+def _contiguous(a, dtype=None):
+    """A writable C-contiguous copy, as the CuPy entry points make (the simulator writes every
+    argument back to its host array, read-only views included)."""
+    return np.array(a, dtype=dtype, order="C")
+
+
+def _nan_pooled(x, ph, pw, stride, pad):
+    """A NaN-filled (N, C, out_h, out_w) output for the pooling of ``x``."""
+    return np.full((*x.shape[:2], *out_hw(x.shape, ph, pw, stride, pad)), np.nan, x.dtype)
+
+
+class _SimulatedKernels:
     """The entry points, made of ``kernels.cuda``'s launch functions on NumPy arrays (what
     the simulator runs): outputs start as NaN so an entry left unwritten shows, and half the
     launches use a tiny grid, so each thread runs the grid-stride loop many times."""
-    from xpnet.kernels import cuda as gpu
 
-    rng = np.random.default_rng(0)
+    def __init__(self):
+        from xpnet.kernels import cuda
 
-    def contiguous(a, dtype=None):
-        # a writable C-contiguous copy, as the CuPy entry points make: the simulator writes
-        # every argument back to its host array, read-only views included
-        return np.array(a, dtype=dtype, order="C")
+        self.gpu = cuda
+        self.rng = np.random.default_rng(0)
 
-    def grid():
-        if rng.random() < 0.5:
-            return {"threads": int(rng.integers(1, 9)), "max_blocks": int(rng.integers(1, 4))}
+    def grid(self):
+        if self.rng.random() < 0.5:
+            return {"threads": int(self.rng.integers(1, 9)),
+                    "max_blocks": int(self.rng.integers(1, 4))}
         return {"threads": 64}
 
-    def pooled(x, ph, pw, stride, pad, dtype):
-        return np.full((*x.shape[:2], *out_hw(x.shape, ph, pw, stride, pad)), np.nan, dtype)
-
-    def im2col(x, fh, fw, stride=1, pad=0):
-        x = contiguous(x)
+    def im2col(self, x, fh, fw, stride=1, pad=0):
+        x = _contiguous(x)
         oh, ow = out_hw(x.shape, fh, fw, stride, pad)
         col = np.full((x.shape[0] * oh * ow, x.shape[1] * fh * fw), np.nan, x.dtype)
-        gpu.launch_im2col(x, col, fh, fw, stride, pad, **grid())
+        self.gpu.launch_im2col(x, col, fh, fw, stride, pad, **self.grid())
         return col
 
-    def col2im(col, shape, fh, fw, stride=1, pad=0):
+    def col2im(self, col, shape, fh, fw, stride=1, pad=0):
         x = np.full(shape, np.nan, col.dtype)
-        gpu.launch_col2im(contiguous(col), x, fh, fw, stride, pad, **grid())
+        self.gpu.launch_col2im(_contiguous(col), x, fh, fw, stride, pad, **self.grid())
         return x
 
-    def maxpool_forward(x, ph, pw, stride=1, pad=0):
-        x = contiguous(x)
-        out = pooled(x, ph, pw, stride, pad, x.dtype)
+    def maxpool_forward(self, x, ph, pw, stride=1, pad=0):
+        x = _contiguous(x)
+        out = _nan_pooled(x, ph, pw, stride, pad)
         argmax = np.full(out.shape, -7, np.int32)
-        gpu.launch_maxpool_forward(x, out, argmax, ph, pw, stride, pad, **grid())
+        self.gpu.launch_maxpool_forward(x, out, argmax, ph, pw, stride, pad, **self.grid())
         return out, argmax
 
-    def maxpool_backward(dout, argmax, shape, ph, pw, stride=1, pad=0):
+    def maxpool_backward(self, dout, argmax, shape, ph, pw, stride=1, pad=0):
         # as kernels.cuda.maxpool_backward: int32 kept, any other integer widened to int64
-        argmax = contiguous(argmax, np.int32 if argmax.dtype == np.int32 else np.int64)
+        argmax = _contiguous(argmax, np.int32 if argmax.dtype == np.int32 else np.int64)
         dx = np.full(shape, np.nan, dout.dtype)
-        gpu.launch_maxpool_backward(contiguous(dout), argmax, dx, ph, pw, stride, pad,
-                                    **grid())
+        self.gpu.launch_maxpool_backward(_contiguous(dout), argmax, dx, ph, pw, stride, pad,
+                                         **self.grid())
         return dx
 
-    def avgpool_forward(x, ph, pw, stride=1, pad=0):
-        x = contiguous(x)
-        out = pooled(x, ph, pw, stride, pad, x.dtype)
-        gpu.launch_avgpool_forward(x, out, ph, pw, stride, pad, **grid())
+    def avgpool_forward(self, x, ph, pw, stride=1, pad=0):
+        x = _contiguous(x)
+        out = _nan_pooled(x, ph, pw, stride, pad)
+        self.gpu.launch_avgpool_forward(x, out, ph, pw, stride, pad, **self.grid())
         return out
 
-    def avgpool_backward(dout, shape, ph, pw, stride=1, pad=0):
+    def avgpool_backward(self, dout, shape, ph, pw, stride=1, pad=0):
         dx = np.full(shape, np.nan, dout.dtype)
-        gpu.launch_avgpool_backward(contiguous(dout), dx, ph, pw, stride, pad, **grid())
+        self.gpu.launch_avgpool_backward(_contiguous(dout), dx, ph, pw, stride, pad,
+                                         **self.grid())
         return dx
-
-    return SimpleNamespace(im2col=im2col, col2im=col2im, maxpool_forward=maxpool_forward,
-                           maxpool_backward=maxpool_backward, avgpool_forward=avgpool_forward,
-                           avgpool_backward=avgpool_backward)
 
 
 # ----------------------------------------------------------------------------- cases
