@@ -36,7 +36,7 @@ def _col2im_scatter_kernel(col, x, filter_h, filter_w, stride, pad, out_h, out_w
 def launch_col2im_scatter(col, x, filter_h, filter_w, stride, pad, *, stream=0,
                           threads=gpu.THREADS_PER_BLOCK, max_blocks=gpu.MAX_BLOCKS):
     """Add the windows in ``col`` into ``x`` with atomics; ``x`` must be zeroed first."""
-    out_h, out_w = gpu._conv_geometry(x, col, filter_h, filter_w, stride, pad)
+    out_h, out_w = gpu._guard_col(x, col, filter_h, filter_w, stride, pad)
     gpu._launch(_col2im_scatter_kernel, col.size, threads, max_blocks, stream,
                 col, x, filter_h, filter_w, stride, pad, out_h, out_w)
 
@@ -45,11 +45,10 @@ def col2im_scatter(col, input_shape, filter_h, filter_w, stride=1, pad=0):
     """``col2im`` by atomic scatter on CuPy arrays (float32/float64): the gather's result up to
     summation order."""
     cp = backend.require_gpu()
-    col = gpu._input(cp, col, "col", 2)
+    col = gpu._input(cp, col, "col")
     if col.dtype not in (np.float32, np.float64):
         raise TypeError(f"col2im_scatter supports float32 and float64, got {col.dtype}")
-    shape = gpu._shape4(input_shape)
-    gpu._check_geometry(shape, filter_h, filter_w, stride, pad, "filter")
+    shape = tuple(int(s) for s in input_shape)
     x = cp.zeros(shape, dtype=col.dtype)
     if x.size:
         launch_col2im_scatter(gpu._dev(col), gpu._dev(x), filter_h, filter_w, stride, pad,

@@ -853,3 +853,82 @@ def conv2d_backward(x, W, dout, stride=1, pad=0):
     dW = np.ascontiguousarray(total[: g.K].T).reshape(W.shape)
     db = total[g.K].copy()
     return dx, dW, db
+
+
+# ---------------------------------------------------------------------------
+# average pooling
+# ---------------------------------------------------------------------------
+#
+# One prange task per (n, c) plane: it owns out[n, c] (forward) and dx[n, c] (backward, a
+# gather: each pixel sums the windows covering it), so nothing races and the sums' order -
+# the window taps in row-major order, then one division - is the reference's: the results
+# match it bit for bit. ``count`` is pool_h * pool_w in the array's dtype, so float32 stays
+# float32.
+
+
+@njit(parallel=True, cache=True)
+def _avgpool_forward(x, pool_h, pool_w, stride, pad, count, out):
+    N, C, H, W = x.shape
+    out_h, out_w = out.shape[2], out.shape[3]
+    for plane in prange(N * C):
+        n = plane // C
+        c = plane - n * C
+        for i in range(out_h):
+            top = i * stride - pad
+            for j in range(out_w):
+                left = j * stride - pad
+                total = count - count  # zero, in count's dtype
+                for a in range(pool_h):
+                    h = top + a
+                    if 0 <= h < H:
+                        for b in range(pool_w):
+                            w = left + b
+                            if 0 <= w < W:
+                                total += x[n, c, h, w]
+                out[n, c, i, j] = total / count
+
+
+@njit(parallel=True, cache=True)
+def _avgpool_backward(dout, pool_h, pool_w, stride, pad, count, dx):
+    N, C, H, W = dx.shape
+    out_h, out_w = dout.shape[2], dout.shape[3]
+    for plane in prange(N * C):
+        n = plane // C
+        c = plane - n * C
+        for h in range(H):
+            # windows i whose rows [i*stride, i*stride + pool_h) hold the padded row h + pad;
+            # walking i downwards walks the tap a upwards: the reference's order
+            i_first = max(0, (h + pad - pool_h) // stride + 1)
+            i_last = min(out_h - 1, (h + pad) // stride)
+            for w in range(W):
+                j_first = max(0, (w + pad - pool_w) // stride + 1)
+                j_last = min(out_w - 1, (w + pad) // stride)
+                total = count - count
+                for i in range(i_last, i_first - 1, -1):
+                    for j in range(j_last, j_first - 1, -1):
+                        total += dout[n, c, i, j]
+                dx[n, c, h, w] = total / count
+
+
+def avgpool_forward(x, pool_h, pool_w, stride=1, pad=0):
+    """x: (N, C, H, W) -> out: (N, C, out_h, out_w), window means (padding counts as 0)."""
+    if x.dtype == _HALF:  # no float16 arithmetic in Numba: sum in float32, round once
+        return avgpool_forward(x.astype(np.float32), pool_h, pool_w, stride, pad).astype(_HALF)
+    N, C, H, W = x.shape
+    out_h = conv_output_size(H, pool_h, stride, pad)
+    out_w = conv_output_size(W, pool_w, stride, pad)
+    x = np.ascontiguousarray(x)
+    out = np.empty((N, C, out_h, out_w), dtype=x.dtype)
+    _avgpool_forward(x, pool_h, pool_w, stride, pad, x.dtype.type(pool_h * pool_w), out)
+    return out
+
+
+def avgpool_backward(dout, input_shape, pool_h, pool_w, stride=1, pad=0):
+    """dout: (N, C, out_h, out_w) -> dx: input_shape, each window's dout shared evenly."""
+    if dout.dtype == _HALF:
+        dx = avgpool_backward(dout.astype(np.float32), input_shape, pool_h, pool_w, stride, pad)
+        return dx.astype(_HALF)
+    dout = np.ascontiguousarray(dout)
+    dx = np.empty(tuple(int(s) for s in input_shape), dtype=dout.dtype)
+    _avgpool_backward(dout, pool_h, pool_w, stride, pad, dout.dtype.type(pool_h * pool_w), dx)
+    return dx

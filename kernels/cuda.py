@@ -8,34 +8,25 @@ Three layers, each with one job:
   They accept anything Numba takes as a device array - CuPy arrays, Numba device arrays
   and, under Numba's CUDA simulator (``NUMBA_ENABLE_CUDASIM=1``), plain NumPy arrays - so
   the simulator tests run exactly the kernels and launch code the GPU runs;
-* the public entry points ``im2col``, ``col2im``, ``maxpool_forward``, ``maxpool_backward``
-  with the signatures of ``kernels.reference``: they take and return CuPy arrays, allocate
-  the outputs with CuPy and launch on CuPy's *current stream*, so kernels are ordered with
-  the CuPy work around them and nothing waits on the host.
+* the entry points ``im2col``, ``col2im``, ``maxpool_*``, ``avgpool_*`` with the signatures
+  of ``kernels.reference``: CuPy arrays in and out, outputs allocated by CuPy, kernels
+  launched on CuPy's *current stream*, so they are ordered with the CuPy work around them
+  and nothing waits on the host.
 
-Layouts are the book's (see ``kernels.reference``): ``col`` is
-``(N*out_h*out_w, C*filter_h*filter_w)``, rows ordered (N, out_h, out_w), columns
-(C, filter_h, filter_w); ``argmax`` is the int32 index inside the pooling window, row-major.
-A bad ``argmax`` index is never trusted: it writes nothing, and raises IndexError without a
-host synchronisation (see ``raise_pending_error``).
+The arguments were validated by ``xpnet.kernels`` before they get here. What this module
+still checks protects memory, which a kernel on the GPU has no other guard for: every
+array is at most 2**31 - 1 elements (the kernels index in 32 bits), a launch's arrays have
+the shapes its geometry implies, and every ``argmax`` index lies in its window - a bad one
+writes nothing and raises IndexError without a host synchronisation (see
+``raise_pending_error``).
 
-col2im (and the max-pool backward) *gather*: one thread per input pixel walks the few
-(kh, kw) taps whose window covers it and adds them up in a fixed order, as Chainer's
-``col2im_gpu`` does. The alternative, one thread per ``col`` element scattering into ``x``
-with ``atomicAdd``, reads ``col`` perfectly coalesced but (a) adds the overlapping taps in
-an order that changes from run to run, so float32 gradients - and therefore seeded
-training runs - are not reproducible and differ from the CPU in the last bits, (b) needs
-atomics the hardware lacks for float16 on older GPUs, and (c) must zero ``x`` first, one
-more pass over memory. Gathering writes every output exactly once, coalesced, with no
-zeroing; its reads of ``col`` are strided, but each thread reads only
-``ceil(FH/stride) * ceil(FW/stride)`` values (9 for a 3x3, stride-1 convolution), which the
-L2 cache absorbs. ``benchmarks/gpu_col2im_scatter.py`` keeps the atomic version so that
-``benchmarks/gpu_bench.py`` measures the two side by side; the default stays the gather
-even where the scatter is a little faster, because reproducible training (and CPU/GPU
-parity) is worth more than a fraction of a step.
-
-All kernels use Numba's current CUDA device; with several GPUs, run on the device CuPy
-uses (``cupy.cuda.Device(i).use()`` and ``numba.cuda.select_device(i)``).
+Layouts are the book's: ``col`` is ``(N*out_h*out_w, C*filter_h*filter_w)``, rows ordered
+(N, out_h, out_w), columns (C, filter_h, filter_w); ``argmax`` is the int32 index inside the
+pooling window, row-major. col2im and the pooling backward passes *gather* (one thread per
+input pixel sums the windows covering it, in the reference's order, no atomics), so results
+are reproducible and bit-identical to the reference; docs/gpu.md says why this beats the
+atomic scatter. All kernels use Numba's current CUDA device (with several GPUs:
+``cupy.cuda.Device(i).use()`` and ``numba.cuda.select_device(i)``).
 """
 
 from __future__ import annotations
@@ -46,6 +37,7 @@ import numpy as np
 from numba import cuda, int64, uint32
 
 from xpnet import backend
+from xpnet.kernels.reference import conv_output_size
 
 
 def _restore_numpy_names_numba_cuda_needs():
@@ -71,11 +63,9 @@ MAX_BLOCKS = 65_535
 # Raw kernels
 # ---------------------------------------------------------------------------
 
-# Flat indices are split into (n, c, h, w) by division. GPUs have no integer divide
-# instruction: Numba types indices as int64, and a 64-bit division is a software sequence
-# several times longer than a 32-bit one. The arrays here have fewer than 2**31 elements
-# (checked at launch), so the divisions are done on uint32 operands, which LLVM lowers to
-# the short 32-bit unsigned sequence (checked in the PTX: one div.s64, outside the loops).
+# Flat indices are split into (n, c, h, w) by division, on uint32 operands: a 64-bit
+# division is several times slower on a GPU, and no array exceeds 2**31 - 1 elements
+# (checked at launch; docs/gpu.md).
 MAX_ELEMENTS = 2**31 - 1
 
 
@@ -239,6 +229,48 @@ def _maxpool_backward_kernel(dout, argmax, dx, pool_h, pool_w, stride, pad, zero
                 error[0] = 1
 
 
+@cuda.jit
+def _avgpool_forward_kernel(x, out, pool_h, pool_w, stride, pad, count):
+    """x: (N, C, H, W) -> out: (N, C, out_h, out_w); one thread per output.
+
+    The window's pixels are added in row-major order (padding adds nothing: it counts as
+    zero) and the sum divided once by ``count`` = pool_h * pool_w, a scalar of x's dtype,
+    so the arithmetic stays in that dtype: the reference's order, bit for bit.
+    """
+    n_channels, height, width = x.shape[1], x.shape[2], x.shape[3]
+    out_h, out_w = out.shape[2], out.shape[3]
+    total_outputs = out.shape[0] * n_channels * out_h * out_w
+    for i in range(cuda.grid(1), total_outputs, cuda.gridsize(1)):
+        n, c, oh, ow = _nchw(i, n_channels, out_h, out_w)
+        total = count - count
+        for kh in range(pool_h):
+            h = oh * stride + kh - pad
+            if 0 <= h < height:
+                for kw in range(pool_w):
+                    w = ow * stride + kw - pad
+                    if 0 <= w < width:
+                        total += x[n, c, h, w]
+        out[n, c, oh, ow] = total / count
+
+
+@cuda.jit
+def _avgpool_backward_kernel(dout, dx, pool_h, pool_w, stride, pad, count):
+    """dout: (N, C, out_h, out_w) -> dx: (N, C, H, W), gathering per input pixel: the dout of
+    every window covering it, taps (kh, kw) ascending (the reference's order), divided once."""
+    n_channels, height, width = dx.shape[1], dx.shape[2], dx.shape[3]
+    out_h, out_w = dout.shape[2], dout.shape[3]
+    total_pixels = dx.shape[0] * n_channels * height * width
+    for i in range(cuda.grid(1), total_pixels, cuda.gridsize(1)):
+        n, c, h, w = _nchw(i, n_channels, height, width)
+        oh_lo, oh_hi = _covering(h + pad, pool_h, stride, out_h)
+        ow_lo, ow_hi = _covering(w + pad, pool_w, stride, out_w)
+        total = count - count
+        for oh in range(oh_hi, oh_lo - 1, -1):
+            for ow in range(ow_hi, ow_lo - 1, -1):
+                total += dout[n, c, oh, ow]
+        dx[n, c, h, w] = total / count
+
+
 # ---------------------------------------------------------------------------
 # Launch layer: device arrays in, kernel launched on `stream`
 # ---------------------------------------------------------------------------
@@ -270,27 +302,39 @@ def _launch(kernel, work, threads, max_blocks, stream, *args):
         kernel[_grid(work, threads, max_blocks), threads, stream](*args)
 
 
-def _conv_geometry(x, col, filter_h, filter_w, stride, pad):
-    """(out_h, out_w) of the windows over ``x``, once ``col`` has its shape and both fit."""
-    out_h, out_w = _conv_out(x.shape, filter_h, filter_w, stride, pad)
-    _expect_shape("col", col.shape, _col_shape(x.shape, filter_h, filter_w, out_h, out_w))
+def _out_hw(shape, size_h, size_w, stride, pad):
+    """(out_h, out_w) of a window sliding over ``shape`` (N, C, H, W)."""
+    return (conv_output_size(shape[2], size_h, stride, pad),
+            conv_output_size(shape[3], size_w, stride, pad))
+
+
+def _guard_col(x, col, filter_h, filter_w, stride, pad):
+    """(out_h, out_w) of the windows over ``x``, once ``col`` is shaped for them: the
+    kernels index both by this geometry, so any other shape would read or write outside."""
+    out_h, out_w = _out_hw(x.shape, filter_h, filter_w, stride, pad)
+    _expect_shape("col", col.shape, (x.shape[0] * out_h * out_w, x.shape[1] * filter_h * filter_w))
     _check_size(x, col)
     return out_h, out_w
 
 
-def _pool_geometry(image, pooled, pooled_name, argmax, pool_h, pool_w, stride, pad):
-    """Check that ``pooled`` and ``argmax`` are (N, C, out_h, out_w) for ``image`` and fit."""
-    out_h, out_w = _conv_out(image.shape, pool_h, pool_w, stride, pad)
-    shape = (image.shape[0], image.shape[1], out_h, out_w)
-    _expect_shape(pooled_name, pooled.shape, shape)
-    _expect_shape("argmax", argmax.shape, shape)
-    _check_size(image, pooled)
+def _guard_pooled(image, pool_h, pool_w, stride, pad, **pooled):
+    """Each array of ``pooled`` (by name) is (N, C, out_h, out_w) for ``image``, as the
+    kernels index it."""
+    out_h, out_w = _out_hw(image.shape, pool_h, pool_w, stride, pad)
+    for name, a in pooled.items():
+        _expect_shape(name, a.shape, (image.shape[0], image.shape[1], out_h, out_w))
+    _check_size(image, *pooled.values())
+
+
+def _expect_shape(name, got, expected):
+    if tuple(got) != tuple(expected):
+        raise ValueError(f"{name} has shape {tuple(got)}; expected {tuple(expected)}")
 
 
 def launch_im2col(x, col, filter_h, filter_w, stride, pad, *, stream=0,
                   threads=THREADS_PER_BLOCK, max_blocks=MAX_BLOCKS):
     """Fill ``col`` (N*out_h*out_w, C*FH*FW) from ``x`` (N, C, H, W); both on the device."""
-    out_h, out_w = _conv_geometry(x, col, filter_h, filter_w, stride, pad)
+    out_h, out_w = _guard_col(x, col, filter_h, filter_w, stride, pad)
     _launch(_im2col_kernel, col.size, threads, max_blocks, stream,
             x, col, filter_h, filter_w, stride, pad, out_h, out_w)
 
@@ -298,7 +342,7 @@ def launch_im2col(x, col, filter_h, filter_w, stride, pad, *, stream=0,
 def launch_col2im(col, x, filter_h, filter_w, stride, pad, *, stream=0,
                   threads=THREADS_PER_BLOCK, max_blocks=MAX_BLOCKS):
     """Write ``x`` (N, C, H, W) as the sum of the overlapping windows in ``col`` (gather)."""
-    out_h, out_w = _conv_geometry(x, col, filter_h, filter_w, stride, pad)
+    out_h, out_w = _guard_col(x, col, filter_h, filter_w, stride, pad)
     _launch(_col2im_kernel, x.size, threads, max_blocks, stream,
             col, x, filter_h, filter_w, stride, pad, out_h, out_w, _scalar(x.dtype, 0))
 
@@ -306,7 +350,7 @@ def launch_col2im(col, x, filter_h, filter_w, stride, pad, *, stream=0,
 def launch_maxpool_forward(x, out, argmax, pool_h, pool_w, stride, pad, *, stream=0,
                            threads=THREADS_PER_BLOCK, max_blocks=MAX_BLOCKS):
     """Fill ``out`` and int32 ``argmax`` (N, C, out_h, out_w) from ``x`` (N, C, H, W)."""
-    _pool_geometry(x, out, "out", argmax, pool_h, pool_w, stride, pad)
+    _guard_pooled(x, pool_h, pool_w, stride, pad, out=out, argmax=argmax)
     _launch(_maxpool_forward_kernel, out.size, threads, max_blocks, stream,
             x, out, argmax, pool_h, pool_w, stride, pad, _scalar(x.dtype, -np.inf))
 
@@ -318,7 +362,7 @@ def launch_maxpool_backward(dout, argmax, dx, pool_h, pool_w, stride, pad, *, st
     A bad index in ``argmax`` raises IndexError from this call if the kernel has finished
     by the time it returns, else from the next call (see ``raise_pending_error``).
     """
-    _pool_geometry(dx, dout, "dout", argmax, pool_h, pool_w, stride, pad)
+    _guard_pooled(dx, pool_h, pool_w, stride, pad, dout=dout, argmax=argmax)
     flag = _error_flag()
     raise_pending_error()  # an earlier launch's, found without waiting for the device
     _launch(_maxpool_backward_kernel, dx.size, threads, max_blocks, stream,
@@ -326,18 +370,34 @@ def launch_maxpool_backward(dout, argmax, dx, pool_h, pool_w, stride, pad, *, st
     raise_pending_error()  # this launch's, if it is already done (always, in the simulator)
 
 
+def launch_avgpool_forward(x, out, pool_h, pool_w, stride, pad, *, stream=0,
+                           threads=THREADS_PER_BLOCK, max_blocks=MAX_BLOCKS):
+    """Fill ``out`` (N, C, out_h, out_w) with the window means of ``x`` (N, C, H, W)."""
+    _guard_pooled(x, pool_h, pool_w, stride, pad, out=out)
+    _launch(_avgpool_forward_kernel, out.size, threads, max_blocks, stream,
+            x, out, pool_h, pool_w, stride, pad, _scalar(x.dtype, pool_h * pool_w))
+
+
+def launch_avgpool_backward(dout, dx, pool_h, pool_w, stride, pad, *, stream=0,
+                            threads=THREADS_PER_BLOCK, max_blocks=MAX_BLOCKS):
+    """Write ``dx`` (N, C, H, W): each pixel's share of the ``dout`` of its windows."""
+    _guard_pooled(dx, pool_h, pool_w, stride, pad, dout=dout)
+    _launch(_avgpool_backward_kernel, dx.size, threads, max_blocks, stream,
+            dout, dx, pool_h, pool_w, stride, pad, _scalar(dx.dtype, pool_h * pool_w))
+
+
 # ---------------------------------------------------------------------------
-# Public entry points: CuPy arrays in and out, on CuPy's current stream
+# Entry points: CuPy arrays in and out, on CuPy's current stream; arguments checked by
+# xpnet.kernels
 # ---------------------------------------------------------------------------
 
 
 def im2col(x, filter_h, filter_w, stride=1, pad=0):
     """x: (N, C, H, W) CuPy array -> col: (N*out_h*out_w, C*filter_h*filter_w), same dtype."""
     cp = backend.require_gpu()
-    x = _input(cp, x, "x", 4)
-    _check_geometry(x.shape, filter_h, filter_w, stride, pad, "filter")
-    out_h, out_w = _conv_out(x.shape, filter_h, filter_w, stride, pad)
-    col = cp.empty(_col_shape(x.shape, filter_h, filter_w, out_h, out_w), dtype=x.dtype)
+    x = _input(cp, x, "x")
+    out_h, out_w = _out_hw(x.shape, filter_h, filter_w, stride, pad)
+    col = cp.empty((x.shape[0] * out_h * out_w, x.shape[1] * filter_h * filter_w), x.dtype)
     if col.size:  # an empty batch has no device buffer to hand to Numba
         launch_im2col(_dev(x), _dev(col), filter_h, filter_w, stride, pad, stream=_stream())
     return col
@@ -347,24 +407,25 @@ def col2im(col, input_shape, filter_h, filter_w, stride=1, pad=0):
     """col: (N*out_h*out_w, C*filter_h*filter_w) -> x: input_shape (N, C, H, W), the adjoint
     of im2col (overlapping windows summed, padding dropped)."""
     cp = backend.require_gpu()
-    col = _input(cp, col, "col", 2)
-    shape = _shape4(input_shape)
-    _check_geometry(shape, filter_h, filter_w, stride, pad, "filter")
-    x = cp.empty(shape, dtype=col.dtype)
+    col = _input(cp, col, "col")
+    x = cp.empty(tuple(input_shape), dtype=col.dtype)
     if x.size:
         launch_col2im(_dev(col), _dev(x), filter_h, filter_w, stride, pad, stream=_stream())
     return x
 
 
+def _pooled_empty(cp, shape, pool_h, pool_w, stride, pad, dtype):
+    """A new CuPy array (N, C, out_h, out_w) for the pooling of ``shape``."""
+    out_h, out_w = _out_hw(shape, pool_h, pool_w, stride, pad)
+    return cp.empty((shape[0], shape[1], out_h, out_w), dtype=dtype)
+
+
 def maxpool_forward(x, pool_h, pool_w, stride=1, pad=0):
     """x: (N, C, H, W) -> (out, argmax), both (N, C, out_h, out_w); argmax int32 in-window."""
     cp = backend.require_gpu()
-    x = _input(cp, x, "x", 4)
-    _check_geometry(x.shape, pool_h, pool_w, stride, pad, "pool")
-    out_h, out_w = _conv_out(x.shape, pool_h, pool_w, stride, pad)
-    shape = (x.shape[0], x.shape[1], out_h, out_w)
-    out = cp.empty(shape, dtype=x.dtype)
-    argmax = cp.empty(shape, dtype=np.int32)
+    x = _input(cp, x, "x")
+    out = _pooled_empty(cp, x.shape, pool_h, pool_w, stride, pad, x.dtype)
+    argmax = cp.empty(out.shape, dtype=np.int32)
     if out.size:
         launch_maxpool_forward(_dev(x), _dev(out), _dev(argmax), pool_h, pool_w, stride, pad,
                                stream=_stream())
@@ -374,73 +435,59 @@ def maxpool_forward(x, pool_h, pool_w, stride=1, pad=0):
 def maxpool_backward(dout, argmax, input_shape, pool_h, pool_w, stride=1, pad=0):
     """dout, argmax: (N, C, out_h, out_w) -> dx: input_shape (N, C, H, W)."""
     cp = backend.require_gpu()
-    dout = _input(cp, dout, "dout", 4)
-    argmax = _input(cp, argmax, "argmax", 4)
+    dout = _input(cp, dout, "dout")
+    argmax = _input(cp, argmax, "argmax")
     if argmax.dtype != np.int32:  # to int64, not int32: no index may wrap into the window
         argmax = argmax.astype(np.int64)
-    shape = _shape4(input_shape)
-    _check_geometry(shape, pool_h, pool_w, stride, pad, "pool")
-    dx = cp.empty(shape, dtype=dout.dtype)
+    dx = cp.empty(tuple(input_shape), dtype=dout.dtype)
     if dx.size:
         launch_maxpool_backward(_dev(dout), _dev(argmax), _dev(dx), pool_h, pool_w, stride,
                                 pad, stream=_stream())
     return dx
 
 
+def avgpool_forward(x, pool_h, pool_w, stride=1, pad=0):
+    """x: (N, C, H, W) -> out: (N, C, out_h, out_w), window means (padding counts as 0)."""
+    cp = backend.require_gpu()
+    x = _input(cp, x, "x")
+    if x.dtype == np.float16:  # sum in float32 and round once, as the CPU does
+        return avgpool_forward(x.astype(np.float32), pool_h, pool_w, stride, pad).astype(x.dtype)
+    out = _pooled_empty(cp, x.shape, pool_h, pool_w, stride, pad, x.dtype)
+    if out.size:
+        launch_avgpool_forward(_dev(x), _dev(out), pool_h, pool_w, stride, pad,
+                               stream=_stream())
+    return out
+
+
+def avgpool_backward(dout, input_shape, pool_h, pool_w, stride=1, pad=0):
+    """dout: (N, C, out_h, out_w) -> dx: input_shape (N, C, H, W)."""
+    cp = backend.require_gpu()
+    dout = _input(cp, dout, "dout")
+    if dout.dtype == np.float16:
+        dx = avgpool_backward(dout.astype(np.float32), input_shape, pool_h, pool_w, stride, pad)
+        return dx.astype(dout.dtype)
+    dx = cp.empty(tuple(input_shape), dtype=dout.dtype)
+    if dx.size:
+        launch_avgpool_backward(_dev(dout), _dev(dx), pool_h, pool_w, stride, pad,
+                                stream=_stream())
+    return dx
+
+
 # ---------------------------------------------------------------------------
-# Helpers: geometry checks, device views, the stream
+# Helpers: device views, the stream
 # ---------------------------------------------------------------------------
 
 
-def _conv_out(shape, filter_h, filter_w, stride, pad):
-    """(out_h, out_w) of a window sliding over ``shape`` (N, C, H, W), as the book: floor."""
-    return ((shape[2] + 2 * pad - filter_h) // stride + 1,
-            (shape[3] + 2 * pad - filter_w) // stride + 1)
-
-
-def _col_shape(shape, filter_h, filter_w, out_h, out_w):
-    return (shape[0] * out_h * out_w, shape[1] * filter_h * filter_w)
-
-
-def _expect_shape(name, got, expected):
-    if tuple(got) != tuple(expected):
-        raise ValueError(f"{name} has shape {tuple(got)}; expected {tuple(expected)}")
-
-
-def _shape4(input_shape):
-    shape = tuple(int(s) for s in input_shape)
-    if len(shape) != 4 or min(shape) < 0:
-        raise ValueError(f"input_shape must be (N, C, H, W) with sizes >= 0, got {input_shape}")
-    return shape
-
-
-def _check_geometry(shape, size_h, size_w, stride, pad, what):
-    """One clear error for window sizes, stride or padding that make no output."""
-    for name, value, low in ((f"{what}_h", size_h, 1), (f"{what}_w", size_w, 1),
-                             ("stride", stride, 1), ("pad", pad, 0)):
-        if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < low:
-            raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
-    height, width = shape[2] + 2 * pad, shape[3] + 2 * pad
-    if size_h > height or size_w > width:
-        raise ValueError(
-            f"{what} {size_h}x{size_w} is larger than the padded input {height}x{width} "
-            f"(input shape {tuple(shape)}, pad {pad})"
-        )
-
-
-def _input(cp, a, name, ndim):
-    """A C-contiguous floating (or, for argmax, integer) CuPy array of rank ``ndim``."""
+def _input(cp, a, name):
+    """``a`` as a C-contiguous CuPy array. A host array would hand the kernels a host
+    pointer, and the kernels are compiled for floating data (argmax: integers, checked by
+    ``xpnet.kernels``)."""
     if not isinstance(a, cp.ndarray):
         raise backend.DeviceError(
             f"{name} is a {type(a).__module__}.{type(a).__name__} on the cpu, but the GPU "
             "kernels take CuPy arrays on the gpu; move it with xpnet.backend.to_device(x, 'gpu')"
         )
-    if a.ndim != ndim:
-        raise ValueError(f"{name} must have {ndim} dimensions, got shape {a.shape}")
-    if name == "argmax":
-        if a.dtype.kind not in "iu":
-            raise TypeError(f"argmax must be an integer array (int32), got {a.dtype}")
-    elif a.dtype.kind != "f":
+    if name != "argmax" and a.dtype.kind != "f":
         raise TypeError(f"{name} must be a floating array (float16/32/64), got {a.dtype}")
     return cp.ascontiguousarray(a)
 

@@ -5,7 +5,8 @@ checks). ``im2col`` and ``col2im`` are the book's slicing loops (chapter 7.4.3,
 ``common/util.py``), changed only to keep the input's dtype and to run on the array module
 of their input, so on CuPy arrays they are the book's code ported to the GPU (the naive GPU
 baseline of ``benchmarks/gpu_bench.py``). The max-pool pair is the obvious loop over every
-output position, NumPy only. Nothing here is fast; everything here is easy to check by eye.
+output position, NumPy only; the average-pool pair sums the window's taps as im2col slices
+them, on any array module. Nothing here is fast; everything here is easy to check by eye.
 
 Layouts (the book's): ``col`` rows are ordered (N, out_h, out_w), its columns (C, FH, FW).
 """
@@ -18,7 +19,11 @@ from xpnet.backend import get_array_module
 
 
 def conv_output_size(input_size: int, filter_size: int, stride: int = 1, pad: int = 0) -> int:
-    """Output length of a filter sliding over ``input_size`` (+ ``pad`` each side), floored."""
+    """Output length of a filter sliding over ``input_size`` (+ ``pad`` each side), floored.
+
+    The one output-size formula of xpnet (kernels, layers, models and the FLOP model use
+    it); it checks nothing, ``xpnet.util.conv_output_size`` is the checked public one.
+    """
     return (input_size + 2 * pad - filter_size) // stride + 1
 
 
@@ -106,3 +111,40 @@ def maxpool_backward(dout, argmax, input_shape, pool_h, pool_w, stride=1, pad=0)
                     a, b = divmod(int(argmax[n, c, i, j]), pool_w)
                     dx[n, c, i * stride - pad + a, j * stride - pad + b] += dout[n, c, i, j]
     return dx
+
+
+def avgpool_forward(x, pool_h, pool_w, stride=1, pad=0):
+    """x: (N, C, H, W) -> out: (N, C, out_h, out_w), each window's mean, x's dtype.
+
+    Padding counts as zeros: every window is divided by pool_h * pool_w (PyTorch's
+    ``count_include_pad=True``). The taps are added in row-major window order, then the sum
+    is divided once: the order the kernels keep, so they match this bit for bit.
+    """
+    xp = get_array_module(x)
+    N, C, H, W = x.shape
+    out_h = conv_output_size(H, pool_h, stride, pad)
+    out_w = conv_output_size(W, pool_w, stride, pad)
+    img = xp.pad(x, [(0, 0), (0, 0), (pad, pad), (pad, pad)], "constant")
+    total = xp.zeros((N, C, out_h, out_w), dtype=x.dtype)
+    for a in range(pool_h):
+        for b in range(pool_w):
+            total += img[:, :, a : a + stride * out_h : stride, b : b + stride * out_w : stride]
+    return total / x.dtype.type(pool_h * pool_w)
+
+
+def avgpool_backward(dout, input_shape, pool_h, pool_w, stride=1, pad=0):
+    """dout: (N, C, out_h, out_w) -> dx: input_shape (N, C, H, W), dout's dtype.
+
+    Every window hands dout / (pool_h * pool_w) to each of its pixels; where windows overlap
+    the shares add up. Summed per pixel in the order of the window taps (a, b) ascending,
+    then divided once, as the kernels do.
+    """
+    xp = get_array_module(dout)
+    N, C, H, W = input_shape
+    out_h, out_w = dout.shape[2], dout.shape[3]
+    img = xp.zeros((N, C, H + 2 * pad + stride - 1, W + 2 * pad + stride - 1), dtype=dout.dtype)
+    for a in range(pool_h):
+        for b in range(pool_w):
+            img[:, :, a : a + stride * out_h : stride, b : b + stride * out_w : stride] += dout
+    dx = img[:, :, pad : H + pad, pad : W + pad] / dout.dtype.type(pool_h * pool_w)
+    return xp.ascontiguousarray(dx)

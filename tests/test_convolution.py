@@ -1,9 +1,10 @@
-"""Convolution and Pooling layers: the book's semantics, gradient checks, dtypes, bad input."""
+"""Convolution and the pooling layers: the book's semantics, gradient checks, dtypes, bad input."""
 
 import numpy as np
 import pytest
+from kernel_contract import random_view
 
-from xpnet.convolution import Convolution, Pooling
+from xpnet.convolution import AvgPooling, Convolution, GlobalAvgPooling, Pooling
 from xpnet.gradient import numerical_gradient, relative_error
 from xpnet.kernels import reference as ref
 
@@ -157,3 +158,92 @@ def test_pooling_bad_input():
         pool.forward(np.zeros((1, 1, 2, 5)))
     with pytest.raises(TypeError, match="Pooling: expected a floating input"):
         pool.forward(np.zeros((1, 1, 5, 5), dtype=np.int32))
+
+
+# ----------------------------------------------------------------------------- average pooling
+
+
+@pytest.mark.parametrize("xs, ph, pw, stride, pad", POOL_CASES)
+def test_avg_pooling_gradients(xs, ph, pw, stride, pad):
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal(xs)
+    pool = AvgPooling(ph, pw, stride=stride, pad=pad)
+    out = pool.forward(x)
+    np.testing.assert_array_equal(out, ref.avgpool_forward(x, ph, pw, stride, pad))
+    dout = rng.standard_normal(out.shape)
+    dx = pool.backward(dout)
+    assert dx.shape == x.shape and dx.dtype == np.float64
+
+    def loss(_):
+        return float(np.sum(pool.forward(x) * dout))
+
+    assert relative_error(numerical_gradient(loss, x), dx) < 1e-6
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_avg_pooling_on_random_shapes_and_views(seed):
+    """Size-1 axes, transposes, negative strides, Fortran order: forward, and the gradient
+    checked numerically (float64) on the view itself."""
+    rng = np.random.default_rng(600 + seed)
+    N, C = (int(rng.choice([1, 1, 2, 3])) for _ in range(2))
+    H, W = (int(rng.integers(1, 8)) for _ in range(2))
+    ph, pw = int(rng.integers(1, min(H, 3) + 1)), int(rng.integers(1, min(W, 3) + 1))
+    stride, pad = int(rng.integers(1, 3)), int(rng.integers(0, min(ph, pw)))
+    x = random_view(rng, (N, C, H, W), np.float64)
+    pool = AvgPooling(ph, pw, stride=stride, pad=pad)
+    out = pool.forward(x)
+    np.testing.assert_array_equal(out, ref.avgpool_forward(x.copy(), ph, pw, stride, pad))
+    dout = random_view(rng, out.shape, np.float64)
+    dx = pool.backward(dout)
+    xc = x.copy()  # numerical_gradient perturbs its argument: a writable copy
+
+    def loss(_):
+        return float(np.sum(pool.forward(xc) * dout))
+
+    assert relative_error(numerical_gradient(loss, xc), dx) < 1e-6
+
+
+@pytest.mark.parametrize("xs", [(2, 3, 4, 5), (1, 1, 1, 1), (3, 2, 7, 1)])
+def test_global_avg_pooling_reduces_each_plane_to_its_mean(xs):
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal(xs)
+    gap = GlobalAvgPooling()
+    out = gap.forward(x)
+    assert out.shape == xs[:2]
+    np.testing.assert_allclose(out, x.mean(axis=(2, 3)), rtol=1e-13, atol=1e-15)
+    dout = rng.standard_normal(out.shape)
+    dx = gap.backward(dout)
+    np.testing.assert_allclose(dx, np.broadcast_to(dout[:, :, None, None] / (xs[2] * xs[3]), xs),
+                               rtol=1e-15)
+
+    def loss(_):
+        return float(np.sum(gap.forward(x) * dout))
+
+    assert relative_error(numerical_gradient(loss, x), dx) < 1e-6
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+def test_avg_pooling_layers_keep_the_dtype(dtype):
+    x = np.random.default_rng(7).standard_normal((2, 3, 6, 6)).astype(dtype)
+    for layer, dout_shape in ((AvgPooling(2, 2), (2, 3, 3, 3)), (GlobalAvgPooling(), (2, 3))):
+        assert layer.forward(x).dtype == dtype
+        assert layer.backward(np.ones(dout_shape, dtype)).dtype == dtype
+
+
+def test_avg_pooling_bad_input():
+    with pytest.raises(ValueError, match="AvgPooling: stride must be >= 1"):
+        AvgPooling(2, 2, stride=0)
+    with pytest.raises(TypeError, match="AvgPooling: pool_h must be an integer"):
+        AvgPooling(2.5, 2)
+    with pytest.raises(RuntimeError, match="before forward"):
+        AvgPooling(2, 2).backward(np.zeros((1, 1, 1, 1)))
+    with pytest.raises(RuntimeError, match="before forward"):
+        GlobalAvgPooling().backward(np.zeros((1, 1)))
+    with pytest.raises(ValueError, match=r"AvgPooling: expected a 4-D input"):
+        AvgPooling(2, 2).forward(np.zeros((2, 9)))
+    with pytest.raises(TypeError, match="GlobalAvgPooling: expected a floating input"):
+        GlobalAvgPooling().forward(np.zeros((1, 1, 2, 2), np.int64))
+    gap = GlobalAvgPooling()
+    gap.forward(np.zeros((2, 3, 4, 4)))
+    with pytest.raises(ValueError, match=r"dout of shape \(3, 2\) .*expected \(2, 3\)"):
+        gap.backward(np.zeros((3, 2)))

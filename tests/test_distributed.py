@@ -5,6 +5,7 @@ killed if it runs over); the rest run in this process without initializing MPI.
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import re
@@ -103,6 +104,27 @@ def _assert_params_close(a, b, rtol):
 # ---------------------------------------------------------------------------
 # In this process: no MPI
 # ---------------------------------------------------------------------------
+
+
+def test_the_package_keeps_every_public_name_and_is_installed():
+    """xpnet.distributed is a package split by transport; its names import as before."""
+    import tomllib
+
+    from xpnet.distributed import (
+        MPICommunicator,
+        NCCLCommunicator,
+        communicator,
+        launched_by_mpi,
+        mpi,
+        nccl,
+    )
+
+    assert MPICommunicator is mpi.MPICommunicator and NCCLCommunicator is nccl.NCCLCommunicator
+    assert Communicator is communicator.Communicator and issubclass(MPICommunicator, Communicator)
+    assert launched_by_mpi is communicator.launched_by_mpi
+    assert set(distributed.__all__) <= set(dir(distributed))
+    with open(REPO / "pyproject.toml", "rb") as f:
+        assert "xpnet.distributed" in tomllib.load(f)["tool"]["setuptools"]["packages"]
 
 
 def test_without_launcher_runs_single_process_and_says_so(monkeypatch, capsys):
@@ -482,7 +504,7 @@ def fake_cupy(monkeypatch):
     monkeypatch.setitem(sys.modules, "cupy.cuda", cp.cuda)
     monkeypatch.setitem(sys.modules, "cupy.cuda.nccl", nccl)
     at_exit = []
-    monkeypatch.setattr(distributed.atexit, "register", lambda *a: at_exit.append(a))
+    monkeypatch.setattr(atexit, "register", lambda *a: at_exit.append(a))
     return types.SimpleNamespace(nccl=nccl, events=events, at_exit=at_exit)
 
 

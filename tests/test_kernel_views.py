@@ -4,7 +4,8 @@ The kernels read their inputs through strides (or copy them once); a layout they
 returns wrong numbers or reads outside the array. Each case builds random views --
 size-1 axes, transposes, negative strides, steps, Fortran order, read-only and broadcast
 (zero-stride) arrays -- and compares the kernel with ``kernels.reference`` or NumPy on a
-contiguous copy of the same values.
+contiguous copy of the same values. (Average pooling's view cases are part of the kernel
+contract, ``tests/kernel_contract.py``, run on every backend.)
 """
 
 import os
@@ -15,63 +16,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from kernel_contract import random_view, random_view_shape
 
 from xpnet import kernels
 from xpnet.kernels import reference as ref
 
 REPO = Path(__file__).resolve().parents[1]
 SEEDS = range(40)
-
-
-def random_view(rng, shape, dtype, values=None):
-    """An array of ``shape`` holding ``values`` (default: random normal) whose memory layout
-    is random: a strided, permuted, possibly reversed window into a larger C- or
-    Fortran-ordered array, read-only now and then -- or, one time in ten, ``values[:1]``
-    broadcast along the first axis (zero stride), so oracles read the view's values."""
-    if values is None:
-        values = rng.standard_normal(shape)
-    values = np.asarray(values).astype(dtype)
-    ndim = len(shape)
-    if rng.random() < 0.1 and ndim and shape[0] > 0:  # a zero-stride broadcast of one row
-        values = np.broadcast_to(values[:1], shape)
-        return values if rng.random() < 0.5 else np.broadcast_to(values[:1].copy(), shape)
-    steps = [int(rng.choice([1, 1, 2, 3])) * int(rng.choice([1, -1])) for _ in range(ndim)]
-    extra = [int(rng.integers(0, 3)) for _ in range(ndim)]
-    perm = rng.permutation(ndim)
-    # base axis perm[i] holds view axis i, |step| apart, with `extra` elements to spare
-    base_shape = [0] * ndim
-    for i, p in enumerate(perm):
-        base_shape[p] = max(shape[i], 1) * abs(steps[i]) + extra[i]
-    order = "F" if rng.random() < 0.3 else "C"
-    # NaN (or -7) around the view shows a stray read
-    fill = np.nan if np.dtype(dtype).kind == "f" else -7
-    base = np.full(base_shape, fill, dtype=dtype, order=order)
-    view = base.transpose(perm)
-    index = []
-    for i in range(ndim):
-        start = int(rng.integers(0, extra[i] + 1))
-        stop = start + (shape[i] - 1) * abs(steps[i]) + 1 if shape[i] else start
-        index.append(slice(start, stop, abs(steps[i])))
-    for i in range(ndim):
-        if steps[i] < 0:
-            view = np.flip(view, axis=i)
-    view = view[tuple(index)]
-    assert view.shape == tuple(shape)
-    view[...] = values
-    if rng.random() < 0.3:
-        view.flags.writeable = False
-    return view
-
-
-def random_shape(rng, fits):
-    """(N, C, H, W) with size-1 axes often, and a window, stride and pad that ``fits``."""
-    while True:
-        N, C, H, W = (int(rng.choice([1, 1, 2, 3, 5])) for _ in range(4))
-        H, W = H + int(rng.integers(0, 5)), W + int(rng.integers(0, 5))
-        fh, fw = int(rng.integers(1, 4)), int(rng.integers(1, 4))
-        stride, pad = int(rng.integers(1, 3)), int(rng.integers(0, 2))
-        if fits(fh, fw, pad) and H + 2 * pad >= fh and W + 2 * pad >= fw:
-            return (N, C, H, W), fh, fw, stride, pad
 
 
 def any_window(fh, fw, pad):
@@ -94,7 +45,7 @@ def tolerance(dtype):
 @pytest.mark.parametrize("seed", SEEDS)
 def test_im2col_on_views(seed):
     rng = np.random.default_rng(seed)
-    shape, fh, fw, stride, pad = random_shape(rng, any_window)
+    shape, fh, fw, stride, pad = random_view_shape(rng, any_window)
     dtype = rng.choice([np.float16, np.float32, np.float64])
     x = random_view(rng, shape, dtype)
     np.testing.assert_array_equal(kernels.im2col(x, fh, fw, stride, pad),
@@ -104,7 +55,7 @@ def test_im2col_on_views(seed):
 @pytest.mark.parametrize("seed", SEEDS)
 def test_col2im_on_views(seed):
     rng = np.random.default_rng(1000 + seed)
-    shape, fh, fw, stride, pad = random_shape(rng, any_window)
+    shape, fh, fw, stride, pad = random_view_shape(rng, any_window)
     dtype = rng.choice([np.float32, np.float64])
     oh, ow = out_hw(shape, fh, fw, stride, pad)
     col = random_view(rng, (shape[0] * oh * ow, shape[1] * fh * fw), dtype)
@@ -130,7 +81,7 @@ def conv_reference(x, W, b, dout, stride, pad):
 @pytest.mark.parametrize("seed", SEEDS)
 def test_conv_forward_and_backward_on_views(seed):
     rng = np.random.default_rng(2000 + seed)
-    shape, fh, fw, stride, pad = random_shape(rng, any_window)
+    shape, fh, fw, stride, pad = random_view_shape(rng, any_window)
     dtype = rng.choice([np.float32, np.float64])
     FN = int(rng.choice([1, 2, 4]))
     oh, ow = out_hw(shape, fh, fw, stride, pad)
@@ -148,7 +99,7 @@ def test_conv_forward_and_backward_on_views(seed):
 @pytest.mark.parametrize("seed", SEEDS)
 def test_maxpool_forward_and_backward_on_views(seed):
     rng = np.random.default_rng(3000 + seed)
-    shape, ph, pw, stride, pad = random_shape(rng, pool_window)
+    shape, ph, pw, stride, pad = random_view_shape(rng, pool_window)
     dtype = rng.choice([np.float16, np.float32, np.float64])
     # few distinct values: ties, where the first maximum in the window must win
     x = random_view(rng, shape, dtype, rng.integers(-3, 4, size=shape))

@@ -1,4 +1,6 @@
-"""The CPU kernels against the plain NumPy reference, on randomized shapes."""
+"""The kernels' entry points: the contract of ``tests/kernel_contract.py`` on the CPU
+kernels, the reference and (where there is one) the GPU, then what is the CPU's own (its
+2x2 pooling kernels, the fused convolution, threads, ReLU) and the argument checks."""
 
 import subprocess
 import sys
@@ -7,6 +9,8 @@ from pathlib import Path
 import numba
 import numpy as np
 import pytest
+from kernel_contract import *  # noqa: F403 - the contract's tests, run on the backends below
+from kernel_contract import DTYPES, make_backend, random_case
 
 from xpnet import kernels
 from xpnet.kernels import generic
@@ -15,82 +19,10 @@ from xpnet.kernels import reference as ref
 REPO = Path(__file__).resolve().parents[1]
 
 
-def random_case(rng, max_hw=9, window_pad_limit=True):
-    """A random (shape, filter_h, filter_w, stride, pad) whose window fits the padded input."""
-    while True:
-        N, C = rng.integers(1, 4, size=2)
-        H, W = rng.integers(1, max_hw + 1, size=2)
-        fh, fw = rng.integers(1, 5, size=2)
-        stride = int(rng.integers(1, 4))
-        pad = int(rng.integers(0, 3))
-        if window_pad_limit and pad >= min(fh, fw):
-            continue  # max pooling needs pad < window
-        if H + 2 * pad >= fh and W + 2 * pad >= fw:
-            return (int(N), int(C), int(H), int(W)), int(fh), int(fw), stride, pad
-
-
-DTYPES = [np.float32, np.float64]
-SEEDS = range(12)
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("seed", SEEDS)
-def test_im2col_equals_reference(dtype, seed):
-    rng = np.random.default_rng(seed)
-    shape, fh, fw, stride, pad = random_case(rng, window_pad_limit=False)
-    x = rng.standard_normal(shape).astype(dtype)
-    col = kernels.im2col(x, fh, fw, stride, pad)
-    assert col.dtype == dtype
-    np.testing.assert_array_equal(col, ref.im2col(x, fh, fw, stride, pad))
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("seed", SEEDS)
-def test_col2im_equals_reference(dtype, seed):
-    rng = np.random.default_rng(seed)
-    shape, fh, fw, stride, pad = random_case(rng, window_pad_limit=False)
-    out_h = ref.conv_output_size(shape[2], fh, stride, pad)
-    out_w = ref.conv_output_size(shape[3], fw, stride, pad)
-    col = rng.standard_normal((shape[0] * out_h * out_w, shape[1] * fh * fw)).astype(dtype)
-    x = kernels.col2im(col, shape, fh, fw, stride, pad)
-    assert x.shape == shape and x.dtype == dtype
-    rtol = 1e-5 if dtype == np.float32 else 1e-12
-    np.testing.assert_allclose(x, ref.col2im(col, shape, fh, fw, stride, pad), rtol=rtol,
-                               atol=rtol)
-
-
-@pytest.mark.parametrize("seed", SEEDS)
-def test_col2im_is_the_adjoint_of_im2col(seed):
-    """<im2col(x), c> == <x, col2im(c)>: overlapping entries are summed, padding dropped."""
-    rng = np.random.default_rng(100 + seed)
-    shape, fh, fw, stride, pad = random_case(rng, window_pad_limit=False)
-    x = rng.standard_normal(shape)
-    col = kernels.im2col(x, fh, fw, stride, pad)
-    c = rng.standard_normal(col.shape)
-    lhs = np.vdot(col, c)
-    rhs = np.vdot(x, kernels.col2im(c, shape, fh, fw, stride, pad))
-    assert lhs == pytest.approx(rhs, rel=1e-12, abs=1e-12)
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("seed", SEEDS)
-def test_maxpool_equals_reference(dtype, seed):
-    rng = np.random.default_rng(200 + seed)
-    shape, ph, pw, stride, pad = random_case(rng)
-    x = rng.standard_normal(shape).astype(dtype)
-    out, argmax = kernels.maxpool_forward(x, ph, pw, stride, pad)
-    out0, argmax0 = ref.maxpool_forward(x, ph, pw, stride, pad)
-    assert out.dtype == dtype and argmax.dtype == np.int32
-    np.testing.assert_array_equal(out, out0)
-    np.testing.assert_array_equal(argmax, argmax0)
-
-    dout = rng.standard_normal(out.shape).astype(dtype)
-    dx = kernels.maxpool_backward(dout, argmax, shape, ph, pw, stride, pad)
-    assert dx.shape == shape and dx.dtype == dtype
-    rtol = 1e-6 if dtype == np.float32 else 1e-12
-    np.testing.assert_allclose(
-        dx, ref.maxpool_backward(dout, argmax0, shape, ph, pw, stride, pad), rtol=rtol, atol=rtol
-    )
+@pytest.fixture(params=["cpu", "reference", "gpu"])
+def backend(request):
+    """The kernel set the contract's tests run on (cuda-sim: tests/cuda_sim_cases.py)."""
+    return make_backend(request.param)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -135,40 +67,12 @@ def test_maxpool_never_selects_padding():
     np.testing.assert_array_equal(argmax, ref.maxpool_forward(x, 3, 3, 2, 2)[1])
 
 
-def test_maxpool_nan_wins_as_in_argmax():
-    x = np.zeros((1, 1, 2, 4))
-    x[0, 0, 0, 1] = np.nan
-    x[0, 0, 1, 0] = np.nan  # the second NaN in the window must not move the argmax
-    x[0, 0, 0, 2] = 5.0
-    out, argmax = kernels.maxpool_forward(x, 2, 2, 2)
-    assert np.isnan(out[0, 0, 0, 0]) and argmax[0, 0, 0, 0] == 1
-    assert out[0, 0, 0, 1] == 5.0 and argmax[0, 0, 0, 1] == 0
-
-
 def test_noncontiguous_inputs():
     rng = np.random.default_rng(3)
     x = rng.standard_normal((3, 7, 9, 2)).transpose(0, 3, 1, 2)  # (3, 2, 7, 9) view
     np.testing.assert_array_equal(kernels.im2col(x, 3, 2, 2, 1), ref.im2col(x, 3, 2, 2, 1))
     np.testing.assert_array_equal(
         kernels.maxpool_forward(x, 2, 3, 1, 1)[0], ref.maxpool_forward(x, 2, 3, 1, 1)[0]
-    )
-
-
-def test_float16_is_exact_where_it_can_be():
-    rng = np.random.default_rng(4)
-    x = rng.standard_normal((2, 3, 6, 7)).astype(np.float16)
-    col = kernels.im2col(x, 3, 3, 1, 1)
-    assert col.dtype == np.float16
-    np.testing.assert_array_equal(col, ref.im2col(x, 3, 3, 1, 1))  # a copy: bit-exact
-    out, argmax = kernels.maxpool_forward(x, 2, 2, 2, 0)
-    out0, argmax0 = ref.maxpool_forward(x, 2, 2, 2, 0)
-    assert out.dtype == np.float16
-    np.testing.assert_array_equal(out, out0)
-    np.testing.assert_array_equal(argmax, argmax0)
-    x16 = kernels.col2im(col, x.shape, 3, 3, 1, 1)
-    assert x16.dtype == np.float16
-    np.testing.assert_allclose(
-        x16, ref.col2im(col.astype(np.float64), x.shape, 3, 3, 1, 1), rtol=1e-3, atol=1e-2
     )
 
 
@@ -296,27 +200,33 @@ def _pooled(shape, size, stride, pad, seed=0):
     return x, argmax.astype(np.int64), np.ones_like(out)
 
 
-# (shape, window, stride, pad): the general kernel, and the 2x2 one (even H and W)
-POOLINGS = [((2, 3, 6, 6), 3, 3, 0), ((2, 3, 7, 7), 3, 2, 1), ((2, 3, 6, 8), 2, 2, 0)]
+def test_avgpool_bad_arguments_are_named():
+    x = np.zeros((1, 2, 5, 5))
+    with pytest.raises(TypeError, match="avgpool_forward: x must be a floating array"):
+        kernels.avgpool_forward(x.astype(np.int64), 2, 2, 2)
+    with pytest.raises(ValueError, match="pad must be smaller"):
+        kernels.avgpool_forward(x, 2, 2, 2, pad=2)
+    with pytest.raises(ValueError, match="does not fit the input"):
+        kernels.avgpool_forward(x, 6, 2, 1)
+    with pytest.raises(ValueError, match=r"avgpool_backward: dout of shape \(1, 2, 3, 3\).*"
+                                         r"expected \(1, 2, 2, 2\)"):
+        kernels.avgpool_backward(np.zeros((1, 2, 3, 3)), x.shape, 2, 2, 2)
+    with pytest.raises(TypeError, match="pool_h must be an integer"):
+        kernels.avgpool_backward(np.zeros((1, 2, 2, 2)), x.shape, 2.5, 2, 2)
 
 
-@pytest.mark.parametrize("bad", [9, -1, 10**6, -(10**6), 2**32, 2**32 + 1])
-@pytest.mark.parametrize("shape, size, stride, pad", POOLINGS)
-def test_maxpool_backward_refuses_an_index_outside_the_window(bad, shape, size, stride, pad):
-    # 2**32 + 1 would wrap to a valid index 1 if argmax were cast to int32
-    x, argmax, dout = _pooled(shape, size, stride, pad)
-    if abs(bad) == 9:  # read as "one past the window" (size * size), negative too
-        bad = bad // 9 * size * size
-    argmax[-1, -1, -1, -1] = bad
-    with pytest.raises(IndexError, match="outside its pooling window"):
-        kernels.maxpool_backward(dout, argmax, x.shape, size, size, stride, pad)
-
-
-def test_maxpool_backward_refuses_an_index_into_the_padding():
-    x, argmax, dout = _pooled((1, 1, 5, 5), 3, 2, 1)
-    argmax[0, 0, 0, 0] = 0  # the corner (-1, -1) of the first window is padding
-    with pytest.raises(IndexError, match="padding"):
-        kernels.maxpool_backward(dout, argmax, x.shape, 3, 3, 2, 1)
+def test_dispatch_table_names_a_module_for_every_op_and_backend():
+    """One table says where each op runs; the generic fallback is a row of it, not a guess."""
+    assert set(kernels.IMPLEMENTATIONS) == {
+        name for name in kernels.__all__
+        if callable(getattr(kernels, name)) and name not in (
+            "check_integer", "conv_output_size", "implementation")
+    }
+    for op, modules in kernels.IMPLEMENTATIONS.items():
+        assert set(modules) == {"numpy", "cupy"}, op
+        assert kernels.implementation("numpy", op) is getattr(
+            __import__(f"xpnet.kernels.{modules['numpy']}", fromlist=[op]), op)
+    assert kernels.IMPLEMENTATIONS["conv2d_forward"]["cupy"] == "generic"
 
 
 def test_pooling_backward_refuses_a_forged_argmax():

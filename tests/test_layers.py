@@ -391,6 +391,8 @@ def test_convolution_and_pooling_are_re_exported():
     assert xpnet.layers.Convolution is xpnet.convolution.Convolution
     assert xpnet.layers.Pooling is xpnet.convolution.Pooling
     assert {"Convolution", "Pooling", "Affine", "BatchNormalization"} <= set(xpnet.layers.__all__)
+    assert {"AvgPooling", "GlobalAvgPooling"} <= set(xpnet.layers.__all__)
+    assert xpnet.layers.AvgPooling is xpnet.convolution.AvgPooling
 
 
 def test_affine_non_contiguous_input_and_in_place_parameter_updates():

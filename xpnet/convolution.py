@@ -20,7 +20,7 @@ import operator
 from xpnet import kernels, threads
 from xpnet.backend import get_array_module, is_gpu_array
 
-__all__ = ["Convolution", "Pooling"]
+__all__ = ["AvgPooling", "Convolution", "GlobalAvgPooling", "Pooling"]
 
 
 def _check_input(layer: str, x, channels: int | None = None) -> None:
@@ -206,3 +206,66 @@ class Pooling:
         return kernels.maxpool_backward(
             dout, self.arg_max, self.x.shape, self.pool_h, self.pool_w, self.stride, self.pad
         )
+
+
+class AvgPooling:
+    """Average pooling; x: (N, C, H, W) -> (N, C, OH, OW), OH = (H + 2*pad - pool_h)//stride + 1.
+
+    Each output is the mean of its pool_h x pool_w window; padding counts as zeros (every
+    window divides by pool_h * pool_w, as PyTorch's ``AvgPool2d`` default). Windows that do
+    not fit at the right/bottom edge are dropped, as ``Pooling`` drops them; the pad must be
+    smaller than the window. Backward shares each dout evenly over its window.
+    """
+
+    def __init__(self, pool_h, pool_w, stride=2, pad=0):
+        self.pool_h = kernels.check_integer("AvgPooling: pool_h", pool_h)
+        self.pool_w = kernels.check_integer("AvgPooling: pool_w", pool_w)
+        self.stride = kernels.check_integer("AvgPooling: stride", stride)
+        self.pad = kernels.check_integer("AvgPooling: pad", pad, 0)
+        self.input_shape = None
+
+    def forward(self, x):
+        """x: (N, C, H, W) -> out: (N, C, OH, OW), in x's dtype."""
+        _check_input("AvgPooling", x)
+        out = kernels.avgpool_forward(x, self.pool_h, self.pool_w, self.stride, self.pad)
+        self.input_shape = tuple(x.shape)
+        return out
+
+    def backward(self, dout):
+        """dout: (N, C, OH, OW) -> dx: (N, C, H, W)."""
+        if self.input_shape is None:
+            raise RuntimeError("AvgPooling: backward() was called before forward()")
+        return kernels.avgpool_backward(
+            dout, self.input_shape, self.pool_h, self.pool_w, self.stride, self.pad
+        )
+
+
+class GlobalAvgPooling:
+    """Global average pooling: x: (N, C, H, W) -> (N, C), the mean of each channel's plane.
+
+    An ``AvgPooling`` whose window is the whole image (the head of networks that end in
+    one value per channel instead of a large Affine layer).
+    """
+
+    def __init__(self):
+        self.input_shape = None
+
+    def forward(self, x):
+        """x: (N, C, H, W) -> out: (N, C), in x's dtype."""
+        _check_input("GlobalAvgPooling", x)
+        N, C, H, W = x.shape
+        out = kernels.avgpool_forward(x, H, W, 1, 0)  # (N, C, 1, 1)
+        self.input_shape = tuple(x.shape)
+        return out.reshape(N, C)
+
+    def backward(self, dout):
+        """dout: (N, C) -> dx: (N, C, H, W), each pixel dout / (H * W)."""
+        if self.input_shape is None:
+            raise RuntimeError("GlobalAvgPooling: backward() was called before forward()")
+        N, C, H, W = self.input_shape
+        if tuple(dout.shape) != (N, C):
+            raise ValueError(
+                f"GlobalAvgPooling: dout of shape {tuple(dout.shape)} does not match the "
+                f"forward output; expected {(N, C)}"
+            )
+        return kernels.avgpool_backward(dout.reshape(N, C, 1, 1), self.input_shape, H, W, 1, 0)

@@ -27,6 +27,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from xpnet.kernels import conv_output_size
+
 __all__ = [
     "Gemm",
     "forward_gemms",
@@ -66,7 +68,7 @@ def _input_shape(network) -> tuple:
 
 
 def _out(size, window, stride, pad) -> int:
-    return (size + 2 * pad - window) // stride + 1
+    return conv_output_size(size, window, stride, pad)
 
 
 def forward_gemms(network, batch_size: int) -> list[Gemm]:

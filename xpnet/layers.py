@@ -475,6 +475,6 @@ class BatchNormalization:
 # ---------------------------------------------------------------------------
 
 # Imported last, so that xpnet.convolution may itself use the checks above.
-from xpnet.convolution import Convolution, Pooling  # noqa: E402
+from xpnet.convolution import AvgPooling, Convolution, GlobalAvgPooling, Pooling  # noqa: E402
 
-__all__ += ["Convolution", "Pooling"]
+__all__ += ["Convolution", "Pooling", "AvgPooling", "GlobalAvgPooling"]

@@ -43,6 +43,7 @@ from xpnet.backend import (
 )
 from xpnet.functions import check_targets, sigmoid, softmax
 from xpnet.gradient import numerical_gradient as _numerical_gradient
+from xpnet.kernels import conv_output_size
 from xpnet.layers import (
     Affine,
     BatchNormalization,
@@ -649,7 +650,7 @@ class MultiLayerNetExtend(MultiLayerNet):
 
 
 def _out_size(size, filter_size, stride=1, pad=0):
-    return (size + 2 * pad - filter_size) // stride + 1
+    return conv_output_size(size, filter_size, stride, pad)
 
 
 def _check_input_dim(name, input_dim):

@@ -43,7 +43,7 @@ def conv_output_size(input_size, filter_size, stride=1, pad=0):
     filter_size = kernels.check_integer("conv_output_size: filter_size", filter_size, 1)
     stride = kernels.check_integer("conv_output_size: stride", stride, 1)
     pad = kernels.check_integer("conv_output_size: pad", pad, 0)
-    out = (input_size + 2 * pad - filter_size) // stride + 1
+    out = kernels.conv_output_size(input_size, filter_size, stride, pad)
     if out < 1:
         raise ValueError(
             f"conv_output_size: a window of {filter_size} does not fit an input of "
