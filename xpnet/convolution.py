@@ -60,6 +60,8 @@ class Convolution:
     network's ``params`` in place updates the layer too.
     """
 
+    param_names = ("W", "b")  # the layer contract (xpnet.models.Network)
+
     def __init__(self, W, b, stride=1, pad=0):
         if getattr(W, "ndim", None) != 4:
             raise ValueError(
