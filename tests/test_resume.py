@@ -344,10 +344,10 @@ def trained(data, tmp_path, net=None):
 
 
 def snapshot(tr):
-    from xpnet.trainer import _buffers
+    from xpnet.models import named_buffers  # any book-style network's, TinyNet's too
 
     return ({k: v.copy() for k, v in tr.network.params.items()},
-            {k: v.copy() for k, v in _buffers(tr.network).items()},
+            {k: v.copy() for k, v in named_buffers(tr.network).items()},
             tr.optimizer.state_dict(), tr.current_iter, list(tr.train_loss_list), tr.seed)
 
 
