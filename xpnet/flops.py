@@ -53,8 +53,10 @@ class Gemm:
 
 
 def _layers(network) -> list:
-    layers = network.layers
-    return list(layers.values()) if isinstance(layers, dict) else list(layers)
+    """The layers ``predict`` runs, in order, as the network's layer registry has them."""
+    from xpnet.models import layer_registry
+
+    return [layer for layer, _ in layer_registry(network).forward]
 
 
 def _input_shape(network) -> tuple:
@@ -74,7 +76,9 @@ def forward_gemms(network, batch_size: int) -> list[Gemm]:
 
     ``network`` is an xpnet model (anything with ``layers`` of xpnet's layer classes and,
     for convolutional networks, ``input_shape`` = (C, H, W)). Shapes are propagated layer
-    by layer from (batch_size, *input_shape); layers without a GEMM only reshape.
+    by layer from (batch_size, *input_shape); layers without a GEMM keep the shape, or
+    change it as their optional ``output_shape(per-sample input shape)`` says (the layer
+    contract, :class:`xpnet.models.Network`).
     """
     from xpnet.convolution import Convolution, Pooling
     from xpnet.layers import Affine
@@ -115,6 +119,8 @@ def forward_gemms(network, batch_size: int) -> list[Gemm]:
             counts["Affine"] += 1
             gemms.append(Gemm(f"Affine{counts['Affine']}", "forward", n, out, k))
             shape = (out,)
+        elif hasattr(layer, "output_shape"):  # a layer that changes the shape, no GEMM
+            shape = tuple(int(s) for s in layer.output_shape(shape))
         # Relu, Sigmoid, Dropout, BatchNormalization: same shape, no GEMM
     return gemms
 

@@ -226,7 +226,9 @@ class Network:
     - ``buffer_names``: state that is not trained but saved and restored with the network
       (BatchNormalization's ``running_mean``, ``running_var``); None until the first
       forward pass is allowed: it then has one entry per entry of the layer's first
-      parameter.
+      parameter;
+    - optionally ``output_shape(input_shape)``: its per-sample output shape, for a layer
+      that changes the shape (the FLOP model, :mod:`xpnet.flops`, reads it).
 
     A layer that declares none of these (the book's own classes) is read as the book
     wrote it: parameters are the attributes holding ``params``' arrays, buffers are
