@@ -547,54 +547,26 @@ class Network:
     def load_params(self, file_name="params.npz"):
         """Read parameters from an ``.npz`` written by :meth:`save_params` or from one of the
         book's ``.pkl`` files, into the existing arrays (cast to the network's dtype), so
-        layers and optimizers holding them see the new values. BatchNormalization's running
-        statistics are read too when the file has them.
+        layers and optimizers holding them see the new values. The layers' buffers
+        (BatchNormalization's running statistics) are read too when the file has them.
 
         Every key of ``params`` must be in the file with the same shape, and the file may
         hold nothing else; nothing is written unless all is well. Raises KeyError naming
         the missing or unexpected keys, or ValueError naming the key and both shapes.
         """
         loaded = io.load_params(file_name)
-        name = type(self).__name__
-        missing = [key for key in self.params if key not in loaded]
-        if missing:
-            raise KeyError(
-                f"{file_name} has no {', '.join(missing)} for {name} "
-                f"(it holds {', '.join(sorted(loaded)) or 'nothing'})"
-            )
         registry = self.registry()
         buffers = {slot.file_key: slot for slot in registry.buffers.values()}
-        unexpected = [k for k in loaded if k not in self.params and k not in buffers]
-        if unexpected:
-            raise KeyError(
-                f"{file_name} holds {', '.join(unexpected)}, which {name} does not have "
-                f"(its parameters are {', '.join(self.params)})"
-            )
+        self._check_keys(loaded, buffers, file_name)
         expected = {key: tuple(value.shape) for key, value in self.params.items()}
         for key, slot in buffers.items():
             layout = registry.buffer_layout(slot.name)  # None: any size is taken
             expected[key] = None if layout is None else (math.prod(layout[0]),)
-        arrays = {}
-        for key, shape in expected.items():
-            if key not in loaded:
-                continue
-            value = loaded[key]
-            got = tuple(value.shape)
-            if key in buffers:
-                got = (int(value.size),)  # per-unit statistics may be stored flat or not
-            if shape is not None and got != shape:
-                raise ValueError(
-                    f"{file_name}: {key!r} has shape {tuple(value.shape)} but {name} "
-                    f"expects {shape}"
-                )
-            with np.errstate(over="ignore"):  # overflow is reported just below
-                cast = value.astype(self.dtype)
-            if value.dtype.kind == "f" and not np.isfinite(cast).all() and np.isfinite(value).all():
-                raise ValueError(
-                    f"{file_name}: {key!r} has values beyond the range of {self.dtype} "
-                    f"(largest magnitude {np.abs(value).max():.3g})"
-                )
-            arrays[key] = to_device(cast, self.device)
+        arrays = {
+            key: self._loaded_array(loaded[key], key, shape, key in buffers, file_name)
+            for key, shape in expected.items() if key in loaded
+        }
+        # All checked: now write (in place, so layers and optimizers keep their arrays).
         for key, value in self.params.items():
             value[...] = arrays[key]
         for key, slot in buffers.items():
@@ -604,6 +576,42 @@ class Network:
                     current[...] = arrays[key].reshape(current.shape)  # in place, as BN does
                 else:
                     slot.set(arrays[key])
+
+    def _check_keys(self, loaded: dict, buffers: dict, file_name) -> None:
+        """Every parameter in the file, nothing but parameters and buffers: KeyError."""
+        name = type(self).__name__
+        missing = [key for key in self.params if key not in loaded]
+        if missing:
+            raise KeyError(
+                f"{file_name} has no {', '.join(missing)} for {name} "
+                f"(it holds {', '.join(sorted(loaded)) or 'nothing'})"
+            )
+        unexpected = [k for k in loaded if k not in self.params and k not in buffers]
+        if unexpected:
+            raise KeyError(
+                f"{file_name} holds {', '.join(unexpected)}, which {name} does not have "
+                f"(its parameters are {', '.join(self.params)})"
+            )
+
+    def _loaded_array(self, value, key, shape, is_buffer, file_name):
+        """``value`` checked against ``shape`` (None: any), cast to the network's dtype
+        and moved to its device; ValueError naming ``key`` otherwise."""
+        got = tuple(value.shape)
+        if is_buffer:
+            got = (int(value.size),)  # per-unit statistics may be stored flat or not
+        if shape is not None and got != shape:
+            raise ValueError(
+                f"{file_name}: {key!r} has shape {tuple(value.shape)} but "
+                f"{type(self).__name__} expects {shape}"
+            )
+        with np.errstate(over="ignore"):  # overflow is reported just below
+            cast = value.astype(self.dtype)
+        if value.dtype.kind == "f" and not np.isfinite(cast).all() and np.isfinite(value).all():
+            raise ValueError(
+                f"{file_name}: {key!r} has values beyond the range of {self.dtype} "
+                f"(largest magnitude {np.abs(value).max():.3g})"
+            )
+        return to_device(cast, self.device)
 
 
 # ---------------------------------------------------------------------------
