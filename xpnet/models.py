@@ -58,6 +58,7 @@ from xpnet.layers import (
 
 __all__ = [
     "DeepConvNet",
+    "LayerRegistry",
     "MultiLayerNet",
     "MultiLayerNetExtend",
     "Network",
@@ -65,8 +66,11 @@ __all__ = [
     "ThreeLayerNet",
     "TwoLayerNet",
     "init_network",
+    "layer_registry",
+    "named_buffers",
     "predict",
 ]
+
 
 def _is_array(value) -> bool:
     return hasattr(value, "shape") and hasattr(value, "dtype") and hasattr(value, "astype")
@@ -122,20 +126,26 @@ class LayerRegistry:
         self.params: dict = {}
         self.buffers: dict = {}
         for layer_name, layer in named.items():
-            own = [self._add_param(owner, layer_name, layer, a) for a in _param_attrs(layer, owner)]
-            suffix = next((key[len(a):] for key, a in filter(None, own) if key.startswith(a)), None)
+            suffix = self._add_params(owner, layer_name, layer)
             for attr in _buffer_attrs(layer):
                 path = f"{layer_name}.{attr}"
                 file_key = path if suffix is None else attr + suffix
                 self.buffers[path] = Slot(path, layer_name, layer, attr, file_key)
         self.params = {key: self.params[key] for key in params if key in self.params}
 
-    def _add_param(self, owner, layer_name, layer, attr):
-        key = owner.get(id(getattr(layer, attr, None)))
-        if key is None:
-            return None
-        self.params[key] = Slot(key, layer_name, layer, attr, key)
-        return key, attr
+    def _add_params(self, owner: dict, layer_name: str, layer):
+        """Record the layer's parameters (``owner``: id of a params array -> its key).
+        Returns what their keys add to their attribute names (``'1'`` of ``gamma1``), the
+        suffix of the layer's buffers in parameter files; None if they add nothing."""
+        suffix = None
+        for attr in _param_attrs(layer, owner):
+            key = owner.get(id(getattr(layer, attr, None)))
+            if key is None:
+                continue
+            self.params[key] = Slot(key, layer_name, layer, attr, key)
+            if suffix is None and key.startswith(attr):
+                suffix = key[len(attr):]
+        return suffix
 
     def buffer_layout(self, name: str):
         """``(shape, dtype)`` buffer ``name`` has, or will have once its layer creates it
