@@ -393,8 +393,8 @@ class Trainer:
     def _after_step(self) -> None:
         """Read losses back when due; at an epoch's end, evaluate; at a boundary, checkpoint."""
         epoch_end = self.current_iter % self.iter_per_epoch == 0
-        checkpoint = self.checkpoint_dir is not None and self._is_boundary(self.current_iter)
-        if len(self._pending_losses) >= self._loss_sync or epoch_end or checkpoint:
+        save = self.checkpoint_dir is not None and self._is_boundary(self.current_iter)
+        if len(self._pending_losses) >= self._loss_sync or epoch_end or save:
             self._read_losses()
         if self._bar is not None:
             self._bar.update(1)
@@ -404,7 +404,7 @@ class Trainer:
             now = time.perf_counter()
             self.epoch_seconds.append(round(now - self._epoch_start, 3))
             self._epoch_start = now
-        if checkpoint:
+        if save:
             self.save_checkpoint()
 
     def _read_losses(self) -> None:
