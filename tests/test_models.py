@@ -481,3 +481,153 @@ def test_batchnorm_layer_types():
     net = MultiLayerNetExtend(4, [3], 2, use_batchnorm=True)
     assert isinstance(net.layers["BatchNorm1"], BatchNormalization)
     assert net.layers["BatchNorm1"].gamma is net.params["gamma1"]
+
+
+# ---------------------------------------------------------------------------
+# The layer contract: param_names, buffer_names, takes_train_flg, output_shape
+# ---------------------------------------------------------------------------
+
+
+class _Centered:
+    """A user's layer with a parameter, a buffer and a train_flg: ``x - mean + shift``,
+    the mean a running one (updated in training, used in evaluation). x: (N, D)."""
+
+    param_names = ("shift",)
+    buffer_names = ("running_mean",)
+    takes_train_flg = True
+
+    def __init__(self, shift):
+        self.shift = shift
+        self.running_mean = None
+        self.flags = []
+
+    def forward(self, x, train_flg=True):
+        self.flags.append(train_flg)
+        if self.running_mean is None:
+            self.running_mean = np.zeros(x.shape[1], x.dtype)
+        if train_flg:
+            self.running_mean[...] = 0.5 * self.running_mean + 0.5 * x.mean(axis=0)
+        return x - self.running_mean + self.shift
+
+    def backward(self, dout):
+        self.dshift = dout.sum(axis=0)
+        return dout
+
+
+def _net_with_centered(seed=0):
+    xpnet.seed(seed)
+    net = MultiLayerNet(4, [5], 3, dtype="float64")
+    net.params["shift1"] = np.zeros(5)
+    net.layers["Centered1"] = _Centered(net.params["shift1"])
+    net.layers.move_to_end("Centered1", last=False)  # any position will do: after Affine1
+    net.layers.move_to_end("Affine1", last=False)
+    return net
+
+
+def test_a_declared_layer_joins_the_registry_without_a_private_call(tmp_path):
+    net = _net_with_centered()
+    assert list(net.layers)[:2] == ["Affine1", "Centered1"]
+    assert list(net.named_params()) == ["W1", "b1", "W2", "b2", "shift1"]
+    assert net.named_buffers() == {}  # created at the first forward pass
+    x, t = _batch(np.random.default_rng(0), 6, (4,), 3)
+    grads = net.gradient(x, t)
+    assert net.layers["Centered1"].flags == [True]  # train_flg reached it
+    net.predict(x)
+    assert net.layers["Centered1"].flags == [True, False]
+    np.testing.assert_allclose(grads["shift1"], net.layers["Centered1"].dshift)
+    assert list(net.named_buffers()) == ["Centered1.running_mean"]
+    # saved with the parameters under the parameter-file key, and loaded back in place
+    path = net.save_params(tmp_path / "p.npz")
+    saved = np.load(path)
+    assert "running_mean1" in saved.files
+    other = _net_with_centered(seed=1)
+    other.predict(x)
+    held = other.layers["Centered1"].running_mean
+    other.load_params(path)
+    assert other.layers["Centered1"].running_mean is held
+    np.testing.assert_array_equal(held, net.layers["Centered1"].running_mean)
+
+
+def test_the_books_batchnorm_statistics_have_one_name_in_the_registry():
+    xpnet.seed(0)
+    net = MultiLayerNetExtend(4, [5, 5], 3, use_batchnorm=True)
+    net.gradient(*_batch(np.random.default_rng(0), 6, (4,), 3))
+    buffers = net.named_buffers()
+    assert set(buffers) == {f"BatchNorm{i}.{a}" for i in (1, 2)
+                            for a in ("running_mean", "running_var")}
+    assert buffers["BatchNorm2.running_var"] is net.layers["BatchNorm2"].running_var
+    assert set(net.state_arrays()) - set(net.params) == {
+        "running_mean1", "running_var1", "running_mean2", "running_var2"}  # as on disk
+
+
+class _BookStyleAffine:
+    """A layer as the book writes one: W and b, no declarations, forward(x)."""
+
+    def __init__(self, W, b):
+        self.W, self.b = W, b
+
+    def forward(self, x):
+        self.x = x
+        return x @ self.W + self.b
+
+    def backward(self, dout):
+        self.dW, self.db = self.x.T @ dout, dout.sum(axis=0)
+        return dout @ self.W.T
+
+
+class _BookStyleScale:
+    """The book's way of taking train_flg: in forward's signature, nothing declared."""
+
+    def __init__(self):
+        self.seen = []
+
+    def forward(self, x, train_flg=True):
+        self.seen.append(train_flg)
+        return x * (2.0 if train_flg else 1.0)
+
+    def backward(self, dout):
+        return 2.0 * dout
+
+
+def test_undeclared_layers_are_read_as_the_book_wrote_them():
+    xpnet.seed(0)
+    net = TwoLayerNet(4, 5, 3, dtype="float64")
+    net.layers["Affine2"] = _BookStyleAffine(net.params["W2"], net.params["b2"])
+    net.layers["Scale"] = _BookStyleScale()
+    x, t = _batch(np.random.default_rng(1), 6, (4,), 3)
+    _check_gradients(net, x, t)
+    assert set(net.layers["Scale"].seen) == {True}
+    net.predict(x)
+    assert net.layers["Scale"].seen[-1] is False
+
+
+def test_a_parameter_no_layer_holds_is_named():
+    net = TwoLayerNet(4, 5, 3)
+    net.params["W9"] = np.zeros((2, 2), np.float32)
+    with pytest.raises(RuntimeError, match=r"\['W9'\] are in no layer.*param_names"):
+        net.named_params()
+
+
+def test_the_flop_model_follows_a_layers_output_shape():
+    from xpnet.flops import forward_gemms
+
+    class FirstThree:
+        """Keeps the first three features: (N, D) -> (N, 3)."""
+
+        def forward(self, x):
+            return x[:, :3]
+
+        def backward(self, dout):
+            raise NotImplementedError
+
+        def output_shape(self, input_shape):
+            return (3,)
+
+    xpnet.seed(0)
+    net = MultiLayerNet(4, [5], 2)
+    net.params["W2"] = np.zeros((3, 2), np.float32)
+    net.layers["Affine2"] = Affine(net.params["W2"], net.params["b2"])
+    net.layers["First3"] = FirstThree()
+    net.layers.move_to_end("Affine2")
+    gemms = forward_gemms(net, batch_size=10)
+    assert [(g.m, g.n, g.k) for g in gemms] == [(10, 5, 4), (10, 2, 3)]

@@ -344,10 +344,10 @@ def trained(data, tmp_path, net=None):
 
 
 def snapshot(tr):
-    from xpnet.trainer import _buffers
+    from xpnet.models import named_buffers  # any book-style network's, TinyNet's too
 
     return ({k: v.copy() for k, v in tr.network.params.items()},
-            {k: v.copy() for k, v in _buffers(tr.network).items()},
+            {k: v.copy() for k, v in named_buffers(tr.network).items()},
             tr.optimizer.state_dict(), tr.current_iter, list(tr.train_loss_list), tr.seed)
 
 
@@ -587,3 +587,57 @@ def test_two_trainers_of_one_process_share_no_directory(data, tmp_path):
         Trainer(fresh_net(), *data, verbose=False, checkpoint_dir=tmp_path, **OPTS)
     first.train()  # trains, and releases the directory when done
     Trainer(fresh_net(), *data, verbose=False, checkpoint_dir=tmp_path / "other", **OPTS)
+
+
+# ---------------------------------------------------------------------------
+# The file format has a version; buffers are what the layers declare
+# ---------------------------------------------------------------------------
+
+
+def test_a_checkpoint_of_another_format_version_is_refused_naming_it(data, tmp_path):
+    tr, path = trained(data, tmp_path)
+    rewrite_checkpoint(path, meta=lambda m: m.__setitem__("version", 99))
+    with pytest.raises(CheckpointError, match="format version 99; this xpnet reads version 1"):
+        tr.load_checkpoint(path)
+
+
+class _Counter:
+    """A user's layer whose buffer, declared, counts the samples it has trained on."""
+
+    buffer_names = ("seen",)
+    takes_train_flg = True
+
+    def __init__(self):
+        self.seen = None
+
+    def forward(self, x, train_flg=True):
+        if self.seen is None:
+            self.seen = np.zeros(1)
+        if train_flg:
+            self.seen += len(x)
+        return x
+
+    def backward(self, dout):
+        return dout
+
+
+def counting_net(init=0):
+    from xpnet.models import TwoLayerNet
+
+    xpnet.seed(init)
+    net = TwoLayerNet(8, 6, 3, dtype="float64")
+    net.layers["Counter"] = _Counter()
+    net.layers.move_to_end("Counter", last=False)
+    return net
+
+
+def test_a_declared_buffer_is_checkpointed_and_resumed(data, tmp_path):
+    full = run(data, counting_net(), epochs=2)
+    interrupted = stops_at(counting_net(), 20)
+    with pytest.raises(Interrupt):
+        run(data, interrupted, epochs=2, checkpoint_dir=tmp_path)
+    with np.load(tmp_path / CHECKPOINT_NAME) as z:
+        assert z["buffers/Counter.seen"].tolist() == [13 * 16]  # one epoch of 13 steps
+    resumed = run(data, counting_net(1), epochs=2, checkpoint_dir=tmp_path, resume=True)
+    assert_same_run(full, resumed)
+    assert resumed.network.layers["Counter"].seen.tolist() == [26 * 16]

@@ -92,6 +92,8 @@ class Convolution:
     integer each (for both axes).
     """
 
+    param_names = ("W", "b")  # the layer contract (xpnet.models.Network)
+
     def __init__(self, W, b, stride=1, pad=0):
         if getattr(W, "ndim", None) != 4:
             raise ValueError(

@@ -55,8 +55,10 @@ class Gemm:
 
 
 def _layers(network) -> list:
-    layers = network.layers
-    return list(layers.values()) if isinstance(layers, dict) else list(layers)
+    """The layers ``predict`` runs, in order, as the network's layer registry has them."""
+    from xpnet.models import layer_registry
+
+    return [layer for layer, _ in layer_registry(network).forward]
 
 
 def _input_shape(network) -> tuple:
@@ -76,7 +78,9 @@ def forward_gemms(network, batch_size: int) -> list[Gemm]:
 
     ``network`` is an xpnet model (anything with ``layers`` of xpnet's layer classes and,
     for convolutional networks, ``input_shape`` = (C, H, W)). Shapes are propagated layer
-    by layer from (batch_size, *input_shape); layers without a GEMM only reshape.
+    by layer from (batch_size, *input_shape); layers without a GEMM keep the shape, or
+    change it as their optional ``output_shape(per-sample input shape)`` says (the layer
+    contract, :class:`xpnet.models.Network`).
     """
     from xpnet.convolution import Convolution, Pooling
     from xpnet.layers import Affine
@@ -89,36 +93,48 @@ def forward_gemms(network, batch_size: int) -> list[Gemm]:
     counts = {"Conv": 0, "Affine": 0}
     for layer in _layers(network):
         if isinstance(layer, Convolution):
-            fn, c, fh, fw = (int(s) for s in layer.W.shape)
-            if len(shape) != 3 or shape[0] != c:
-                raise ValueError(
-                    f"flops: a Convolution with W of shape {tuple(layer.W.shape)} got a per-sample "
-                    f"input of shape {shape}; expected ({c}, H, W)"
-                )
-            oh = _out(shape[1], fh, layer.stride, layer.pad)
-            ow = _out(shape[2], fw, layer.stride, layer.pad)
             counts["Conv"] += 1
-            gemms.append(Gemm(f"Conv{counts['Conv']}", "forward", n * oh * ow, fn, c * fh * fw))
-            shape = (fn, oh, ow)
+            gemm, shape = _conv_gemm(layer, shape, n, f"Conv{counts['Conv']}")
+            gemms.append(gemm)
+        elif isinstance(layer, Affine):
+            counts["Affine"] += 1
+            gemm, shape = _affine_gemm(layer, shape, n, f"Affine{counts['Affine']}")
+            gemms.append(gemm)
         elif isinstance(layer, Pooling):
             oh = _out(shape[1], layer.pool_h, layer.stride, layer.pad)
             ow = _out(shape[2], layer.pool_w, layer.stride, layer.pad)
             shape = (shape[0], oh, ow)
-        elif isinstance(layer, Affine):
-            k, out = (int(s) for s in layer.W.shape)
-            size = 1
-            for s in shape:
-                size *= s
-            if size != k:
-                raise ValueError(
-                    f"flops: an Affine with W of shape {tuple(layer.W.shape)} got a per-sample "
-                    f"input of shape {shape} ({size} values); expected {k}"
-                )
-            counts["Affine"] += 1
-            gemms.append(Gemm(f"Affine{counts['Affine']}", "forward", n, out, k))
-            shape = (out,)
+        elif hasattr(layer, "output_shape"):  # a layer that changes the shape, no GEMM
+            shape = tuple(int(s) for s in layer.output_shape(shape))
         # Relu, Sigmoid, Dropout, BatchNormalization: same shape, no GEMM
     return gemms
+
+
+def _conv_gemm(layer, shape: tuple, n: int, name: str) -> tuple[Gemm, tuple]:
+    """A convolution's forward GEMM on a (C, H, W) sample shape, and its output shape."""
+    fn, c, fh, fw = (int(s) for s in layer.W.shape)
+    if len(shape) != 3 or shape[0] != c:
+        raise ValueError(
+            f"flops: a Convolution with W of shape {tuple(layer.W.shape)} got a per-sample "
+            f"input of shape {shape}; expected ({c}, H, W)"
+        )
+    oh = _out(shape[1], fh, layer.stride, layer.pad)
+    ow = _out(shape[2], fw, layer.stride, layer.pad)
+    return Gemm(name, "forward", n * oh * ow, fn, c * fh * fw), (fn, oh, ow)
+
+
+def _affine_gemm(layer, shape: tuple, n: int, name: str) -> tuple[Gemm, tuple]:
+    """An Affine's forward GEMM on any sample shape (flattened), and its output shape."""
+    k, out = (int(s) for s in layer.W.shape)
+    size = 1
+    for s in shape:
+        size *= s
+    if size != k:
+        raise ValueError(
+            f"flops: an Affine with W of shape {tuple(layer.W.shape)} got a per-sample "
+            f"input of shape {shape} ({size} values); expected {k}"
+        )
+    return Gemm(name, "forward", n, out, k), (out,)
 
 
 def training_step_gemms(network, batch_size: int) -> list[Gemm]:

@@ -3,7 +3,9 @@
 Every layer has ``forward`` and ``backward(dout)``; layers with parameters keep
 references to them (``W``, ``b``, ``gamma``, ``beta``) and leave their gradients in
 ``dW``, ``db`` (``dgamma``, ``dbeta``) after ``backward``. Parameters are updated in
-place by the optimizers, so a layer always sees the current values.
+place by the optimizers, so a layer always sees the current values. What a network reads
+of a layer (``param_names``, ``buffer_names``, ``takes_train_flg``) is the layer contract
+of :class:`xpnet.models.Network`.
 
 dtype: a layer computes in the dtype of what it is given -- float32 in, float32 out;
 with parameters, NumPy's promotion of input and parameters, as the book's layers do (the
@@ -192,6 +194,8 @@ class Affine:
     e.g. a conv output (N, C, H, W)), or one sample (D,). ``dx`` has x's shape.
     """
 
+    param_names = ("W", "b")  # the layer contract (xpnet.models.Network)
+
     def __init__(self, W, b):
         self.W = W
         self.b = b
@@ -302,6 +306,8 @@ class Dropout:
     device), so two networks can be given the same masks.
     """
 
+    takes_train_flg = True  # the layer contract (xpnet.models.Network)
+
     def __init__(self, dropout_ratio=0.5, rng=None):
         ratio = float(dropout_ratio)
         if not 0.0 <= ratio < 1.0:
@@ -342,6 +348,10 @@ class BatchNormalization:
     """
 
     eps = 10e-7  # the book's value (1e-6)
+    # the layer contract (xpnet.models.Network)
+    param_names = ("gamma", "beta")
+    buffer_names = ("running_mean", "running_var")
+    takes_train_flg = True
 
     def __init__(self, gamma, beta, momentum=0.9, running_mean=None, running_var=None):
         if not 0.0 <= float(momentum) <= 1.0:

@@ -22,8 +22,10 @@ architecture:
 from __future__ import annotations
 
 import contextlib
+import inspect
 import math
 from collections import OrderedDict
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -57,6 +59,7 @@ from xpnet.layers import (
 
 __all__ = [
     "DeepConvNet",
+    "LayerRegistry",
     "MultiLayerNet",
     "MultiLayerNetExtend",
     "Network",
@@ -64,28 +67,185 @@ __all__ = [
     "ThreeLayerNet",
     "TwoLayerNet",
     "init_network",
+    "layer_registry",
+    "named_buffers",
     "predict",
 ]
-
-# Layer attributes that hold parameters; the gradient of ``attr`` lands in ``'d' + attr``.
-_PARAM_ATTRS = ("W", "b", "gamma", "beta")
-# BatchNormalization's running statistics: not trained, but saved with the parameters.
-_BUFFER_ATTRS = ("running_mean", "running_var")
-# Layers whose forward takes ``train_flg``.
-_TRAIN_FLG_LAYERS = (Dropout, BatchNormalization)
 
 
 def _is_array(value) -> bool:
     return hasattr(value, "shape") and hasattr(value, "dtype") and hasattr(value, "astype")
 
 
+# ---------------------------------------------------------------------------
+# The layer contract: what a network finds in its layers
+# ---------------------------------------------------------------------------
+
+# A layer that declares nothing (the book's own classes) is read as the book wrote them:
+# its parameters are the attributes holding one of ``params``' arrays, its buffers
+# whichever of these it has, and it takes ``train_flg`` if its forward names it.
+_UNDECLARED_BUFFERS = ("running_mean", "running_var")
+
+
+@dataclass(frozen=True)
+class Slot:
+    """Where one array of a network lives: ``getattr(layer, attr)``.
+
+    ``name`` is how the network names it: a ``params`` key (``'W1'``) for a parameter,
+    ``'<layer name>.<attr>'`` (``'BatchNorm1.running_mean'``; list layers by position)
+    for a buffer. ``file_key`` is its key in parameter files: the ``params`` key, or for a
+    buffer its attribute plus its layer's parameter suffix (``'running_mean1'``)."""
+
+    name: str
+    layer_name: str
+    layer: object
+    attr: str
+    file_key: str
+
+    def get(self):
+        return getattr(self.layer, self.attr, None)
+
+    def set(self, value) -> None:
+        setattr(self.layer, self.attr, value)
+
+
+class LayerRegistry:
+    """One network's parameters, buffers and forward plan, read from its layers once.
+
+    ``params``: ``{params key: Slot}``; ``buffers``: ``{'<layer>.<attr>': Slot}``;
+    ``forward``: ``[(layer, takes_train_flg)]`` in ``predict``'s order;
+    ``layers``: ``{layer name: layer}``, the last layer (``'last_layer'``) included.
+    """
+
+    def __init__(self, params: dict, layers, last_layer=None):
+        named = dict(_named_layers(layers))
+        self.forward = [(layer, _takes_train_flg(layer)) for layer in named.values()]
+        if last_layer is not None:
+            named["last_layer"] = last_layer
+        self.layers = named
+        owner = {id(value): key for key, value in params.items()}
+        self.params: dict = {}
+        self.buffers: dict = {}
+        for layer_name, layer in named.items():
+            suffix = self._add_params(owner, layer_name, layer)
+            for attr in _buffer_attrs(layer):
+                path = f"{layer_name}.{attr}"
+                file_key = path if suffix is None else attr + suffix
+                self.buffers[path] = Slot(path, layer_name, layer, attr, file_key)
+        self.params = {key: self.params[key] for key in params if key in self.params}
+
+    def _add_params(self, owner: dict, layer_name: str, layer):
+        """Record the layer's parameters (``owner``: id of a params array -> its key).
+        Returns what their keys add to their attribute names (``'1'`` of ``gamma1``), the
+        suffix of the layer's buffers in parameter files; None if they add nothing."""
+        suffix = None
+        for attr in _param_attrs(layer, owner):
+            key = owner.get(id(getattr(layer, attr, None)))
+            if key is None:
+                continue
+            self.params[key] = Slot(key, layer_name, layer, attr, key)
+            if suffix is None and key.startswith(attr):
+                suffix = key[len(attr):]
+        return suffix
+
+    def buffer_layout(self, name: str):
+        """``(shape, dtype)`` buffer ``name`` has, or will have once its layer creates it
+        (at the first forward pass, as BatchNormalization does): one entry per entry of
+        its layer's first parameter, in that parameter's dtype. None if unknown."""
+        slot = self.buffers[name]
+        value = slot.get()
+        if value is not None:
+            return tuple(value.shape), np.dtype(value.dtype)
+        first = next((s.get() for s in self.params.values() if s.layer is slot.layer), None)
+        if first is None:
+            return None
+        return (int(first.size),), np.dtype(first.dtype)
+
+    def named_buffers(self) -> dict:
+        """``{'<layer>.<attr>': array}`` of the buffers set so far."""
+        out = {}
+        for name, slot in self.buffers.items():
+            value = slot.get()
+            if value is not None:
+                out[name] = value
+        return out
+
+
+def _named_layers(layers):
+    """``(name, layer)`` pairs of an OrderedDict of layers, or of a list (named by position,
+    as the book keeps DeepConvNet's)."""
+    if isinstance(layers, dict):
+        return [(str(name), layer) for name, layer in layers.items()]
+    return [(str(i), layer) for i, layer in enumerate(layers or ())]
+
+
+def _param_attrs(layer, owner: dict) -> list:
+    declared = getattr(layer, "param_names", None)
+    if declared is not None:
+        return list(declared)
+    return [a for a, v in getattr(layer, "__dict__", {}).items() if id(v) in owner]
+
+
+def _buffer_attrs(layer) -> list:
+    declared = getattr(layer, "buffer_names", None)
+    if declared is not None:
+        return list(declared)
+    return [a for a in _UNDECLARED_BUFFERS if hasattr(layer, a)]
+
+
+def _takes_train_flg(layer) -> bool:
+    declared = getattr(layer, "takes_train_flg", None)
+    if declared is not None:
+        return bool(declared)
+    try:
+        return "train_flg" in inspect.signature(layer.forward).parameters
+    except (AttributeError, TypeError, ValueError):
+        return False
+
+
+def layer_registry(network) -> LayerRegistry:
+    """The registry of any book-style network: an xpnet :class:`Network`'s own, else one
+    read from its ``params``, ``layers`` and ``last_layer``."""
+    if isinstance(network, Network):
+        return network.registry()
+    return LayerRegistry(
+        getattr(network, "params", {}), getattr(network, "layers", None),
+        getattr(network, "last_layer", None),
+    )
+
+
+def named_buffers(network) -> dict:
+    """``{'<layer>.<attr>': array}``: the buffers (BatchNormalization's running statistics)
+    of any book-style network, set so far."""
+    return layer_registry(network).named_buffers()
+
+
 class Network:
     """What every network shares: parameters and their layers, loss, accuracy, gradients,
-    files and devices. A subclass builds ``params``, ``layers`` and ``last_layer`` and then
-    calls :meth:`_bind`.
+    files and devices. A subclass builds ``params``, ``layers`` and ``last_layer``; nothing
+    more (the layers are read again whenever they or ``params``' arrays change).
 
     ``layers`` is an OrderedDict (or, for DeepConvNet as in the book, a list) run in order by
-    :meth:`predict`; parameters are found in the layers by identity with ``params``' arrays.
+    :meth:`predict`. What the network needs of a layer is the layer contract (README, "Your
+    own layer"):
+
+    - ``forward(x)`` (``forward(x, train_flg)`` if ``takes_train_flg = True``) and
+      ``backward(dout)``;
+    - ``param_names``: the attributes holding its parameters, each one of ``params``'
+      arrays (found by identity); after ``backward`` the gradient of ``name`` is in
+      ``'d' + name``;
+    - ``buffer_names``: state that is not trained but saved and restored with the network
+      (BatchNormalization's ``running_mean``, ``running_var``); None until the first
+      forward pass is allowed: it then has one entry per entry of the layer's first
+      parameter;
+    - optionally ``output_shape(input_shape)``: its per-sample output shape, for a layer
+      that changes the shape (the FLOP model, :mod:`xpnet.flops`, reads it).
+
+    A layer that declares none of these (the book's own classes) is read as the book
+    wrote it: parameters are the attributes holding ``params``' arrays, buffers are
+    ``running_mean``/``running_var`` if present, ``train_flg`` is passed if its forward
+    names it. :meth:`named_params`, :meth:`named_buffers` and :meth:`registry` are what
+    checkpoints, parameter files, BatchNorm synchronisation and the FLOP model read.
     """
 
     #: shape of one input sample, set by each network: ``(input_size,)`` or ``(C, H, W)``.
@@ -99,8 +259,8 @@ class Network:
         self.last_layer = None
         self.weight_decay_lambda = 0
         self.last_loss = None
-        self._bindings: dict = {}  # param key -> (layer, attribute)
-        self._buffers: dict = {}  # buffer key -> (layer, attribute)
+        self._registry: LayerRegistry | None = None
+        self._registry_key = None  # what the registry was read from (see registry())
 
     # -- construction helpers ------------------------------------------------------------
 
@@ -122,23 +282,43 @@ class Network:
     def _ones(self, size):
         return self.xp.ones(size, dtype=self.dtype)
 
-    def _bind(self):
-        """Record which layer attribute holds each parameter (by identity with ``params``)."""
-        owner = {id(value): key for key, value in self.params.items()}
-        self._bindings.clear()
-        self._buffers.clear()
-        for layer in self._all_layers():
-            for attr in _PARAM_ATTRS:
-                key = owner.get(id(getattr(layer, attr, None)))
-                if key is not None:
-                    self._bindings[key] = (layer, attr)
-                    if attr == "gamma":  # BatchNormalization: its statistics go with it
-                        suffix = key[len("gamma") :]
-                        for buf in _BUFFER_ATTRS:
-                            self._buffers[buf + suffix] = (layer, buf)
-        unbound = [key for key in self.params if key not in self._bindings]
-        if unbound:  # a construction error, not a user error
-            raise RuntimeError(f"{type(self).__name__}: parameters {unbound} are in no layer")
+    def registry(self) -> LayerRegistry:
+        """The layers' parameters, buffers and forward plan (:class:`LayerRegistry`), read
+        again when a layer or a ``params`` array has been replaced since the last read
+        (comparing identities: microseconds, no array is touched)."""
+        if self._structure_key() != self._registry_key:
+            self.bind()
+        return self._registry
+
+    def _structure_key(self) -> tuple:
+        return (tuple(map(id, self._all_layers())), tuple(self.params),
+                tuple(map(id, self.params.values())))
+
+    def bind(self) -> LayerRegistry:
+        """Read the layers now (:meth:`registry` does it when needed). Raises RuntimeError
+        naming the parameters no layer holds."""
+        registry = LayerRegistry(self.params, self.layers, self.last_layer)
+        unbound = [key for key in self.params if key not in registry.params]
+        if unbound:
+            raise RuntimeError(
+                f"{type(self).__name__}: parameters {unbound} are in no layer; a layer holds "
+                "its parameters as attributes listed in its param_names"
+            )
+        self._registry = registry
+        self._registry_key = self._structure_key()  # holds the layers: no id is reused
+        return registry
+
+    _bind = bind  # the name the architectures' constructors call
+
+    def named_params(self) -> dict:
+        """``{name: array}`` of the trained parameters: ``params`` itself, each array held
+        by a layer (checked)."""
+        return {key: self.params[key] for key in self.registry().params}
+
+    def named_buffers(self) -> dict:
+        """``{'<layer>.<attr>': array}`` of the layers' buffers set so far, e.g.
+        ``'BatchNorm1.running_mean'`` (a list's layers are named by position)."""
+        return self.registry().named_buffers()
 
     def _layer_list(self) -> list:
         return list(self.layers.values()) if isinstance(self.layers, dict) else list(self.layers)
@@ -209,11 +389,8 @@ class Network:
         return self._forward(self._input(x), train_flg)
 
     def _forward(self, x, train_flg):
-        for layer in self._layer_list():
-            if isinstance(layer, _TRAIN_FLG_LAYERS):
-                x = layer.forward(x, train_flg)
-            else:
-                x = layer.forward(x)
+        for layer, takes_train_flg in self.registry().forward:
+            x = layer.forward(x, train_flg) if takes_train_flg else layer.forward(x)
         return x
 
     def _weight_decay(self):
@@ -276,7 +453,8 @@ class Network:
         dout = self.last_layer.backward(1)
         for layer in reversed(self._layer_list()):
             dout = layer.backward(dout)
-        grads = {key: getattr(layer, "d" + attr) for key, (layer, attr) in self._bindings.items()}
+        slots = self.registry().params
+        grads = {key: getattr(s.layer, "d" + s.attr) for key, s in slots.items()}
         if self.weight_decay_lambda:
             for key in self._decay_keys():
                 grads[key] = grads[key] + self.weight_decay_lambda * self.params[key]
@@ -365,13 +543,13 @@ class Network:
         return self
 
     def state_arrays(self) -> dict:
-        """``params`` plus BatchNormalization's running statistics (``running_mean1``...)
-        where they exist: what :meth:`save_params` writes."""
-        out = dict(self.params)
-        for key, (layer, attr) in self._buffers.items():
-            value = getattr(layer, attr, None)
+        """``params`` plus the buffers set so far under their parameter-file keys
+        (``running_mean1``...): what :meth:`save_params` writes."""
+        out = dict(self.named_params())
+        for slot in self.registry().buffers.values():
+            value = slot.get()
             if value is not None:
-                out[key] = value
+                out[slot.file_key] = value
         return out
 
     def save_params(self, file_name="params.npz"):
@@ -382,14 +560,38 @@ class Network:
     def load_params(self, file_name="params.npz"):
         """Read parameters from an ``.npz`` written by :meth:`save_params` or from one of the
         book's ``.pkl`` files, into the existing arrays (cast to the network's dtype), so
-        layers and optimizers holding them see the new values. BatchNormalization's running
-        statistics are read too when the file has them.
+        layers and optimizers holding them see the new values. The layers' buffers
+        (BatchNormalization's running statistics) are read too when the file has them.
 
         Every key of ``params`` must be in the file with the same shape, and the file may
         hold nothing else; nothing is written unless all is well. Raises KeyError naming
         the missing or unexpected keys, or ValueError naming the key and both shapes.
         """
         loaded = io.load_params(file_name)
+        registry = self.registry()
+        buffers = {slot.file_key: slot for slot in registry.buffers.values()}
+        self._check_keys(loaded, buffers, file_name)
+        expected = {key: tuple(value.shape) for key, value in self.params.items()}
+        for key, slot in buffers.items():
+            layout = registry.buffer_layout(slot.name)  # None: any size is taken
+            expected[key] = None if layout is None else (math.prod(layout[0]),)
+        arrays = {
+            key: self._loaded_array(loaded[key], key, shape, key in buffers, file_name)
+            for key, shape in expected.items() if key in loaded
+        }
+        # All checked: now write (in place, so layers and optimizers keep their arrays).
+        for key, value in self.params.items():
+            value[...] = arrays[key]
+        for key, slot in buffers.items():
+            if key in arrays:
+                current = slot.get()
+                if current is not None and current.size == arrays[key].size:
+                    current[...] = arrays[key].reshape(current.shape)  # in place, as BN does
+                else:
+                    slot.set(arrays[key])
+
+    def _check_keys(self, loaded: dict, buffers: dict, file_name) -> None:
+        """Every parameter in the file, nothing but parameters and buffers: KeyError."""
         name = type(self).__name__
         missing = [key for key in self.params if key not in loaded]
         if missing:
@@ -397,45 +599,32 @@ class Network:
                 f"{file_name} has no {', '.join(missing)} for {name} "
                 f"(it holds {', '.join(sorted(loaded)) or 'nothing'})"
             )
-        unexpected = [k for k in loaded if k not in self.params and k not in self._buffers]
+        unexpected = [k for k in loaded if k not in self.params and k not in buffers]
         if unexpected:
             raise KeyError(
                 f"{file_name} holds {', '.join(unexpected)}, which {name} does not have "
                 f"(its parameters are {', '.join(self.params)})"
             )
-        expected = {key: tuple(value.shape) for key, value in self.params.items()}
-        for key, (layer, _) in self._buffers.items():
-            expected[key] = (int(layer.gamma.size),)
-        arrays = {}
-        for key, shape in expected.items():
-            if key not in loaded:
-                continue
-            value = loaded[key]
-            got = tuple(value.shape)
-            if key in self._buffers:
-                got = (int(value.size),)  # per-unit statistics may be stored flat or not
-            if got != shape:
-                raise ValueError(
-                    f"{file_name}: {key!r} has shape {tuple(value.shape)} but {name} "
-                    f"expects {shape}"
-                )
-            with np.errstate(over="ignore"):  # overflow is reported just below
-                cast = value.astype(self.dtype)
-            if value.dtype.kind == "f" and not np.isfinite(cast).all() and np.isfinite(value).all():
-                raise ValueError(
-                    f"{file_name}: {key!r} has values beyond the range of {self.dtype} "
-                    f"(largest magnitude {np.abs(value).max():.3g})"
-                )
-            arrays[key] = to_device(cast, self.device)
-        for key, value in self.params.items():
-            value[...] = arrays[key]
-        for key, (layer, attr) in self._buffers.items():
-            if key in arrays:
-                current = getattr(layer, attr, None)
-                if current is not None and current.size == arrays[key].size:
-                    current[...] = arrays[key].reshape(current.shape)  # in place, as BN does
-                else:
-                    setattr(layer, attr, arrays[key])
+
+    def _loaded_array(self, value, key, shape, is_buffer, file_name):
+        """``value`` checked against ``shape`` (None: any), cast to the network's dtype
+        and moved to its device; ValueError naming ``key`` otherwise."""
+        got = tuple(value.shape)
+        if is_buffer:
+            got = (int(value.size),)  # per-unit statistics may be stored flat or not
+        if shape is not None and got != shape:
+            raise ValueError(
+                f"{file_name}: {key!r} has shape {tuple(value.shape)} but "
+                f"{type(self).__name__} expects {shape}"
+            )
+        with np.errstate(over="ignore"):  # overflow is reported just below
+            cast = value.astype(self.dtype)
+        if value.dtype.kind == "f" and not np.isfinite(cast).all() and np.isfinite(value).all():
+            raise ValueError(
+                f"{file_name}: {key!r} has values beyond the range of {self.dtype} "
+                f"(largest magnitude {np.abs(value).max():.3g})"
+            )
+        return to_device(cast, self.device)
 
 
 # ---------------------------------------------------------------------------

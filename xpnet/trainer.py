@@ -5,115 +5,57 @@
     >>> trainer.train()
     >>> trainer.train_loss_list, trainer.train_acc_list, trainer.test_acc_list
 
-As in the book, every step draws a random mini-batch (with replacement, like
-``np.random.choice``), runs ``network.gradient`` and updates the parameters in place.
-Unlike the book's trainer, the loss of a step is the one ``network.gradient`` just
-computed (``network.last_loss``), so no second forward pass is spent on it, and
-accuracy is evaluated in batches, never holding a whole test set's activations.
-The accuracy lists get one entry per epoch, as in the book, but taken at the *end* of
-each epoch (the book's trainer evaluates after the first step of each), so the last
-entry is the trained network's accuracy and equals the final test accuracy.
+The loop is the book's: every step draws a random mini-batch (with replacement), runs
+``network.gradient`` and updates the parameters in place; ``train_loss_list`` gets one
+loss per step, the accuracy lists one entry per epoch. Differences, and why:
 
-Beyond the book (all keyword-only): ``seed`` for reproducible runs; ``device``
-(``'cpu'``/``'gpu'``; the data follows the model); a tqdm progress bar; checkpoints
-(``checkpoint_dir``, ``checkpoint_every``) holding parameters, optimizer state, the
-position in training and what the random streams need, written atomically; and
-``resume=True``, which continues a killed run to the very parameters the
-uninterrupted run would have reached.
+- the loss of a step is the one ``network.gradient`` computed (``network.last_loss``): no
+  second forward pass; on the GPU losses are read back in groups (a read is a sync);
+- accuracy is taken at the *end* of each epoch (the book: after its first step), so the
+  last entry is the trained network's, and in batches, never a whole set's activations.
 
-Reproducibility and resume: every step draws from its own random streams, generators
-seeded from ``(seed, step)`` alone and owned by the trainer, never from a process-global
-state: the mini-batch (:meth:`Trainer._draw_batch_indices`, on the host) and, through
-``xpnet.backend.rng_scope``, whatever the network draws during the step (Dropout masks,
-on the network's device). So a run with checkpoints equals one without, a run resumed
-from a checkpoint draws exactly what the uninterrupted run drew after that point (on the
-CPU and the GPU alike: no generator state needs saving), and Trainers in several threads
-do not disturb each other. A resumed run must keep the optimizer, its hyperparameters
-and the seed it was started with: a change is refused, naming the old and new values.
-
-A checkpoint directory belongs to one live run: the trainer holds a lock on it
-(``checkpoint.lock``, recording its pid and host) from construction to the end of
-:meth:`Trainer.train`; a second run is refused, naming the holder, and a lock left by a
-killed process is taken over. Temporary files a killed checkpoint write left behind are
-removed then.
-
-Data-parallel training (``communicator=``, see :mod:`xpnet.distributed`): every process
-draws the same global mini-batch, computes the gradient of its own contiguous share and
-the gradients (and the loss) are averaged in one allreduce before the update; evaluation
-is split over the processes too. Only rank 0 prints and writes checkpoints; every rank
-reads the checkpoint on resume, so the checkpoint directory must be one they all see.
+Beyond the book (keyword-only): ``seed``; ``device`` (the data follows the model); a
+progress bar; checkpoints and ``resume=True`` (:mod:`xpnet.checkpoint`, one live run per
+directory: :mod:`xpnet.checkpoint_lock`), which continue a killed run to the very
+parameters the uninterrupted run reaches, since every step draws from its own random
+streams (:mod:`xpnet.step_streams`); ``communicator=`` for data-parallel training
+(:mod:`xpnet.distributed`: every rank draws the same global mini-batch and takes its
+share; gradients and loss are averaged before the update; rank 0 prints and writes
+checkpoints, every rank reads them, so the directory must be one they all see).
 """
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import socket
 import sys
 import time
-import zipfile
 from pathlib import Path
 
 import numpy as np
 
-try:
-    import fcntl
-except ImportError:  # not POSIX: checkpoint directories are not locked
-    fcntl = None
-
-from xpnet import backend
+from xpnet import backend, checkpoint
 from xpnet.backend import as_numpy, device_of, get_array_module, get_rng, to_device
-from xpnet.io import atomic_write
+from xpnet.checkpoint import (
+    CHECKPOINT_NAME,
+    CheckpointError,
+    non_negative_int,
+    positive_int,
+)
+from xpnet.checkpoint import read as _read_checkpoint  # noqa: F401 - its former home
+from xpnet.checkpoint_lock import DirectoryLock
 from xpnet.loss_growth import LossGrowthCheck
 from xpnet.optimizers import get_optimizer
+from xpnet.step_streams import StepStreams
 
 __all__ = ["Trainer", "CheckpointError", "TrainingDivergedError", "CHECKPOINT_NAME"]
 
-CHECKPOINT_NAME = "checkpoint.npz"
-LOCK_NAME = "checkpoint.lock"
-_FORMAT = "xpnet-checkpoint"
-_VERSION = 1
 # On the GPU, reading a loss back is a device synchronisation; losses are gathered on
 # the device and read back together every this many steps (and at every epoch end).
 _GPU_LOSS_SYNC_STEPS = 50
 
 
-class CheckpointError(ValueError):
-    """A checkpoint cannot be used: truncated, corrupt, or written for another run."""
-
-
 class TrainingDivergedError(FloatingPointError):
     """The training loss became NaN or infinite."""
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
-
-
-def _positive_int(value, name):
-    if not _is_int(value) or value <= 0:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
-
-
-def _non_negative_int(value, name):
-    if not _is_int(value) or value < 0:
-        raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
-    return int(value)
-
-
-def _check_hyperparams(optimizer) -> None:
-    """Every hyperparameter finite, the learning rate positive: refused before any step
-    (a NaN momentum would otherwise surface as a diverged loss)."""
-    name = type(optimizer).__name__
-    for h in getattr(optimizer, "hyperparams", ()):
-        value = getattr(optimizer, h)
-        if not math.isfinite(value):
-            raise ValueError(f"{name} hyperparameter {h} must be a finite number, got {value!r}")
-    lr = getattr(optimizer, "lr", None)
-    if lr is not None and not lr > 0:
-        raise ValueError(f"{name} learning rate lr must be positive, got {lr!r}")
 
 
 class Trainer:
@@ -137,10 +79,12 @@ class Trainer:
             also makes runs repeat; on resume, the checkpoint's).
         device: ``'cpu'`` or ``'gpu'``: move the model there (``network.to``) and the data
             with it; None keeps the model where it is and brings the data to it.
-        checkpoint_dir: directory for ``checkpoint.npz`` (created if missing).
+        checkpoint_dir: directory for ``checkpoint.npz`` (created if missing), locked for
+            this run from construction to the end of :meth:`train`.
         checkpoint_every: checkpoint every this many steps (default: every epoch).
         resume: continue from the checkpoint in ``checkpoint_dir`` (a fresh start if there
-            is none yet).
+            is none yet); the optimizer, its hyperparameters and the seed must be the
+            checkpoint's.
         progress: show a progress bar: None (when verbose and stderr is a terminal),
             True or False.
         communicator: an :class:`xpnet.distributed.Communicator` for data-parallel
@@ -175,28 +119,48 @@ class Trainer:
         if communicator is not None and not communicator.is_root:
             verbose, progress = False, False  # rank 0 speaks for the job
         self.verbose = verbose
-        self.epochs = _positive_int(epochs, "epochs")
-        self.batch_size = _positive_int(mini_batch_size, "mini_batch_size")
-        for name, x, t in (("train", x_train, t_train), ("test", x_test, t_test)):
+        self.progress = progress
+        self._set_sizes(epochs, mini_batch_size, evaluate_sample_num_per_epoch,
+                        (x_train, t_train), (x_test, t_test))
+        self._place_model(device)
+        self._place_data(x_train, t_train, x_test, t_test)
+        self._set_optimizer(optimizer, optimizer_param)
+        self._reset_position()
+        self._set_checkpoints(seed, checkpoint_dir, checkpoint_every)
+        try:
+            self._start(resume)
+        except BaseException:
+            self.release_lock()
+            raise
+
+    # -- construction, one job each ---------------------------------------------------------
+
+    def _set_sizes(self, epochs, mini_batch_size, evaluate_sample_num, train, test) -> None:
+        """Epochs, batch size and evaluation size checked against the data sets."""
+        self.epochs = positive_int(epochs, "epochs")
+        self.batch_size = positive_int(mini_batch_size, "mini_batch_size")
+        for name, (x, t) in (("train", train), ("test", test)):
             if len(x) != len(t):
                 raise ValueError(
                     f"x_{name} has {len(x)} samples but t_{name} has {len(t)}; they must match"
                 )
             if len(x) == 0:
                 raise ValueError(f"the {name} set is empty")
-        self.train_size = len(x_train)
+        self.train_size = len(train[0])
         if self.batch_size > self.train_size:
             raise ValueError(
                 f"mini_batch_size {self.batch_size} is larger than the training set "
                 f"({self.train_size} samples); use a batch size of at most {self.train_size}"
             )
-        if evaluate_sample_num_per_epoch is not None:
-            evaluate_sample_num_per_epoch = _positive_int(
-                evaluate_sample_num_per_epoch, "evaluate_sample_num_per_epoch"
-            )
-        self.evaluate_sample_num_per_epoch = evaluate_sample_num_per_epoch
+        if evaluate_sample_num is not None:
+            evaluate_sample_num = positive_int(evaluate_sample_num, "evaluate_sample_num_per_epoch")
+        self.evaluate_sample_num_per_epoch = evaluate_sample_num
+        self.iter_per_epoch = max(math.ceil(self.train_size / self.batch_size), 1)
+        self.max_iter = self.epochs * self.iter_per_epoch
 
-        # The model decides where training happens; the data follows it.
+    def _place_model(self, device) -> None:
+        """The model decides where training happens: move it to ``device`` if given."""
+        network = self.network
         if device is not None:
             device = backend.check_device(device)
             if hasattr(network, "to"):
@@ -208,76 +172,67 @@ class Trainer:
                 )
         self.device = _model_device(network)
         self.xp = backend.namespace(self.device)
-        dtype = getattr(network, "dtype", None)
+
+    def _place_data(self, x_train, t_train, x_test, t_test) -> None:
+        """The data follows the model, in its dtype; labels checked against its outputs."""
+        dtype = getattr(self.network, "dtype", None)
         self.x_train, self.t_train, self.x_test, self.t_test = (
             self._to_model(a, dtype) for a in (x_train, t_train, x_test, t_test)
         )
         # Labels are range-checked once here, on the host: the per-step loss skips that check
         # on the GPU, where it would stall every step on a device-to-host transfer.
-        n_classes = network.predict(self.x_train[:1]).shape[-1]
+        n_classes = self.network.predict(self.x_train[:1]).shape[-1]
         for name, t in (("t_train", t_train), ("t_test", t_test)):
             _check_labels(as_numpy(t), n_classes, name)
 
+    def _to_model(self, a, dtype):
+        a = to_device(a, self.device)
+        # Inputs take the model's dtype once, here, so no step mixes float32 and float64.
+        if dtype is not None and a.dtype.kind == "f" and a.dtype != dtype:
+            a = a.astype(dtype)
+        return a
+
+    def _set_optimizer(self, optimizer, optimizer_param) -> None:
         if optimizer_param is None:  # the book's default, {'lr': 0.01}, whatever the optimizer
             optimizer_param = {} if not isinstance(optimizer, str) else {"lr": 0.01}
         self.optimizer = get_optimizer(optimizer, **dict(optimizer_param))
         _check_hyperparams(self.optimizer)
 
-        self.iter_per_epoch = max(math.ceil(self.train_size / self.batch_size), 1)
-        self.max_iter = self.epochs * self.iter_per_epoch
+    def _reset_position(self) -> None:
+        """Step 0: the book's counters and lists, and what this process measures."""
         self.current_iter = 0
         self.current_epoch = 0
         self.train_loss_list: list[float] = []
         self.train_acc_list: list[float] = []
         self.test_acc_list: list[float] = []
+        self.final_test_acc: float | None = None
         # wall time of each epoch run in this process, evaluation included (not checkpointed:
         # a resumed run times its epochs afresh)
         self.epoch_seconds: list[float] = []
         self._epoch_start = time.perf_counter()
-        self.final_test_acc: float | None = None
+        self._pending_losses: list = []  # (step, 0-d loss array) not yet read back
+        self._loss_sync = 1 if self.xp is np else _GPU_LOSS_SYNC_STEPS
+        self._loss_growth = LossGrowthCheck()  # warns once if the loss explodes without NaN
+        self._bar = None
 
+    def _set_checkpoints(self, seed, checkpoint_dir, checkpoint_every) -> None:
+        """The seed of the random streams and where and how often to checkpoint."""
         self._seed_given = seed is not None  # an explicit seed must match a resumed run's
         if seed is None:  # from xpnet's random state, so xpnet.seed(...) governs it too
             seed = int(get_rng(np).integers(2**63))
-        self.seed = _non_negative_int(seed, "seed")
+        self.seed = non_negative_int(seed, "seed")
+        self._streams: StepStreams | None = None
         if checkpoint_every is not None:
-            checkpoint_every = _positive_int(checkpoint_every, "checkpoint_every")
+            checkpoint_every = positive_int(checkpoint_every, "checkpoint_every")
         self.checkpoint_every = checkpoint_every
         self.checkpoint_dir = None if checkpoint_dir is None else Path(checkpoint_dir)
-        self.progress = progress
-        self._pending_losses: list = []  # (step, 0-d loss array) not yet read back
-        self._loss_sync = 1 if self.xp is np else _GPU_LOSS_SYNC_STEPS
-        self._streams: _StepStreams | None = None
-        self._bar = None
-        self._loss_growth = LossGrowthCheck()  # warns once if the loss explodes without NaN
-        self._lock: _DirectoryLock | None = None
-        try:
-            self._start(communicator, resume)
-        except BaseException:
-            self.release_lock()
-            raise
+        self._lock: DirectoryLock | None = None
 
-    def _start(self, communicator, resume) -> None:
-        """Agree with the other processes, lock the checkpoint directory, resume."""
-        network = self.network
-        lock_problem = None
-        if self.checkpoint_dir is not None and (communicator is None or communicator.is_root):
-            try:  # only the writer locks; the others learn of a refusal below
-                self._lock = _DirectoryLock(self.checkpoint_dir, self._log)
-            except CheckpointError as exc:
-                if communicator is None:
-                    raise
-                lock_problem = str(exc)
-        if communicator is not None:  # one seed, one sequence of global mini-batches
-            communicator.check_consistency(network, settings=self._run_settings())
-            seed, lock_problem = communicator.bcast_object(
-                (self.seed, lock_problem), 0, "the training seed"
-            )
-            if lock_problem is not None:
-                raise CheckpointError(lock_problem)
-            self.seed = int(seed)
-            communicator.broadcast_params(network.params)
-
+    def _start(self, resume) -> None:
+        """Lock the checkpoint directory, agree with the other processes, resume."""
+        lock_problem = self._lock_directory()
+        if self.communicator is not None:
+            self._agree(lock_problem)
         path = self.checkpoint_path
         if path is not None and path.exists():
             if not resume:
@@ -295,6 +250,31 @@ class Trainer:
         elif resume and path is not None:
             self._check_same_position()
             self._log(f"no checkpoint in {self.checkpoint_dir} yet; starting from the beginning")
+
+    def _lock_directory(self) -> str | None:
+        """Only the writer (rank 0) locks; with a communicator a refusal is returned, so
+        that every rank can learn of it, and raised otherwise."""
+        comm = self.communicator
+        if self.checkpoint_dir is None or (comm is not None and not comm.is_root):
+            return None
+        try:
+            self._lock = DirectoryLock(self.checkpoint_dir, self._log)
+        except CheckpointError as exc:
+            if comm is None:
+                raise
+            return str(exc)
+        return None
+
+    def _agree(self, lock_problem) -> None:
+        """Every process: the same settings, rank 0's seed (one sequence of global
+        mini-batches) and parameters; a lock refused on rank 0 stops them all."""
+        comm = self.communicator
+        comm.check_consistency(self.network, settings=self._run_settings())
+        seed, lock_problem = comm.bcast_object((self.seed, lock_problem), 0, "the training seed")
+        if lock_problem is not None:
+            raise CheckpointError(lock_problem)
+        self.seed = int(seed)
+        comm.broadcast_params(self.network.params)
 
     def _run_settings(self) -> dict:
         """What every process of a data-parallel run must agree on (the seed as given:
@@ -335,25 +315,53 @@ class Trainer:
                 "(a shared filesystem)"
             )
 
-    # -- data ---------------------------------------------------------------------------
+    # -- the book's loop ----------------------------------------------------------------
 
-    def _to_model(self, a, dtype):
-        a = to_device(a, self.device)
-        # Inputs take the model's dtype once, here, so no step mixes float32 and float64.
-        if dtype is not None and a.dtype.kind == "f" and a.dtype != dtype:
-            a = a.astype(dtype)
-        return a
+    def train_step(self):
+        """The book's step: a random mini-batch, its gradient, the update, its loss; at an
+        epoch's end, an evaluation. Added: the step's own random streams, averaging over
+        processes, losses read back in groups, checkpoints at boundaries."""
+        step = self.current_iter
+        with backend.rng_scope(self._step_streams(step)), \
+                backend.gpu_memory_hint(batch_size=self.batch_size):
+            batch_mask = self.xp.asarray(self._draw_batch_indices(step))  # to the data
+            if self.communicator is not None:  # this rank's share of the global batch
+                batch_mask = self.communicator.shard(batch_mask)
+            x_batch = self.x_train[batch_mask]
+            t_batch = self.t_train[batch_mask]
+            grads, loss = self._gradient(x_batch, t_batch)
+            self.optimizer.update(self.network.params, grads)
+        self._pending_losses.append((step, loss))  # to train_loss_list in _read_losses
+        self.current_iter += 1
+        self._after_step()
 
-    # -- one step -----------------------------------------------------------------------
+    def train(self) -> dict:
+        """Run the remaining steps, then evaluate on the whole test set (in batches).
 
-    def _is_boundary(self, step: int) -> bool:
-        """Checkpoint boundaries: every epoch or every checkpoint_every steps."""
-        return step % (self.checkpoint_every or self.iter_per_epoch) == 0
+        Returns :attr:`history`.
+        """
+        self._open_progress_bar()
+        self._epoch_start = time.perf_counter()
+        try:
+            while self.current_iter < self.max_iter:
+                self.train_step()
+            self._read_losses()
+            if self.checkpoint_dir is not None and not self._is_boundary(self.current_iter):
+                self.save_checkpoint()
+        finally:
+            self._close_progress_bar()
+            self.release_lock()
+        self.final_test_acc = self._final_test_accuracy()
+        self._log("=============== Final Test Accuracy ===============")
+        self._log(f"test acc:{self.final_test_acc}")
+        return self.history
 
-    def _step_streams(self, step: int) -> _StepStreams:
+    # -- inside a step ------------------------------------------------------------------
+
+    def _step_streams(self, step: int) -> StepStreams:
         """The trainer's random streams, positioned at the start of ``step``."""
         if self._streams is None or self._streams.seed != self.seed:
-            self._streams = _StepStreams(self.seed)
+            self._streams = StepStreams(self.seed)
         return self._streams.start(step)
 
     def _draw_batch_indices(self, step: int):
@@ -362,46 +370,31 @@ class Trainer:
         the CPU and the GPU train on the same batches). Override to draw otherwise."""
         return self._streams(np).integers(0, self.train_size, size=self.batch_size)
 
-    def train_step(self):
-        """One mini-batch step; at an epoch's end, evaluate; at a boundary, checkpoint."""
-        step = self.current_iter
-        with backend.rng_scope(self._step_streams(step)):  # Dropout draws from it too
-            loss = self._learn(step)
-        self._pending_losses.append((step, loss))
-        self.current_iter += 1
-        self._after_step()
-
-    def _learn(self, step: int):
-        """Draw the mini-batch of ``step``, compute the gradient, update: returns the loss
-        (a 0-d array, not read back)."""
-        batch_mask = self.xp.asarray(self._draw_batch_indices(step))  # to the data's device
-        comm = self.communicator
-        if comm is not None:  # the same global batch on every rank; this rank's share of it
-            weight = comm.shard_weight(self.batch_size)
-            batch_mask = comm.shard(batch_mask)
-        x_batch = self.x_train[batch_mask]  # gathered on the data's device
-        t_batch = self.t_train[batch_mask]
-
+    def _gradient(self, x_batch, t_batch):
+        """``(grads, loss)`` of the batch, the loss a 0-d array not read back; with a
+        communicator both are the global batch's means."""
         network = self.network
         if hasattr(network, "last_loss"):
             network.last_loss = None
-        with backend.gpu_memory_hint(batch_size=self.batch_size):
-            grads = network.gradient(x_batch, t_batch)
-            loss = getattr(network, "last_loss", None)
-            if loss is None:  # a network that does not report its loss: one extra forward pass
-                loss = network.loss(x_batch, t_batch)
-            if comm is not None:  # mean gradient and loss of the global batch
-                loss = comm.allreduce_mean(
-                    grads, loss=loss, weight=weight, step=self.current_iter + 1
-                )
-            self.optimizer.update(network.params, grads)
-        return loss
+        grads = network.gradient(x_batch, t_batch)
+        loss = getattr(network, "last_loss", None)
+        if loss is None:  # a network that does not report its loss: one extra forward pass
+            loss = network.loss(x_batch, t_batch)
+        comm = self.communicator
+        if comm is not None:
+            loss = comm.allreduce_mean(grads, loss=loss, weight=comm.shard_weight(
+                self.batch_size), step=self.current_iter + 1)
+        return grads, loss
+
+    def _is_boundary(self, step: int) -> bool:
+        """Checkpoint boundaries: every epoch or every checkpoint_every steps."""
+        return step % (self.checkpoint_every or self.iter_per_epoch) == 0
 
     def _after_step(self) -> None:
         """Read losses back when due; at an epoch's end, evaluate; at a boundary, checkpoint."""
         epoch_end = self.current_iter % self.iter_per_epoch == 0
-        checkpoint = self.checkpoint_dir is not None and self._is_boundary(self.current_iter)
-        if len(self._pending_losses) >= self._loss_sync or epoch_end or checkpoint:
+        save = self.checkpoint_dir is not None and self._is_boundary(self.current_iter)
+        if len(self._pending_losses) >= self._loss_sync or epoch_end or save:
             self._read_losses()
         if self._bar is not None:
             self._bar.update(1)
@@ -411,7 +404,7 @@ class Trainer:
             now = time.perf_counter()
             self.epoch_seconds.append(round(now - self._epoch_start, 3))
             self._epoch_start = now
-        if checkpoint:
+        if save:
             self.save_checkpoint()
 
     def _read_losses(self) -> None:
@@ -485,13 +478,17 @@ class Trainer:
             f"train acc:{train_acc:.4f}, test acc:{test_acc:.4f} ==="
         )
 
-    # -- the loop -----------------------------------------------------------------------
+    def _final_test_accuracy(self) -> float:
+        if self.evaluate_sample_num_per_epoch is None and self.test_acc_list and (
+            self.current_iter % self.iter_per_epoch == 0
+        ):  # the last epoch's evaluation already scored the whole test set
+            return self.test_acc_list[-1]
+        self._sync_batchnorm()
+        return self.accuracy(self.x_test, self.t_test)
 
-    def train(self) -> dict:
-        """Run the remaining steps, then evaluate on the whole test set (in batches).
+    # -- what is shown ------------------------------------------------------------------
 
-        Returns :attr:`history`.
-        """
+    def _open_progress_bar(self) -> None:
         show = self.progress
         if show is None:
             show = bool(self.verbose) and sys.stderr.isatty()
@@ -502,28 +499,11 @@ class Trainer:
                 total=self.max_iter, initial=self.current_iter, unit="step", leave=False,
                 dynamic_ncols=True, desc=type(self.network).__name__,
             )
-        self._epoch_start = time.perf_counter()
-        try:
-            while self.current_iter < self.max_iter:
-                self.train_step()
-            self._read_losses()
-            if self.checkpoint_dir is not None and not self._is_boundary(self.current_iter):
-                self.save_checkpoint()
-        finally:
-            if self._bar is not None:
-                self._bar.close()
-                self._bar = None
-            self.release_lock()
-        if self.evaluate_sample_num_per_epoch is None and self.test_acc_list and (
-            self.current_iter % self.iter_per_epoch == 0
-        ):  # the last epoch's evaluation already scored the whole test set
-            self.final_test_acc = self.test_acc_list[-1]
-        else:
-            self._sync_batchnorm()
-            self.final_test_acc = self.accuracy(self.x_test, self.t_test)
-        self._log("=============== Final Test Accuracy ===============")
-        self._log(f"test acc:{self.final_test_acc}")
-        return self.history
+
+    def _close_progress_bar(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
 
     def _log(self, line: str) -> None:
         if not self.verbose:
@@ -552,7 +532,7 @@ class Trainer:
             "epoch_seconds": list(self.epoch_seconds),
         }
 
-    # -- checkpoints --------------------------------------------------------------------
+    # -- checkpoints (the file format: xpnet.checkpoint) ----------------------------------
 
     @property
     def checkpoint_path(self) -> Path | None:
@@ -571,317 +551,54 @@ class Trainer:
             raise ValueError("no checkpoint path: give checkpoint_dir to the Trainer")
         if self.communicator is not None and not self.communicator.is_root:
             return path  # the replicas are identical: rank 0 writes for all
-        path.parent.mkdir(parents=True, exist_ok=True)
-        params = self.network.params
-        opt = self.optimizer.state_dict()
-        arrays = {f"params/{k}": as_numpy(v) for k, v in params.items()}
-        for name, value in _buffers(self.network).items():
-            arrays[f"buffers/{name}"] = as_numpy(value)
-        for slot, d in opt["state"].items():
-            for k, v in d.items():
-                arrays[f"optimizer/{slot}/{k}"] = v
-        arrays["history/train_loss_list"] = np.asarray(self.train_loss_list, np.float64)
-        arrays["history/train_acc_list"] = np.asarray(self.train_acc_list, np.float64)
-        arrays["history/test_acc_list"] = np.asarray(self.test_acc_list, np.float64)
-        meta = {
-            "format": _FORMAT,
-            "version": _VERSION,
-            "model": type(self.network).__name__,
-            "params": {k: [list(v.shape), str(v.dtype)] for k, v in params.items()},
-            "optimizer": {k: opt[k] for k in ("name", "hyperparams", "step")},
-            "optimizer_slots": sorted(opt["state"]),
-            "trainer": {
-                "epochs": self.epochs,
-                "mini_batch_size": self.batch_size,
-                "train_size": self.train_size,
-                "current_iter": self.current_iter,
-                "current_epoch": self.current_epoch,
-                "checkpoint_every": self.checkpoint_every,
-                "seed": self.seed,
-            },
+        position = {
+            "epochs": self.epochs,
+            "mini_batch_size": self.batch_size,
+            "train_size": self.train_size,
+            "current_iter": self.current_iter,
+            "current_epoch": self.current_epoch,
+            "checkpoint_every": self.checkpoint_every,
+            "seed": self.seed,
         }
-        arrays["meta"] = np.array(json.dumps(meta))
-        with atomic_write(path, "wb") as f:
-            np.savez(f, **arrays)
-        return path
+        lists = {"train_loss_list": self.train_loss_list, "train_acc_list": self.train_acc_list,
+                 "test_acc_list": self.test_acc_list}
+        return checkpoint.save(path, self.network, self.optimizer, position, lists)
 
     def load_checkpoint(self, path) -> None:
         """Restore a checkpoint written by :meth:`save_checkpoint` for this same setup.
 
-        Everything is read and checked before anything is changed: every array's exact
-        shape and dtype (nothing is broadcast), BatchNormalization's running statistics
-        (required when the network has them), every position and setting recorded. A
-        truncated or inconsistent file, one from another model, optimizer, batch size or
-        training set size, or one trained with other hyperparameters or another seed than
-        this run asks for, raises CheckpointError and leaves the network, the optimizer
-        and the trainer as they were.
+        Everything is read and checked before anything is changed (see
+        :func:`xpnet.checkpoint.load`): a truncated or inconsistent file, one from another
+        model, optimizer, batch size or training set size, or one trained with other
+        hyperparameters or another seed than this run asks for, raises CheckpointError and
+        leaves the network, the optimizer and the trainer as they were.
         """
-        path = Path(path)
-        meta, arrays = _read_checkpoint(path)
-        try:
-            tr = _checked_meta(meta)
-        except (AttributeError, KeyError, TypeError, ValueError) as exc:
-            raise CheckpointError(f"checkpoint {path} is corrupt: {exc}") from None
-
-        def mismatch(what):
-            return CheckpointError(f"checkpoint {path} does not fit this run: {what}")
-
-        if meta["model"] != type(self.network).__name__:
-            raise mismatch(
-                f"it was written for a {meta['model']}, this network is a "
-                f"{type(self.network).__name__}"
-            )
-        for key, here in (("mini_batch_size", self.batch_size), ("train_size", self.train_size)):
-            if tr[key] != here:
-                raise mismatch(f"{key} was {tr[key]}, now {here}")
-        self._check_resumable_position(tr, mismatch)
-        self._check_same_settings(path, meta, tr)
-        params = self.network.params
-        problems = _exact_problems(arrays, "params/", _layouts(params))
-        if problems:  # the optimizer state then differs the same way: name the cause only
-            raise mismatch("; ".join(problems))
-        layers = _buffer_layers(self.network)
-        problems = _exact_problems(arrays, "buffers/", _buffer_layouts(layers))
-        opt_state, opt_problems = self._optimizer_state(meta, arrays)
-        problems += opt_problems + _history_problems(arrays, tr)
-        if problems:
-            raise mismatch("; ".join(problems))
-
-        # All checked: now change things (nothing below can fail on the file's content).
-        self.optimizer.load_state_dict(opt_state, params)
-        for k, p in params.items():
-            p[...] = get_array_module(p).asarray(arrays[f"params/{k}"])  # in place
-        for name in _buffer_layouts(layers):
-            layer_name, attr = name.rsplit(".", 1)
-            setattr(layers[layer_name], attr, self.xp.asarray(arrays[f"buffers/{name}"]))
-        self.train_loss_list = arrays["history/train_loss_list"].tolist()
-        self.train_acc_list = arrays["history/train_acc_list"].tolist()
-        self.test_acc_list = arrays["history/test_acc_list"].tolist()
+        run = {"mini_batch_size": self.batch_size, "train_size": self.train_size,
+               "epochs": self.epochs, "iter_per_epoch": self.iter_per_epoch, "seed": self.seed}
+        restored = checkpoint.load(path, self.network, self.optimizer, run, self._seed_given)
+        restored.apply(self.network, self.optimizer)
+        self.train_loss_list = restored.history["train_loss_list"]
+        self.train_acc_list = restored.history["train_acc_list"]
+        self.test_acc_list = restored.history["test_acc_list"]
+        tr = restored.trainer
         self.current_iter = tr["current_iter"]
         self.current_epoch = tr["current_epoch"]
         self.seed = tr["seed"]
         if self.checkpoint_every is None:
             self.checkpoint_every = tr["checkpoint_every"]
 
-    def _check_resumable_position(self, tr: dict, mismatch) -> None:
-        if tr["current_iter"] > self.max_iter:
-            raise mismatch(
-                f"it is at step {tr['current_iter']}, past this run's {self.max_iter} steps "
-                f"({self.epochs} epochs); ask for at least {tr['current_epoch']} epochs"
-            )
-        if tr["current_epoch"] != tr["current_iter"] // self.iter_per_epoch:
-            raise mismatch(
-                f"it says epoch {tr['current_epoch']} at step {tr['current_iter']}, but an "
-                f"epoch has {self.iter_per_epoch} steps"
-            )
 
-    def _check_same_settings(self, path: Path, meta: dict, tr: dict) -> None:
-        """A resumed run trains with what it was started with, or is refused."""
-        saved, opt = meta["optimizer"], self.optimizer
-        changes = []
-        if saved["name"] != type(opt).__name__:
-            changes.append(f"optimizer {saved['name']} -> {type(opt).__name__}")
-        else:
-            ours = {h: getattr(opt, h) for h in getattr(opt, "hyperparams", ())}
-            theirs = saved["hyperparams"]
-            changes += [
-                f"{h} {theirs.get(h)} -> {ours.get(h)}"
-                for h in sorted(set(ours) | set(theirs))
-                if theirs.get(h) != ours.get(h)
-            ]
-        if self._seed_given and tr["seed"] != self.seed:
-            changes.append(f"seed {tr['seed']} -> {self.seed}")
-        if changes:
-            raise CheckpointError(
-                f"cannot resume from {path} with other settings than its run's "
-                f"({', '.join(changes)}; checkpoint -> now): resume with the checkpoint's "
-                "values, or start a new run in another checkpoint directory"
-            )
-
-    def _optimizer_state(self, meta: dict, arrays: dict) -> tuple[dict, list[str]]:
-        """The optimizer's state dict from the checkpoint, and what is wrong with it:
-        the optimizer's slots, each empty (saved before the first update) or one array
-        per parameter of exactly its shape and dtype."""
-        slots = getattr(self.optimizer, "slots", ())
-        state = {s: {} for s in meta["optimizer_slots"]}
-        for k, v in arrays.items():
-            if k.startswith("optimizer/"):
-                _, slot, key = k.split("/", 2)
-                state.setdefault(slot, {})[key] = v
-        problems = []
-        if set(state) != set(slots):
-            problems.append(f"optimizer slots {sorted(state)}, expected {sorted(slots)}")
-        layouts = _layouts(self.network.params)
-        filled = {bool(d) for d in state.values()}
-        for slot, d in state.items():
-            if d or len(filled) > 1:  # all empty or all full
-                problems += _exact_problems(arrays, f"optimizer/{slot}/", layouts)
-        opt_state = {**meta["optimizer"], "state": state}
-        return opt_state, problems
-
-
-def _layouts(arrays: dict) -> dict:
-    return {k: (tuple(v.shape), np.dtype(v.dtype)) for k, v in arrays.items()}
-
-
-def _exact_problems(arrays: dict, prefix: str, expected: dict) -> list[str]:
-    """What is wrong with the arrays named ``prefix + name`` against ``expected``
-    (``{name: (shape, dtype)}``): missing, unexpected, or another shape or dtype exactly
-    (a scalar or one row would otherwise broadcast)."""
-    found = {k[len(prefix) :]: v for k, v in arrays.items() if k.startswith(prefix)}
-    problems = []
-    for name in sorted(set(found) | set(expected)):
-        if name not in expected:
-            problems.append(f"it has {prefix}{name}, which this run does not")
-        elif name not in found:
-            problems.append(f"{prefix}{name} is missing")
-        else:
-            shape, dtype = expected[name]
-            a = found[name]
-            if a.shape != shape or a.dtype != dtype:
-                problems.append(
-                    f"{prefix}{name} is {a.dtype} of shape {a.shape}, this run needs "
-                    f"{dtype} of shape {shape}"
-                )
-    return problems
-
-
-def _history_problems(arrays: dict, tr: dict) -> list[str]:
-    """The lists: 1-D, finite float64, one loss per step and one accuracy per epoch."""
-    problems = []
-    lengths = {"train_loss_list": tr["current_iter"], "train_acc_list": tr["current_epoch"],
-               "test_acc_list": tr["current_epoch"]}
-    for name, length in lengths.items():
-        a = arrays[f"history/{name}"]
-        if a.dtype != np.float64 or a.shape != (length,) or not np.isfinite(a).all():
-            problems.append(
-                f"history/{name} must hold {length} finite float64 values, it is {a.dtype} "
-                f"of shape {a.shape}"
-            )
-    return problems
-
-
-def _checked_meta(meta: dict) -> dict:
-    """The trainer section of a checkpoint's meta, after checking every field: counts are
-    non-negative integers, hyperparameters finite numbers. Raises ValueError/TypeError/
-    KeyError naming the field."""
-    if not isinstance(meta.get("model"), str):
-        raise TypeError("its model name is not a string")
-    tr = meta["trainer"]
-    for key in ("epochs", "mini_batch_size", "train_size"):
-        _positive_int(tr[key], f"trainer.{key}")
-    for key in ("current_iter", "current_epoch", "seed"):
-        _non_negative_int(tr[key], f"trainer.{key}")
-    if tr["checkpoint_every"] is not None:
-        _positive_int(tr["checkpoint_every"], "trainer.checkpoint_every")
-    opt = meta["optimizer"]
-    if not isinstance(opt["name"], str) or not isinstance(opt["hyperparams"], dict):
-        raise TypeError("its optimizer name or hyperparameters are malformed")
-    _non_negative_int(opt["step"], "optimizer.step")
-    for h, value in opt["hyperparams"].items():
-        if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(
-            value
-        ):
-            raise ValueError(f"optimizer hyperparameter {h} must be a finite number, got {value!r}")
-    slots = meta["optimizer_slots"]
-    if not isinstance(slots, list) or not all(isinstance(s, str) for s in slots):
-        raise TypeError("its optimizer slots are not a list of names")
-    return tr
-
-
-class _StepStreams:
-    """A trainer's random streams: ``xp -> Generator``, whose state at the start of each
-    step is a function of ``(seed, step)`` alone.
-
-    On the host one PCG64, made once, is moved to ``seed``'s stream advanced by
-    ``step * 2**64`` at every :meth:`start` (a reset and a jump: microseconds, no new
-    generator per step; a step would have to draw 2**64 numbers to reach the next one's).
-    A device generator (CuPy's cannot jump) is seeded from ``(seed, step)`` when the step
-    first asks for one: a step that draws nothing on the GPU makes none.
-    """
-
-    __slots__ = ("seed", "step", "_bits", "_origin", "_host", "_device")
-
-    def __init__(self, seed: int):
-        self.seed, self.step = seed, None
-        self._bits = np.random.PCG64(np.random.SeedSequence(seed))
-        self._origin = self._bits.state
-        self._host = np.random.Generator(self._bits)
-        self._device: dict = {}
-
-    def start(self, step: int) -> _StepStreams:
-        self._bits.state = self._origin
-        self._bits.advance(step << 64)
-        self._device.clear()
-        self.step = step
-        return self
-
-    def __call__(self, xp=np):
-        if xp is np:
-            return self._host
-        rng = self._device.get(xp.__name__)
-        if rng is None:  # CuPy's generators take an integer seed
-            ss = np.random.SeedSequence(self.seed, spawn_key=(self.step,))
-            rng = xp.random.default_rng(int(ss.generate_state(1, np.uint64)[0] >> 1))
-            self._device[xp.__name__] = rng
-        return rng
-
-
-class _DirectoryLock:
-    """An exclusive lock on a checkpoint directory, for one live run.
-
-    ``flock`` on ``<dir>/checkpoint.lock``: the kernel drops it when its process dies, so a
-    lock left by a killed run is taken over; the file names the holder (pid, host) while
-    it is held, so a refusal can name it. Taking the lock creates the directory and
-    removes the temporary files of checkpoint writes a killed run left behind (no live
-    writer can own them now). Without ``fcntl`` (Windows) nothing is locked.
-    """
-
-    def __init__(self, directory: Path, log):
-        directory.mkdir(parents=True, exist_ok=True)
-        path = directory / LOCK_NAME
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
-        try:
-            if fcntl is not None:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            holder = _lock_holder(fd) or "another process"
-            os.close(fd)
-            raise CheckpointError(
-                f"checkpoint directory {directory} is in use by {holder} (lock file {path}); "
-                "wait for that run to end, or choose another checkpoint directory"
-            ) from None
-        previous = _lock_holder(fd)  # a holder that never released it: killed
-        os.ftruncate(fd, 0)
-        os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname()}).encode())
-        self._fd = fd
-        if previous:
-            log(f"took over the lock on {directory} left by {previous}, which ended without "
-                "releasing it")
-        stale = list(directory.glob(f".{CHECKPOINT_NAME}.*.tmp"))
-        for tmp in stale:
-            tmp.unlink(missing_ok=True)
-        if stale:
-            log(f"removed {len(stale)} temporary file(s) of an interrupted checkpoint write")
-
-    def release(self) -> None:
-        fd, self._fd = self._fd, None
-        if fd is not None:
-            os.ftruncate(fd, 0)  # an empty lock file: released, not abandoned
-            os.close(fd)
-
-
-def _lock_holder(fd: int) -> str | None:
-    """'process PID on HOST' from a lock file's content, or None if it is empty."""
-    os.lseek(fd, 0, os.SEEK_SET)
-    text = os.read(fd, 4096)
-    if not text:
-        return None
-    try:
-        info = json.loads(text)
-        return f"process {int(info['pid'])} on {info['host']}"
-    except (ValueError, KeyError, TypeError):
-        return "an unknown process"
+def _check_hyperparams(optimizer) -> None:
+    """Every hyperparameter finite, the learning rate positive: refused before any step
+    (a NaN momentum would otherwise surface as a diverged loss)."""
+    name = type(optimizer).__name__
+    for h in getattr(optimizer, "hyperparams", ()):
+        value = getattr(optimizer, h)
+        if not math.isfinite(value):
+            raise ValueError(f"{name} hyperparameter {h} must be a finite number, got {value!r}")
+    lr = getattr(optimizer, "lr", None)
+    if lr is not None and not lr > 0:
+        raise ValueError(f"{name} learning rate lr must be positive, got {lr!r}")
 
 
 def _check_labels(t: np.ndarray, n_classes: int, name: str) -> None:
@@ -901,78 +618,3 @@ def _model_device(network) -> str:
             "move it with network.to('cpu') or network.to('gpu')"
         )
     return devices.pop()
-
-
-# Layers may hold state that is not a parameter but shapes what the network predicts:
-# BatchNormalization's running statistics. Checkpoints carry them too.
-_BUFFER_ATTRS = ("running_mean", "running_var")
-
-
-def _buffer_layers(network) -> dict:
-    layers = getattr(network, "layers", None) or {}
-    # The book keeps DeepConvNet's layers in a list; their positions name them.
-    items = layers.items() if isinstance(layers, dict) else enumerate(layers)
-    return {
-        str(name): layer for name, layer in items if any(hasattr(layer, a) for a in _BUFFER_ATTRS)
-    }
-
-
-def _buffers(network) -> dict:
-    """``{'<layer>.<attr>': array}`` of the buffers set so far (the book creates them
-    lazily, at the first forward pass)."""
-    out = {}
-    for name, layer in _buffer_layers(network).items():
-        for attr in _BUFFER_ATTRS:
-            value = getattr(layer, attr, None)
-            if value is not None:
-                out[f"{name}.{attr}"] = value
-    return out
-
-
-def _buffer_layouts(layers: dict) -> dict:
-    """``{'<layer>.<attr>': (shape, dtype)}`` every buffer of these layers must have: that of
-    the buffer set, else that of the layer's ``gamma`` (one entry per feature or channel)."""
-    out = {}
-    for name, layer in layers.items():
-        gamma = getattr(layer, "gamma", None)
-        for attr in _BUFFER_ATTRS:
-            value = getattr(layer, attr, None)
-            if value is None and gamma is not None:
-                out[f"{name}.{attr}"] = ((int(np.size(gamma)),), np.dtype(gamma.dtype))
-            elif value is not None:
-                out[f"{name}.{attr}"] = (tuple(value.shape), np.dtype(value.dtype))
-    return out
-
-
-def _read_checkpoint(path: Path) -> tuple[dict, dict]:
-    try:
-        with np.load(path, allow_pickle=False) as archive:
-            arrays = {name: archive[name] for name in archive.files}
-    except (zipfile.BadZipFile, EOFError, OSError, ValueError, KeyError) as exc:
-        raise CheckpointError(
-            f"checkpoint {path} is truncated or corrupt ({type(exc).__name__}: {exc}); "
-            "delete it (or pick another checkpoint directory) to start afresh"
-        ) from None
-    try:
-        meta = json.loads(str(arrays.pop("meta")))
-        if meta.get("format") != _FORMAT:
-            raise KeyError("format")
-        if meta.get("version") != _VERSION:
-            raise CheckpointError(
-                f"checkpoint {path} has format version {meta.get('version')}; this xpnet "
-                f"reads version {_VERSION}"
-            )
-        for k in meta["params"]:
-            if f"params/{k}" not in arrays:
-                raise KeyError(f"params/{k}")
-        for k in ("train_loss_list", "train_acc_list", "test_acc_list"):
-            if f"history/{k}" not in arrays:
-                raise KeyError(f"history/{k}")
-        meta["trainer"]["current_iter"]  # noqa: B018 - presence check
-    except (AttributeError, KeyError, TypeError, ValueError, json.JSONDecodeError) as exc:
-        if isinstance(exc, CheckpointError):
-            raise
-        raise CheckpointError(
-            f"{path} is not an xpnet training checkpoint (missing {exc})"
-        ) from None
-    return meta, arrays

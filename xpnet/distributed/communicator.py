@@ -38,7 +38,6 @@ _LAUNCHER_VARS = (
 )
 
 # BatchNormalization's running statistics: not parameters, but part of the model.
-_BN_ATTRS = ("running_mean", "running_var")
 
 
 class DistributedError(RuntimeError):
@@ -386,7 +385,9 @@ class Communicator:
         every replica holds the same ones (the replicas' mean running mean and mean
         running variance). Returns the number of arrays averaged (0: no BatchNorm)."""
         self._check_alive()
-        stats = _batchnorm_stats(model)
+        from xpnet.models import named_buffers
+
+        stats = named_buffers(model)  # {'BatchNorm1.running_mean': array, ...} set so far
         shapes = {k: list(v.shape) for k, v in stats.items()}
         everyone = self.allgather_object(shapes, "the BatchNorm statistics check")
         if any(d != everyone[0] for d in everyone):
@@ -417,20 +418,6 @@ def _flat_settings(settings: dict) -> dict:
         else:
             flat[key] = value
     return flat
-
-
-def _batchnorm_stats(model) -> dict:
-    """``{'<layer>.<attr>': array}`` of the running statistics set so far (the book creates
-    them at the first forward pass); layers of a list are named by position."""
-    layers = getattr(model, "layers", None) or {}
-    items = layers.items() if isinstance(layers, dict) else enumerate(layers)
-    out = {}
-    for name, layer in items:
-        for attr in _BN_ATTRS:
-            value = getattr(layer, attr, None)
-            if value is not None and hasattr(value, "shape"):
-                out[f"{name}.{attr}"] = value
-    return out
 
 
 def _abort_at_exit(comm: Communicator) -> None:
