@@ -69,10 +69,6 @@ def _input_shape(network) -> tuple:
     return (int(first.W.shape[0]),)
 
 
-def _out(size, window, stride, pad) -> int:
-    return conv_output_size(size, window, stride, pad)
-
-
 def forward_gemms(network, batch_size: int) -> list[Gemm]:
     """The GEMMs of one forward pass of ``network`` on a batch of ``batch_size``.
 
@@ -101,8 +97,8 @@ def forward_gemms(network, batch_size: int) -> list[Gemm]:
             gemm, shape = _affine_gemm(layer, shape, n, f"Affine{counts['Affine']}")
             gemms.append(gemm)
         elif isinstance(layer, Pooling):
-            oh = _out(shape[1], layer.pool_h, layer.stride, layer.pad)
-            ow = _out(shape[2], layer.pool_w, layer.stride, layer.pad)
+            oh = conv_output_size(shape[1], layer.pool_h, layer.stride, layer.pad)
+            ow = conv_output_size(shape[2], layer.pool_w, layer.stride, layer.pad)
             shape = (shape[0], oh, ow)
         elif hasattr(layer, "output_shape"):  # a layer that changes the shape, no GEMM
             shape = tuple(int(s) for s in layer.output_shape(shape))
@@ -118,8 +114,8 @@ def _conv_gemm(layer, shape: tuple, n: int, name: str) -> tuple[Gemm, tuple]:
             f"flops: a Convolution with W of shape {tuple(layer.W.shape)} got a per-sample "
             f"input of shape {shape}; expected ({c}, H, W)"
         )
-    oh = _out(shape[1], fh, layer.stride, layer.pad)
-    ow = _out(shape[2], fw, layer.stride, layer.pad)
+    oh = conv_output_size(shape[1], fh, layer.stride, layer.pad)
+    ow = conv_output_size(shape[2], fw, layer.stride, layer.pad)
     return Gemm(name, "forward", n * oh * ow, fn, c * fh * fw), (fn, oh, ow)
 
 

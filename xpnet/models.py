@@ -838,10 +838,6 @@ class MultiLayerNetExtend(MultiLayerNet):
 # ---------------------------------------------------------------------------
 
 
-def _out_size(size, filter_size, stride=1, pad=0):
-    return conv_output_size(size, filter_size, stride, pad)
-
-
 def _check_input_dim(name, input_dim):
     if len(input_dim) != 3:
         raise ValueError(f"{name}: input_dim must be (C, H, W), got {input_dim!r}")
@@ -872,8 +868,8 @@ class SimpleConvNet(Network):
         C, H, W = self.input_shape
         fn, fs = conv_param["filter_num"], conv_param["filter_size"]
         pad, stride = conv_param["pad"], conv_param["stride"]
-        conv_h, conv_w = _out_size(H, fs, stride, pad), _out_size(W, fs, stride, pad)
-        pool_output_size = fn * _out_size(conv_h, 2, 2) * _out_size(conv_w, 2, 2)
+        conv_h, conv_w = conv_output_size(H, fs, stride, pad), conv_output_size(W, fs, stride, pad)
+        pool_output_size = fn * conv_output_size(conv_h, 2, 2) * conv_output_size(conv_w, 2, 2)
         if pool_output_size < 1:
             raise ValueError(
                 f"SimpleConvNet: input_dim {tuple(input_dim)} is too small for a "
@@ -943,11 +939,11 @@ class DeepConvNet(Network):
             p[f"b{idx}"] = self._zeros(fn)
             self.layers.append(Convolution(p[f"W{idx}"], p[f"b{idx}"], stride, pad))
             self.layers.append(Relu())
-            h, w = _out_size(h, fs, stride, pad), _out_size(w, fs, stride, pad)
+            h, w = conv_output_size(h, fs, stride, pad), conv_output_size(w, fs, stride, pad)
             channels = fn
             if idx % 2 == 0:
                 self.layers.append(Pooling(pool_h=2, pool_w=2, stride=2))
-                h, w = _out_size(h, 2, 2), _out_size(w, 2, 2)
+                h, w = conv_output_size(h, 2, 2), conv_output_size(w, 2, 2)
             if h < 1 or w < 1:
                 raise ValueError(
                     f"DeepConvNet: input_dim {tuple(input_dim)} is too small; after "
