@@ -856,3 +856,46 @@ def conv2d_backward(x, W, dout, stride=1, pad=0):
     dW = np.ascontiguousarray(total[: g.K].T).reshape(W.shape)
     db = total[g.K].copy()
     return dx, dW, db
+
+
+# ---------------------------------------------------------------------------
+# Adam's update, fused
+# ---------------------------------------------------------------------------
+#
+# NumPy's form of the book's Adam makes eight passes over memory and four temporaries
+# per parameter array; here it is one pass, the same operations in the same order and
+# dtype (no fastmath, no contraction into fused multiply-adds), so the results are
+# bit for bit those of the NumPy formula.
+
+
+@njit(cache=True, nogil=True)
+def _adam_flat(param, grad, m, v, lr_t, one_minus_beta1, one_minus_beta2, eps):
+    for i in range(param.size):
+        g = grad[i]
+        m_i = m[i] + one_minus_beta1 * (g - m[i])
+        v_i = v[i] + one_minus_beta2 * (g * g - v[i])
+        m[i] = m_i
+        v[i] = v_i
+        param[i] -= m_i / (np.sqrt(v_i) + eps) * lr_t
+
+
+def adam_update(param, grad, m, v, lr_t, beta1, beta2, eps):
+    """One Adam step in place, as the book writes it: ``m += (1-beta1)(grad - m)``,
+    ``v += (1-beta2)(grad*grad - v)``, ``param -= m / (sqrt(v) + eps) * lr_t``.
+
+    param, m, v: writable C-contiguous float32 or float64 arrays of one shape and dtype;
+    grad: the same shape and dtype, any layout. The scalars are rounded to that dtype
+    once, as NumPy does with a Python float in an array expression."""
+    dtype = param.dtype
+    if dtype not in (np.float32, np.float64):
+        raise TypeError(f"adam_update: float32 or float64 arrays, got {dtype}")
+    for name, a in (("grad", grad), ("m", m), ("v", v)):
+        if a.dtype != dtype or a.shape != param.shape:
+            raise ValueError(f"adam_update: {name} is {a.dtype} {a.shape}, but param is "
+                             f"{dtype} {param.shape}; pass arrays of one shape and dtype")
+    for name, a in (("param", param), ("m", m), ("v", v)):
+        if not (a.flags.c_contiguous and a.flags.writeable):
+            raise ValueError(f"adam_update: {name} must be a writable C-contiguous array")
+    scalar = dtype.type
+    _adam_flat(param.reshape(-1), np.ascontiguousarray(grad).reshape(-1), m.reshape(-1),
+               v.reshape(-1), scalar(lr_t), scalar(1 - beta1), scalar(1 - beta2), scalar(eps))
