@@ -33,6 +33,67 @@ _HALF = np.dtype(np.float16)
 
 
 # ---------------------------------------------------------------------------
+# float16 <-> float32 inside the kernels
+# ---------------------------------------------------------------------------
+#
+# Numba has no float16 type, so the kernels see float16 arrays as their uint16 bits. Reading
+# one is a lookup in a table of all 65536 values as float32 (256 KB, exact: float32 holds
+# every float16); writing one rounds float32 bits to the nearest float16, ties to even, as
+# NumPy's astype does (its npy_floatbits_to_halfbits, step by step). Both run on cache-sized
+# blocks inside the kernels, so float16 arrays are never converted whole.
+
+_HALF_TO_SINGLE = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16).view(_HALF).astype(
+    np.float32)
+
+
+@njit(cache=True, nogil=True)
+def _half_to_single(bits, table, out):
+    """out[i] = the float16 whose bits are bits[i], as float32 (1-D arrays)."""
+    for i in range(out.size):
+        out[i] = table[bits[i]]
+
+
+@njit(cache=True, nogil=True)
+def _single_bits_to_half(f):
+    """The bits of the float16 nearest to the float32 with bits f (ties to even)."""
+    sign = (f >> 16) & 0x8000
+    exponent = f & 0x7F800000
+    if exponent >= 0x47800000:  # too large for float16, infinite or NaN
+        significand = f & 0x007FFFFF
+        if exponent == 0x7F800000 and significand != 0:  # NaN: keep it a NaN
+            return sign | 0x7C00 | max(significand >> 13, 1)
+        return sign | 0x7C00
+    if exponent <= 0x38000000:  # a float16 subnormal, or zero
+        if exponent < 0x33000000:
+            return sign
+        shift = 113 - (exponent >> 23)
+        significand = (0x00800000 + (f & 0x007FFFFF)) >> shift
+        if (significand & 0x3FFF) != 0x1000 or (f & 0x7FF) != 0:
+            significand += 0x1000
+        return sign | (significand >> 13)
+    significand = f & 0x007FFFFF
+    if (significand & 0x3FFF) != 0x1000:
+        significand += 0x1000
+    # a carry out of the significand increments the exponent: still the right result
+    return sign | (((exponent - 0x38000000) >> 13) + (significand >> 13))
+
+
+@njit(cache=True, nogil=True)
+def _single_to_half(single_bits, out):
+    """out[i] = the float16 bits nearest to the float32 whose bits are single_bits[i]."""
+    for i in range(out.size):
+        out[i] = _single_bits_to_half(single_bits[i])
+
+
+def to_half(x):
+    """x: float32 array -> the same values rounded to float16 (as ``x.astype(float16)``)."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    out = np.empty(x.shape, _HALF)
+    _single_to_half(x.reshape(-1).view(np.uint32), out.reshape(-1).view(np.uint16))
+    return out
+
+
+# ---------------------------------------------------------------------------
 # im2col / col2im
 # ---------------------------------------------------------------------------
 
@@ -267,19 +328,46 @@ def maxpool_forward(x, pool_h, pool_w, stride=1, pad=0):
     N, C, H, W = x.shape
     out_h = conv_output_size(H, pool_h, stride, pad)
     out_w = conv_output_size(W, pool_w, stride, pad)
-    if x.dtype == _HALF:  # float32 holds every float16 exactly: the same maxima
-        out, argmax = maxpool_forward(x.astype(np.float32), pool_h, pool_w, stride, pad)
-        return out.astype(_HALF), argmax
     x = np.ascontiguousarray(x)
     out = np.empty((N, C, out_h, out_w), dtype=x.dtype)
     argmax = np.empty((N, C, out_h, out_w), dtype=np.int32)
     if pool_h == pool_w == stride == 2 and pad == 0:
-        _parallel_for(N * C, _POOL_GRAIN,
-                      lambda p0, p1: _maxpool_forward_2x2(x, out, argmax, p0, p1))
+        def pool(x, out, argmax, p0, p1):
+            _maxpool_forward_2x2(x, out, argmax, p0, p1)
     else:
-        _parallel_for(N * C, _POOL_GRAIN, lambda p0, p1: _maxpool_forward(
-            x, pool_h, pool_w, stride, pad, out, argmax, p0, p1))
+        def pool(x, out, argmax, p0, p1):
+            _maxpool_forward(x, pool_h, pool_w, stride, pad, out, argmax, p0, p1)
+    if x.dtype == _HALF:
+        _parallel_for(N * C, _POOL_GRAIN, _planes_in_single(pool, x, out, argmax))
+    else:
+        _parallel_for(N * C, _POOL_GRAIN, lambda p0, p1: pool(x, out, argmax, p0, p1))
     return out, argmax
+
+
+def _planes_in_single(pool, x, out, argmax):
+    """task(p0, p1): ``pool`` over the (n, c) planes p0..p1 of float16 x, reading them as
+    float32 (exact) a cache-sized block at a time and rounding its maxima into out (float16);
+    float32 holds every float16, so the maxima and argmax are float16's own."""
+    N, C, H, W = x.shape
+    out_h, out_w = out.shape[2], out.shape[3]
+    planes = N * C
+    x_bits = x.reshape(-1).view(np.uint16)
+    out_bits = out.reshape(-1).view(np.uint16)
+    argmax_planes = argmax.reshape(1, planes, out_h, out_w)
+    block = max(1, _L2_BYTES // 4 // (H * W * 4))  # a quarter of L2 of float32 input
+
+    def task(p0, p1):
+        for b0 in range(p0, p1, block):
+            b1 = min(b0 + block, p1)
+            x_single = _scratch("pool_in", (1, b1 - b0, H, W), np.float32)
+            out_single = _scratch("pool_out", (1, b1 - b0, out_h, out_w), np.float32)
+            _half_to_single(x_bits[b0 * H * W : b1 * H * W], _HALF_TO_SINGLE,
+                            x_single.reshape(-1))
+            pool(x_single, out_single, argmax_planes[:, b0:b1], 0, b1 - b0)
+            _single_to_half(out_single.reshape(-1).view(np.uint32),
+                            out_bits[b0 * out_h * out_w : b1 * out_h * out_w])
+
+    return task
 
 
 def maxpool_backward(dout, argmax, input_shape, pool_h, pool_w, stride=1, pad=0):
@@ -331,6 +419,15 @@ def _relu_forward_flat(x, out, lo, hi):
         v = x[i]
         # a NaN is kept, as np.maximum keeps it; written as a select (no branch)
         out[i] = 0 if v <= 0 else v
+
+
+@njit(cache=True, nogil=True)
+def _relu_forward_half_bits(x, out, lo, hi):
+    """ReLU on float16 bits (uint16): sign bit set and not a NaN (magnitude bits at most
+    infinity's 0x7C00) gives +0."""
+    for i in range(lo, hi):
+        v = x[i]
+        out[i] = 0 if 0x8000 <= v <= 0xFC00 else v
 
 
 @njit(cache=True, nogil=True)
@@ -408,7 +505,14 @@ def _empty_apart(shape, dtype, *sources):
 
 def relu_forward(x):
     """x: any shape -> max(x, 0) (NaN kept), a new C-contiguous array of x's dtype."""
-    if x.dtype not in (np.float32, np.float64):  # float16: no Numba arithmetic
+    if x.dtype == _HALF:  # on the bits: a negative number becomes +0, a NaN stays
+        x = np.ascontiguousarray(x)
+        out = _empty_apart(x.shape, x.dtype, x)
+        bits, o = x.reshape(-1).view(np.uint16), out.reshape(-1).view(np.uint16)
+        _parallel_for(x.size, _RELU_GRAIN,
+                      lambda lo, hi: _relu_forward_half_bits(bits, o, lo, hi))
+        return out
+    if x.dtype not in (np.float32, np.float64):
         return np.maximum(x, x.dtype.type(0), order="C")
     out = _empty_apart(x.shape, x.dtype, x)
     rows = None if x.flags.c_contiguous else _as_rows(x)
@@ -772,14 +876,14 @@ def _blas_single_threaded():
 def _half_as_single(fn):
     """float16 has no BLAS: compute in float32 and round the results once."""
 
-    def wrapper(x, W, third, stride=1, pad=0):
-        if _HALF in (x.dtype, W.dtype, third.dtype):
+    def wrapper(x, W, bias_or_dout, stride=1, pad=0):
+        if _HALF in (x.dtype, W.dtype, bias_or_dout.dtype):
             f32 = np.float32
-            out = fn(x.astype(f32), W.astype(f32), third.astype(f32), stride, pad)
+            out = fn(x.astype(f32), W.astype(f32), bias_or_dout.astype(f32), stride, pad)
             if isinstance(out, tuple):
                 return tuple(o.astype(_HALF) for o in out)
             return out.astype(_HALF)
-        return fn(x, W, third, stride, pad)
+        return fn(x, W, bias_or_dout, stride, pad)
 
     wrapper.__doc__ = fn.__doc__
     wrapper.__name__ = fn.__name__
@@ -801,26 +905,54 @@ def _chunk_views(bufs, g, m):
     return col, y
 
 
-@_half_as_single
 def conv2d_forward(x, W, b, stride=1, pad=0):
-    """x: (N, C, H, W), W: (FN, C, FH, FW), b: (FN,) -> out: (N, FN, OH, OW), x's dtype."""
-    g = _Geometry(x.shape, W.shape, stride, pad, x.dtype.itemsize)
-    dt = x.dtype
+    """x: (N, C, H, W), W: (FN, C, FH, FW), b: (FN,) -> out: (N, FN, OH, OW), x's dtype
+    (float16 if any of the three is float16).
+
+    A float16 x stays float16 in memory: each chunk of samples is read into float32
+    scratch, multiplied in float32 and rounded into out."""
+    if x.dtype == _HALF:
+        return _conv2d_forward(x, W.astype(np.float32), b.astype(np.float32), stride, pad)
+    return _half_as_single(_conv2d_forward)(x, W, b, stride, pad)
+
+
+def _conv2d_forward(x, W, b, stride, pad):
+    half = x.dtype == _HALF
+    dt = W.dtype if half else x.dtype  # the products' dtype
+    g = _Geometry(x.shape, W.shape, stride, pad, dt.itemsize)
     x = np.ascontiguousarray(x)
     Wb = np.empty((g.FN, g.K + 1), dt)  # [W | b]: the row of ones in col adds the bias
     Wb[:, : g.K] = W.reshape(g.FN, g.K)
     Wb[:, g.K] = b.reshape(g.FN)
-    out = np.empty((g.N, g.FN, g.out_h, g.out_w), dt)
+    out = np.empty((g.N, g.FN, g.out_h, g.out_w), x.dtype)
+    sample = g.C * g.H * g.W
+    x_bits = x.reshape(-1).view(np.uint16) if half else None
+    out_bits = out.view(np.uint16) if half else None
 
     def buffers():
-        return _chunk_buffers(g, dt)
+        if not half:
+            return _chunk_buffers(g, dt)
+        return _chunk_buffers(g, dt) + (_scratch("x_single", (g.nb * sample,), dt),
+                                        _scratch("y_half", (g.FN * g.nb * g.P,), np.uint16))
 
     def work(bufs, i, n0, n1):
         m = n1 - n0
         col, y = _chunk_views(bufs, g, m)
-        _im2col_t(x, n0, g.FH, g.FW, stride, pad, g.out_h, g.out_w, g.q, bufs[1], col)
+        if half:  # the chunk's samples as float32, then im2col from those
+            x_single = bufs[3][: m * sample].reshape(m, g.C, g.H, g.W)
+            _half_to_single(x_bits[n0 * sample : n1 * sample], _HALF_TO_SINGLE,
+                            x_single.reshape(-1))
+            _im2col_t(x_single, 0, g.FH, g.FW, stride, pad, g.out_h, g.out_w, g.q, bufs[1],
+                      col)
+        else:
+            _im2col_t(x, n0, g.FH, g.FW, stride, pad, g.out_h, g.out_w, g.q, bufs[1], col)
         np.matmul(Wb, col, out=y)  # one product for the whole chunk
-        _scatter_out(y, n0, m, g.q, out)
+        if half:  # rounded to float16 while still in cache, then put in NCHW order
+            y_half = bufs[4][: y.size].reshape(y.shape)
+            _single_to_half(y.reshape(-1).view(np.uint32), y_half.reshape(-1))
+            _scatter_out(y_half, n0, m, g.q, out_bits)
+        else:
+            _scatter_out(y, n0, m, g.q, out)
 
     _run_chunks(work, g.chunks, buffers)
     return out

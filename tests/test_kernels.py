@@ -173,6 +173,85 @@ def test_float16_is_exact_where_it_can_be():
     )
 
 
+def test_float16_rounding_equals_numpys():
+    """The kernels' float32 -> float16 rounding is astype's: every float32 with a float16
+    neighbourhood (all exponents, ties, subnormals, overflow, infinities, NaN)."""
+    rng = np.random.default_rng(5)
+    bits = np.concatenate([
+        rng.integers(0, 1 << 32, 2_000_000, dtype=np.uint64).astype(np.uint32),
+        # float16's own values and the ties halfway between neighbours, both signs
+        (np.arange(1 << 16, dtype=np.uint32) << 13) | np.uint32(0x1000) * (np.arange(
+            1 << 16, dtype=np.uint32) % 2),
+        (np.arange(0x33000000, 0x38800000, 997, dtype=np.uint32)),  # subnormal range
+        np.array([0, 0x80000000, 0x7F800000, 0xFF800000, 0x7FC00000, 0x7F800001,
+                  0x477FEFFF, 0x477FF000, 0x47800000], np.uint32),
+    ])
+    single = bits.view(np.float32)
+    with np.errstate(over="ignore"):
+        want = single.astype(np.float16)
+    got = cpu.to_half(single)
+    nan = np.isnan(want)
+    np.testing.assert_array_equal(got.view(np.uint16)[~nan], want.view(np.uint16)[~nan])
+    assert np.isnan(got[nan]).all()
+    every_half = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16).view(np.float16)
+    np.testing.assert_array_equal(cpu._HALF_TO_SINGLE, every_half.astype(np.float32))
+
+
+@pytest.mark.parametrize("size, stride, pad", [(2, 2, 0), (3, 2, 1)])
+def test_float16_maxpool_is_float32s_on_the_same_values(size, stride, pad):
+    """Pooling float16 reads each block of planes as float32 (exact): the maxima and argmax
+    of the same values in float32, over several blocks and tasks."""
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((6, 40, 28, 28)).astype(np.float16)
+    x.flat[::97] = np.nan
+    out, argmax = kernels.maxpool_forward(x, size, size, stride, pad)
+    out32, argmax32 = kernels.maxpool_forward(x.astype(np.float32), size, size, stride, pad)
+    assert out.dtype == np.float16
+    np.testing.assert_array_equal(out, out32.astype(np.float16))
+    np.testing.assert_array_equal(argmax, argmax32)
+
+
+def test_float16_conv_forward_is_float32s_rounded_once():
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((37, 3, 14, 14)).astype(np.float16)  # several chunks
+    W = (0.3 * rng.standard_normal((8, 3, 3, 3))).astype(np.float16)
+    b = rng.standard_normal(8).astype(np.float16)
+    for stride, pad in ((1, 1), (2, 0)):
+        out = kernels.conv2d_forward(x, W, b, stride, pad)
+        want = kernels.conv2d_forward(x.astype(np.float32), W.astype(np.float32),
+                                      b.astype(np.float32), stride, pad).astype(np.float16)
+        assert out.dtype == np.float16
+        np.testing.assert_array_equal(out, want)
+
+
+def _peak_bytes(fn):
+    """The peak of NumPy allocations during fn(), after a first call has made the kernels'
+    per-thread scratch buffers."""
+    import tracemalloc
+
+    fn()
+    tracemalloc.start()
+    try:
+        fn()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_float16_inference_kernels_convert_inside_without_float32_copies():
+    """float16 stays float16 in memory (book 8.3.4): the kernels read it into float32 a
+    block at a time, so no call allocates a float32 copy of its input or output."""
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((64, 16, 28, 28)).astype(np.float16)
+    W = (0.1 * rng.standard_normal((16, 16, 3, 3))).astype(np.float16)
+    b = np.zeros(16, np.float16)
+    single_copy = x.size * 4
+    for fn in (lambda: kernels.conv2d_forward(x, W, b, 1, 1),
+               lambda: kernels.maxpool_forward(x, 2, 2, 2),
+               lambda: kernels.relu_forward(x)):
+        assert _peak_bytes(fn) < single_copy
+
+
 # ----------------------------------------------------------------------------- convolution
 
 
@@ -230,6 +309,7 @@ def test_conv_results_do_not_depend_on_the_thread_count():
     b = rng.standard_normal(16).astype(np.float32)
     dout = rng.standard_normal((100, 16, 28, 28)).astype(np.float32)
     y = rng.standard_normal(1_200_001).astype(np.float32)  # several ReLU pieces and a tail
+    x16 = x.astype(np.float16)
     before = numba.get_num_threads()
     try:
         results = []
@@ -243,7 +323,9 @@ def test_conv_results_do_not_depend_on_the_thread_count():
                 kernels.conv2d_forward(x, W, b, 1, 1),
                 pooled, argmax, pooled3,
                 kernels.maxpool_backward(pooled, argmax, x.shape, 2, 2, 2),
-                relu, kernels.relu_backward(y, relu), kernels.relu_forward(x[..., :27]),
+                relu, kernels.relu_backward(y, relu),
+                kernels.conv2d_forward(x16, W, b, 1, 1), *kernels.maxpool_forward(x16, 2, 2, 2),
+                kernels.relu_forward(x16), kernels.relu_forward(x[..., :27]),
             ))
     finally:
         numba.set_num_threads(before)
