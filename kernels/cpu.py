@@ -1026,7 +1026,9 @@ def conv2d_backward(x, W, dout, stride=1, pad=0):
 # bit for bit those of the NumPy formula.
 
 
-@njit(cache=True, nogil=True)
+# error_model="numpy": IEEE division, as NumPy's; Python's model tests every divisor for
+# zero, which keeps the loop from vectorizing (measured: 7x slower)
+@njit(cache=True, nogil=True, error_model="numpy")
 def _adam_flat(param, grad, m, v, lr_t, one_minus_beta1, one_minus_beta2, eps):
     for i in range(param.size):
         g = grad[i]
