@@ -607,31 +607,33 @@ def _pad_sample(x, n, pad, xpad):
 
 
 @njit(cache=True, nogil=True)
-def _im2col_t(x, n0, filter_h, filter_w, stride, pad, out_h, out_w, q, xpad, col):
-    """col: (K+1, m*P); columns s*P .. s*P+P-1 hold sample n0+s, rows (c, kh, kw) then a
-    row of ones (P = out_h*q).
+def _im2col_t(x, n0, filter_h, filter_w, stride, pad, out_h, out_w, row_pitch, xpad, col):
+    """col: (patch_len + 1, m * sample_cols), patch_len = C*FH*FW: the sample_cols =
+    out_h * row_pitch columns from s * sample_cols on hold sample n0+s, rows (c, kh, kw)
+    then a row of ones. Output row i of a sample starts at column i * row_pitch.
 
-    q == W + 2*pad (stride 1): row (c, a, b) of a sample is xpad[c, a, b:][:P], contiguous.
-    q == out_w: the compact layout, any stride, read straight from x with bounds.
+    row_pitch == W + 2*pad (stride 1): row (c, a, b) of a sample is
+    xpad[c, a, b:][:sample_cols], contiguous.
+    row_pitch == out_w: the compact layout, any stride, read straight from x with bounds.
     """
     C, H, W = x.shape[1], x.shape[2], x.shape[3]
     Wp = W + 2 * pad
     plane = (H + 2 * pad) * Wp
-    P = out_h * q
-    K = C * filter_h * filter_w
-    m = col.shape[1] // P
+    sample_cols = out_h * row_pitch
+    patch_len = C * filter_h * filter_w
+    m = col.shape[1] // sample_cols
     for s in range(m):
         n = n0 + s
-        c0 = s * P
-        if stride == 1 and q == Wp:
+        c0 = s * sample_cols
+        if stride == 1 and row_pitch == Wp:
             _pad_sample(x, n, pad, xpad)
             k = 0
             for c in range(C):
                 for a in range(filter_h):
                     for b in range(filter_w):
                         src = np.uint64(c * plane + a * Wp + b)
-                        dst = col[k, c0 : c0 + P]
-                        for p in range(P):
+                        dst = col[k, c0 : c0 + sample_cols]
+                        for p in range(sample_cols):
                             dst[np.uint64(p)] = xpad[src + np.uint64(p)]
                         k += 1
         else:
@@ -646,10 +648,10 @@ def _im2col_t(x, n0, filter_h, filter_w, stride, pad, out_h, out_w, q, xpad, col
                         j_hi = out_w
                         while j_hi > j_lo and (j_hi - 1) * stride - pad + b >= W:
                             j_hi -= 1
-                        dst = col[k, c0 : c0 + P]
+                        dst = col[k, c0 : c0 + sample_cols]
                         for i in range(out_h):
                             h = i * stride - pad + a
-                            o = i * q
+                            o = i * row_pitch
                             if h < 0 or h >= H:
                                 for j in range(out_w):
                                     dst[np.uint64(o + j)] = 0
@@ -662,32 +664,33 @@ def _im2col_t(x, n0, filter_h, filter_w, stride, pad, out_h, out_w, q, xpad, col
                                     dst[np.uint64(o + j)] = 0
                         k += 1
     for p in range(col.shape[1]):
-        col[K, p] = 1
+        col[patch_len, p] = 1
 
 
 @njit(cache=True, nogil=True)
-def _col2im_t(col, n0, filter_h, filter_w, stride, pad, out_h, out_w, q, xpad, dx):
-    """dx[n0+s] = the adjoint of _im2col_t applied to rows :K of col's sample-s columns.
+def _col2im_t(col, n0, filter_h, filter_w, stride, pad, out_h, out_w, row_pitch, xpad, dx):
+    """dx[n0+s] = the adjoint of _im2col_t applied to rows :patch_len of col's columns of
+    sample s.
 
-    col is the whole (K+1, m*P) buffer (C-contiguous, so the loops vectorize); its last
-    row is ignored."""
+    col is the whole (patch_len + 1, m * sample_cols) buffer (C-contiguous, so the loops
+    vectorize); its last row is ignored."""
     C, H, W = dx.shape[1], dx.shape[2], dx.shape[3]
     Wp = W + 2 * pad
     plane = (H + 2 * pad) * Wp
-    P = out_h * q
-    m = col.shape[1] // P
+    sample_cols = out_h * row_pitch
+    m = col.shape[1] // sample_cols
     for s in range(m):
         n = n0 + s
-        c0 = s * P
-        if stride == 1 and q == Wp:
+        c0 = s * sample_cols
+        if stride == 1 and row_pitch == Wp:
             xpad[:] = 0
             k = 0
             for c in range(C):
                 for a in range(filter_h):
                     for b in range(filter_w):
                         dst = np.uint64(c * plane + a * Wp + b)
-                        src = col[k, c0 : c0 + P]
-                        for p in range(P):
+                        src = col[k, c0 : c0 + sample_cols]
+                        for p in range(sample_cols):
                             xpad[dst + np.uint64(p)] += src[np.uint64(p)]
                         k += 1
             for c in range(C):
@@ -701,7 +704,7 @@ def _col2im_t(col, n0, filter_h, filter_w, stride, pad, out_h, out_w, q, xpad, d
             for c in range(C):
                 for a in range(filter_h):
                     for b in range(filter_w):
-                        src = col[k, c0 : c0 + P]
+                        src = col[k, c0 : c0 + sample_cols]
                         for i in range(out_h):
                             h = i * stride - pad + a
                             if h < 0 or h >= H:
@@ -709,40 +712,42 @@ def _col2im_t(col, n0, filter_h, filter_w, stride, pad, out_h, out_w, q, xpad, d
                             for j in range(out_w):
                                 w = j * stride - pad + b
                                 if w >= 0 and w < W:
-                                    dx[n, c, h, w] += src[i * q + j]
+                                    dx[n, c, h, w] += src[i * row_pitch + j]
                         k += 1
 
 
 @njit(cache=True, nogil=True)
-def _scatter_out(y, n0, m, q, out):
-    """out[n0+s, f, i, j] = y[f, s*P + i*q + j] for s < m, j < OW (P = OH*q): a chunk's
-    products in NCHW order, without the junk columns of the padded-width layout."""
+def _scatter_out(y, n0, m, row_pitch, out):
+    """out[n0+s, f, i, j] = y[f, s * sample_cols + i * row_pitch + j] for s < m, j < OW
+    (sample_cols = OH * row_pitch): a chunk's products in NCHW order, without the junk
+    columns of the padded-width layout."""
     FN, out_h, out_w = out.shape[1], out.shape[2], out.shape[3]
-    P = out_h * q
+    sample_cols = out_h * row_pitch
     for s in range(m):
         for f in range(FN):
             for i in range(out_h):
-                src = y[f, s * P + i * q : s * P + i * q + out_w]
+                o = s * sample_cols + i * row_pitch
+                src = y[f, o : o + out_w]
                 dst = out[n0 + s, f, i]
                 for j in range(out_w):
                     dst[j] = src[j]
 
 
 @njit(cache=True, nogil=True)
-def _gather_dout(dout, n0, m, q, d):
-    """d[f, s*P + i*q + j] = dout[n0+s, f, i, j] for s < m, and 0 in the junk columns
-    j >= OW: the chunk's gradient in the layout of col."""
+def _gather_dout(dout, n0, m, row_pitch, d):
+    """d[f, s * sample_cols + i * row_pitch + j] = dout[n0+s, f, i, j] for s < m, and 0 in
+    the junk columns j >= OW: the chunk's gradient in the layout of col."""
     FN, out_h, out_w = dout.shape[1], dout.shape[2], dout.shape[3]
-    P = out_h * q
+    sample_cols = out_h * row_pitch
     for f in range(FN):
         for s in range(m):
             for i in range(out_h):
-                o = s * P + i * q
+                o = s * sample_cols + i * row_pitch
                 src = dout[n0 + s, f, i]
-                dst = d[f, o : o + q]
+                dst = d[f, o : o + row_pitch]
                 for j in range(out_w):
                     dst[j] = src[j]
-                for j in range(out_w, q):
+                for j in range(out_w, row_pitch):
                     dst[j] = 0
 
 
@@ -752,7 +757,11 @@ _MAX_COLUMNS = 4096  # samples * positions per chunk (measured: 1-channel 28x28 
 
 
 class _Geometry:
-    """Sizes of one convolution call, and how it is cut into chunks of samples."""
+    """Sizes of one convolution call, and how it is cut into chunks of samples.
+
+    patch_len: C*FH*FW, the rows of col (one filter's weights); row_pitch: col's columns
+    per output row (the padded width W + 2*pad, or out_w); sample_cols: col's columns per
+    sample (out_h * row_pitch); chunk_samples: samples per chunk; chunks: [(n0, n1)]."""
 
     def __init__(self, x_shape, w_shape, stride, pad, itemsize):
         N, C, H, W = x_shape
@@ -762,18 +771,20 @@ class _Geometry:
         self.stride, self.pad = stride, pad
         self.out_h = conv_output_size(H, FH, stride, pad)
         self.out_w = conv_output_size(W, FW, stride, pad)
-        self.K = C * FH * FW
+        self.patch_len = C * FH * FW
         # padded-width layout when it makes im2col a plain copy and wastes little work
         Wp = W + 2 * pad
         padded = stride == 1 and Wp <= self.out_w * 1.5
-        self.q = Wp if padded else self.out_w
-        self.P = self.out_h * self.q
+        self.row_pitch = Wp if padded else self.out_w
+        self.sample_cols = self.out_h * self.row_pitch
         self.xpad_size = C * (H + 2 * pad) * Wp + FW  # the tail covers the last row's overrun
-        per_sample = ((self.K + 1) + 2 * FN) * self.P * itemsize
+        per_sample = ((self.patch_len + 1) + 2 * FN) * self.sample_cols * itemsize
         # and at most _MAX_COLUMNS columns: for few input channels (the first layer) the
         # L2 budget alone gives chunks so wide that the dW product slows down
-        self.nb = max(1, min(N, _L2_BYTES // per_sample, _MAX_COLUMNS // self.P))
-        self.chunks = [(n0, min(n0 + self.nb, N)) for n0 in range(0, N, self.nb)]
+        self.chunk_samples = max(
+            1, min(N, _L2_BYTES // per_sample, _MAX_COLUMNS // self.sample_cols))
+        step = self.chunk_samples
+        self.chunks = [(n0, min(n0 + step, N)) for n0 in range(0, N, step)]
 
 
 _local = threading.local()
@@ -917,17 +928,21 @@ def _half_as_single(fn):
 
 
 def _chunk_buffers(g, dt):
-    """One worker's scratch for a chunk of ``g.nb`` samples: the transposed col with its row
-    of ones (K+1, nb*P), the padded image, and the (FN, nb*P) product or output gradient."""
-    return (_scratch("col", ((g.K + 1) * g.nb * g.P,), dt),
+    """One worker's scratch for a chunk of ``g.chunk_samples`` samples: the transposed col
+    with its row of ones (patch_len + 1, columns), the padded image, and the (FN, columns)
+    product or output gradient; columns = chunk_samples * sample_cols."""
+    columns = g.chunk_samples * g.sample_cols
+    return (_scratch("col", ((g.patch_len + 1) * columns,), dt),
             _scratch("xpad", (g.xpad_size,), dt),
-            _scratch("y", (g.FN * g.nb * g.P,), dt))
+            _scratch("y", (g.FN * columns,), dt))
 
 
 def _chunk_views(bufs, g, m):
-    """The col (K+1, m*P) and product (FN, m*P) views of a chunk of ``m`` samples."""
-    col = bufs[0][: (g.K + 1) * m * g.P].reshape(g.K + 1, m * g.P)
-    y = bufs[2][: g.FN * m * g.P].reshape(g.FN, m * g.P)
+    """The col (patch_len + 1, m * sample_cols) and product (FN, m * sample_cols) views of
+    a chunk of ``m`` samples."""
+    columns = m * g.sample_cols
+    col = bufs[0][: (g.patch_len + 1) * columns].reshape(g.patch_len + 1, columns)
+    y = bufs[2][: g.FN * columns].reshape(g.FN, columns)
     return col, y
 
 
@@ -947,9 +962,9 @@ def _conv2d_forward(x, W, b, stride, pad):
     dt = W.dtype if half else x.dtype  # the products' dtype
     g = _Geometry(x.shape, W.shape, stride, pad, dt.itemsize)
     x = np.ascontiguousarray(x)
-    Wb = np.empty((g.FN, g.K + 1), dt)  # [W | b]: the row of ones in col adds the bias
-    Wb[:, : g.K] = W.reshape(g.FN, g.K)
-    Wb[:, g.K] = b.reshape(g.FN)
+    Wb = np.empty((g.FN, g.patch_len + 1), dt)  # [W | b]: the row of ones in col adds the bias
+    Wb[:, : g.patch_len] = W.reshape(g.FN, g.patch_len)
+    Wb[:, g.patch_len] = b.reshape(g.FN)
     out = np.empty((g.N, g.FN, g.out_h, g.out_w), x.dtype)
     sample = g.C * g.H * g.W
     x_bits = x.reshape(-1).view(np.uint16) if half else None
@@ -958,8 +973,9 @@ def _conv2d_forward(x, W, b, stride, pad):
     def buffers():
         if not half:
             return _chunk_buffers(g, dt)
-        return _chunk_buffers(g, dt) + (_scratch("x_single", (g.nb * sample,), dt),
-                                        _scratch("y_half", (g.FN * g.nb * g.P,), np.uint16))
+        columns = g.chunk_samples * g.sample_cols
+        return _chunk_buffers(g, dt) + (_scratch("x_single", (g.chunk_samples * sample,), dt),
+                                        _scratch("y_half", (g.FN * columns,), np.uint16))
 
     def work(bufs, i, n0, n1):
         m = n1 - n0
@@ -968,17 +984,17 @@ def _conv2d_forward(x, W, b, stride, pad):
             x_single = bufs[3][: m * sample].reshape(m, g.C, g.H, g.W)
             _half_to_single(x_bits[n0 * sample : n1 * sample], _HALF_TO_SINGLE,
                             x_single.reshape(-1))
-            _im2col_t(x_single, 0, g.FH, g.FW, stride, pad, g.out_h, g.out_w, g.q, bufs[1],
-                      col)
+            _im2col_t(x_single, 0, g.FH, g.FW, stride, pad, g.out_h, g.out_w, g.row_pitch,
+                      bufs[1], col)
         else:
-            _im2col_t(x, n0, g.FH, g.FW, stride, pad, g.out_h, g.out_w, g.q, bufs[1], col)
+            _im2col_t(x, n0, g.FH, g.FW, stride, pad, g.out_h, g.out_w, g.row_pitch, bufs[1], col)
         np.matmul(Wb, col, out=y)  # one product for the whole chunk
         if half:  # rounded to float16 while still in cache, then put in NCHW order
             y_half = bufs[4][: y.size].reshape(y.shape)
             _single_to_half(y.reshape(-1).view(np.uint32), y_half.reshape(-1))
-            _scatter_out(y_half, n0, m, g.q, out_bits)
+            _scatter_out(y_half, n0, m, g.row_pitch, out_bits)
         else:
-            _scatter_out(y, n0, m, g.q, out)
+            _scatter_out(y, n0, m, g.row_pitch, out)
 
     _run_chunks(work, g.chunks, buffers)
     return out
@@ -992,9 +1008,9 @@ def conv2d_backward(x, W, dout, stride=1, pad=0):
     x = np.ascontiguousarray(x)
     W = W.astype(dt, copy=False)
     dout = np.ascontiguousarray(dout, dtype=dt)
-    Wt = W.reshape(g.FN, g.K).T  # (K, FN), a transposed view: BLAS reads it as is
+    Wt = W.reshape(g.FN, g.patch_len).T  # (patch_len, FN), a transposed view: BLAS reads it
     dx = np.empty((g.N, g.C, g.H, g.W), dt)
-    partial = np.empty((len(g.chunks), g.K + 1, g.FN), dt)  # per-chunk [dW | db]^T
+    partial = np.empty((len(g.chunks), g.patch_len + 1, g.FN), dt)  # per-chunk [dW | db]^T
 
     def buffers():
         return _chunk_buffers(g, dt)
@@ -1002,17 +1018,17 @@ def conv2d_backward(x, W, dout, stride=1, pad=0):
     def work(bufs, i, n0, n1):
         m = n1 - n0
         col, d = _chunk_views(bufs, g, m)
-        _im2col_t(x, n0, g.FH, g.FW, stride, pad, g.out_h, g.out_w, g.q, bufs[1], col)
-        _gather_dout(dout, n0, m, g.q, d)  # junk columns get a zero gradient: they add nothing
-        # [dW | db]^T of the chunk as col @ d^T: (K+1, FN), the faster orientation for BLAS
+        _im2col_t(x, n0, g.FH, g.FW, stride, pad, g.out_h, g.out_w, g.row_pitch, bufs[1], col)
+        _gather_dout(dout, n0, m, g.row_pitch, d)  # junk columns get a zero gradient
+        # [dW | db]^T of the chunk as col @ d^T: (patch_len + 1, FN), BLAS's faster way round
         np.matmul(col, d.T, out=partial[i])
-        np.matmul(Wt, d, out=col[: g.K])  # col is spent: reuse it for dcol = W^T @ d
-        _col2im_t(col, n0, g.FH, g.FW, stride, pad, g.out_h, g.out_w, g.q, bufs[1], dx)
+        np.matmul(Wt, d, out=col[: g.patch_len])  # col is spent: reuse it for dcol = W^T @ d
+        _col2im_t(col, n0, g.FH, g.FW, stride, pad, g.out_h, g.out_w, g.row_pitch, bufs[1], dx)
 
     _run_chunks(work, g.chunks, buffers)
     total = partial.sum(axis=0)  # in chunk order: the same sums whatever the thread count
-    dW = np.ascontiguousarray(total[: g.K].T).reshape(W.shape)
-    db = total[g.K].copy()
+    dW = np.ascontiguousarray(total[: g.patch_len].T).reshape(W.shape)
+    db = total[g.patch_len].copy()
     return dx, dW, db
 
 
