@@ -434,12 +434,13 @@ def memory_child(framework: str) -> dict:
     return result
 
 
-def run_memory(frameworks):
+def run_memory(frameworks, root=REPO):
     results = []
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")
     for fw in frameworks:
         proc = subprocess.run(
-            [sys.executable, __file__, "--memory-child", fw], env=env, capture_output=True,
+            [sys.executable, __file__, "--memory-child", fw, "--xpnet-root", str(root)], env=env,
+            capture_output=True,
             text=True, check=False,
         )
         if proc.returncode != 0:
@@ -553,7 +554,7 @@ def main(argv=None):
             write_results(args.write_results,
                           lines + ["BLAS: " + "; ".join(blas), ""] + table)
     if not args.no_memory:
-        run_memory(["xpnet", "torch"])
+        run_memory(["xpnet", "torch"], args.xpnet_root)
     if hasattr(os, "getloadavg"):
         print(f"\nload average after: {os.getloadavg()}")
 
