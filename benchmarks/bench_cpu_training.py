@@ -487,6 +487,8 @@ def main(argv=None):
     p.add_argument("--models", nargs="+", default=["DeepConvNet", "SimpleConvNet"],
                    choices=["DeepConvNet", "SimpleConvNet"])
     p.add_argument("--rounds", type=int, default=20)
+    p.add_argument("--only", metavar="TEXT", help="only the cases whose label contains TEXT "
+                   "(e.g. 'batch 8' or 'inference')")
     p.add_argument("--threads", type=int, default=None,
                    help="threads for xpnet (Numba and BLAS) and PyTorch (default: all usable)")
     p.add_argument("--naive", action="store_true",
@@ -533,7 +535,9 @@ def main(argv=None):
     if not args.memory_only:
         before = TreeWorker(args.before.resolve(), n) if args.before else None
         try:
-            results = run_timing(table_cases(args.models), args.rounds, args.naive, n, before)
+            cases = [c for c in table_cases(args.models)
+                     if not args.only or args.only in case_label(c) + ","]
+            results = run_timing(cases, args.rounds, args.naive, n, before)
         finally:
             if before:
                 before.close()

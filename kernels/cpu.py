@@ -751,6 +751,7 @@ def _gather_dout(dout, n0, m, row_pitch, d):
                     dst[j] = 0
 
 
+_PADDED_WIDTH_MAX = 1.5  # the padded-width layout when its row is at most this much wider
 _L2_BYTES = 3 << 19  # 1.5 MB: a chunk and its products stay in a 2 MB L2 cache
 _MAX_COLUMNS = 4096  # samples * positions per chunk (measured: 1-channel 28x28 input,
 # backward 3.4 ms at 11 samples a chunk, 2.0 ms at 4)
@@ -774,7 +775,7 @@ class _Geometry:
         self.patch_len = C * FH * FW
         # padded-width layout when it makes im2col a plain copy and wastes little work
         Wp = W + 2 * pad
-        padded = stride == 1 and Wp <= self.out_w * 1.5
+        padded = stride == 1 and Wp <= self.out_w * _PADDED_WIDTH_MAX
         self.row_pitch = Wp if padded else self.out_w
         self.sample_cols = self.out_h * self.row_pitch
         self.xpad_size = C * (H + 2 * pad) * Wp + FW  # the tail covers the last row's overrun
