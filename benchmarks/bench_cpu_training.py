@@ -555,8 +555,8 @@ def main(argv=None):
         if args.write_results:
             lines.append("load average after: " + ", ".join(
                 f"{v:.2f}" for v in os.getloadavg()))
-            write_results(args.write_results,
-                          lines + ["BLAS: " + "; ".join(blas), ""] + table)
+            machine = lines + ["BLAS: " + "; ".join(blas)]
+            write_results(args.write_results, [f"- {line}" for line in machine] + [""] + table)
     if not args.no_memory:
         run_memory(["xpnet", "torch"], args.xpnet_root)
     if hasattr(os, "getloadavg"):

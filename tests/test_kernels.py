@@ -174,8 +174,9 @@ def test_float16_is_exact_where_it_can_be():
 
 
 def test_float16_rounding_equals_numpys():
-    """The kernels' float32 -> float16 rounding is astype's: every float32 with a float16
-    neighbourhood (all exponents, ties, subnormals, overflow, infinities, NaN)."""
+    """The kernels' float32 -> float16 rounding is astype's (random float32s, every float16
+    and the ties next to it, subnormals, overflow, infinities, NaN), and reading float16
+    gives its exact value."""
     rng = np.random.default_rng(5)
     bits = np.concatenate([
         rng.integers(0, 1 << 32, 2_000_000, dtype=np.uint64).astype(np.uint32),
@@ -193,8 +194,10 @@ def test_float16_rounding_equals_numpys():
     nan = np.isnan(want)
     np.testing.assert_array_equal(got.view(np.uint16)[~nan], want.view(np.uint16)[~nan])
     assert np.isnan(got[nan]).all()
-    every_half = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16).view(np.float16)
-    np.testing.assert_array_equal(cpu._HALF_TO_SINGLE, every_half.astype(np.float32))
+    every_half = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16)
+    single = np.empty(every_half.size, np.float32)
+    cpu._half_to_single(every_half, single)
+    np.testing.assert_array_equal(single, every_half.view(np.float16).astype(np.float32))
 
 
 @pytest.mark.parametrize("size, stride, pad", [(2, 2, 0), (3, 2, 1)])
@@ -222,6 +225,24 @@ def test_float16_conv_forward_is_float32s_rounded_once():
                                       b.astype(np.float32), stride, pad).astype(np.float16)
         assert out.dtype == np.float16
         np.testing.assert_array_equal(out, want)
+
+
+def test_float16_without_the_conversion_kernels_gives_the_same_results(monkeypatch):
+    """Where the half conversions do not compile, float16 goes through astype: same values."""
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((5, 3, 10, 10)).astype(np.float16)
+    W = (0.3 * rng.standard_normal((4, 3, 3, 3))).astype(np.float16)
+    b = rng.standard_normal(4).astype(np.float16)
+
+    def run():
+        return (kernels.conv2d_forward(x, W, b, 1, 1), *kernels.maxpool_forward(x, 2, 2, 2),
+                cpu.to_half(x.astype(np.float32) / 3))
+
+    fast = run()
+    monkeypatch.setattr(cpu, "_half_ok", False)
+    for got, want in zip(run(), fast):
+        assert got.dtype == want.dtype
+        np.testing.assert_array_equal(got, want)
 
 
 def _peak_bytes(fn):
