@@ -10,8 +10,11 @@ kernels handed out by xpnet's own worker threads (see ``_parallel_for``). No
 ``fastmath``: these loops move and compare values, and col2im's sums must stay in a
 fixed order to be reproducible.
 
-float16 has no arithmetic in Numba; im2col moves its bits as uint16 (exact), and the
-other kernels compute in float32 and round once at the end.
+float16 has no arithmetic in Numba: the kernels see float16 arrays as uint16 bits. im2col
+and ReLU work on the bits (exact); the convolution's forward pass and pooling read float16
+into float32 a cache-sized block at a time and round their results to float16 there, so a
+float16 activation is never copied whole to float32; the rest compute in float32 and round
+once at the end. Adam's update is one fused pass per parameter array.
 """
 
 from __future__ import annotations

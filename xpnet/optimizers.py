@@ -280,9 +280,8 @@ def _fused_adam_applies(param, grad, m, v):
         and grad.shape == param.shape
         and param.flags.c_contiguous
         and param.flags.writeable
-        and type(m) is np.ndarray
-        and m.flags.c_contiguous
-        and v.flags.c_contiguous
+        and all(type(s) is np.ndarray and s.flags.c_contiguous and s.flags.writeable
+                for s in (m, v))
     )
 
 
