@@ -563,9 +563,24 @@ def test_relu_backward_streams_like_forward():
     assert backward < 4 * forward, f"backward {backward:.2e} s, forward {forward:.2e} s"
 
 
+def test_relu_streams_like_a_copy():
+    """ReLU forward is a copy with a select: its loop must vectorize (indexed from a start
+    the compiler cannot prove non-negative, it did not: 4x-5x slower than a copy)."""
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal(1 << 20).astype(np.float32)
+    out, dout, dx = np.empty_like(x), rng.standard_normal(x.size).astype(np.float32), \
+        np.empty_like(x)
+    copy = _best_time(lambda: np.copyto(out, x))
+    forward = _best_time(lambda: cpu._relu_forward_flat(x, out, 0, x.size))
+    backward = _best_time(lambda: cpu._relu_backward_flat(dout, out, dx, 0, x.size))
+    assert forward < 2.5 * copy, f"forward {forward:.2e} s, copy {copy:.2e} s"
+    assert backward < 4 * copy, f"backward {backward:.2e} s, copy {copy:.2e} s"
+
+
 def test_pooling_streams_like_relu():
     """2x2 pooling reads and writes no more than ReLU does; with ReLU-like input (ties at
-    0) its kernels must not fall to a branch per element (measured 7x-10x slower)."""
+    0) its kernels must not fall to a branch per element (measured 7x-10x slower than
+    they are, 30x ReLU's time)."""
     rng = np.random.default_rng(4)
     x = np.maximum(rng.standard_normal((64, 16, 32, 32)), 0).astype(np.float32)
     relu_out = np.empty_like(x)
@@ -578,8 +593,8 @@ def test_pooling_streams_like_relu():
     forward = _best_time(lambda: cpu._maxpool_forward_2x2(x, out, argmax, 0, planes))
     backward = _best_time(lambda: cpu._maxpool_backward_2x2(
         dout.view(np.uint32), argmax, dx.view(np.uint32), 0, planes))
-    assert forward < 3 * relu, f"forward {forward:.2e} s, ReLU {relu:.2e} s"
-    assert backward < 3 * relu, f"backward {backward:.2e} s, ReLU {relu:.2e} s"
+    assert forward < 10 * relu, f"forward {forward:.2e} s, ReLU {relu:.2e} s"
+    assert backward < 10 * relu, f"backward {backward:.2e} s, ReLU {relu:.2e} s"
 
 
 @pytest.mark.parametrize("dtype", DTYPES + [np.float16])
