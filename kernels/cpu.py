@@ -605,8 +605,9 @@ def _pad_sample(x, n, pad, xpad):
     for c in range(C):
         for h in range(H):
             o = c * plane + (h + pad) * Wp + pad
+            dst, src = xpad[o : o + W], x[n, c, h]  # indexed from 0: the loop vectorizes
             for w in range(W):
-                xpad[o + w] = x[n, c, h, w]
+                dst[w] = src[w]
 
 
 @njit(cache=True, nogil=True)
@@ -699,8 +700,9 @@ def _col2im_t(col, n0, filter_h, filter_w, stride, pad, out_h, out_w, row_pitch,
             for c in range(C):
                 for h in range(H):
                     o = c * plane + (h + pad) * Wp + pad
+                    src, dst = xpad[o : o + W], dx[n, c, h]
                     for w in range(W):
-                        dx[n, c, h, w] = xpad[o + w]
+                        dst[w] = src[w]
         else:
             dx[n] = 0
             k = 0
