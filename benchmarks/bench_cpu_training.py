@@ -545,18 +545,21 @@ def main(argv=None):
         print("BLAS after the run (threadpoolctl):")
         for line in blas:
             print("  " + line)
-        table = table_lines(results, before is not None)
+        accuracy = []
         if args.half_params and args.half_data:
             accs = half_accuracy(args.half_params, args.half_data)
-            table.append(f"\nDeepConvNet with the book's weights on {args.half_data.name}: "
-                         f"float16 {accs['float16']:.2%}, float32 {accs['float32']:.2%}")
+            accuracy = [f"\nDeepConvNet with the book's weights on {args.half_data.name}: "
+                        f"float16 {accs['float16']:.2%}, float32 {accs['float32']:.2%}"]
+        table = table_lines(results, before is not None) + accuracy
         print()
         print("\n".join(table))
         if args.write_results:
             lines.append("load average after: " + ", ".join(
                 f"{v:.2f}" for v in os.getloadavg()))
             machine = lines + ["BLAS: " + "; ".join(blas)]
-            write_results(args.write_results, [f"- {line}" for line in machine] + [""] + table)
+            # the report holds this tree's figures: no --before columns
+            write_results(args.write_results, [f"- {line}" for line in machine] + [""]
+                          + table_lines(results, False) + accuracy)
     if not args.no_memory:
         run_memory(["xpnet", "torch"], args.xpnet_root)
     if hasattr(os, "getloadavg"):
