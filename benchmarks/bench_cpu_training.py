@@ -291,7 +291,7 @@ def half_accuracy(params_path, data_dir):
     data_dir = Path(data_dir)
     x, t = load_idx_pair(data_dir / "images-idx3-ubyte.gz", data_dir / "labels-idx1-ubyte.gz",
                          flatten=False)
-    accs = {}
+    accs = {"digits": len(t)}
     for dtype in (np.float32, np.float16):
         net = DeepConvNet(dtype=dtype)
         net.load_params(params_path)
@@ -548,8 +548,8 @@ def main(argv=None):
         accuracy = []
         if args.half_params and args.half_data:
             accs = half_accuracy(args.half_params, args.half_data)
-            accuracy = [f"\nDeepConvNet with the book's weights on {args.half_data.name}: "
-                        f"float16 {accs['float16']:.2%}, float32 {accs['float32']:.2%}"]
+            accuracy = [f"\nDeepConvNet with the book's weights on {accs['digits']} test "
+                        f"digits: float16 {accs['float16']:.2%}, float32 {accs['float32']:.2%}"]
         table = table_lines(results, before is not None) + accuracy
         print()
         print("\n".join(table))
