@@ -4,6 +4,7 @@ kernels, the reference and (where there is one) the GPU, then what is the CPU's 
 
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numba
@@ -13,7 +14,7 @@ from kernel_contract import *  # noqa: F403 - the contract's tests, run on the b
 from kernel_contract import DTYPES, make_backend, random_case
 
 from xpnet import kernels
-from xpnet.kernels import generic
+from xpnet.kernels import cpu, generic
 from xpnet.kernels import reference as ref
 
 REPO = Path(__file__).resolve().parents[1]
@@ -76,6 +77,124 @@ def test_noncontiguous_inputs():
     )
 
 
+def test_float16_is_exact_where_it_can_be():
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((2, 3, 6, 7)).astype(np.float16)
+    col = kernels.im2col(x, 3, 3, 1, 1)
+    assert col.dtype == np.float16
+    np.testing.assert_array_equal(col, ref.im2col(x, 3, 3, 1, 1))  # a copy: bit-exact
+    out, argmax = kernels.maxpool_forward(x, 2, 2, 2, 0)
+    out0, argmax0 = ref.maxpool_forward(x, 2, 2, 2, 0)
+    assert out.dtype == np.float16
+    np.testing.assert_array_equal(out, out0)
+    np.testing.assert_array_equal(argmax, argmax0)
+    x16 = kernels.col2im(col, x.shape, 3, 3, 1, 1)
+    assert x16.dtype == np.float16
+    np.testing.assert_allclose(
+        x16, ref.col2im(col.astype(np.float64), x.shape, 3, 3, 1, 1), rtol=1e-3, atol=1e-2
+    )
+
+
+def test_float16_rounding_equals_numpys():
+    """The kernels' float32 -> float16 rounding is astype's (random float32s, every float16
+    and the ties next to it, subnormals, overflow, infinities, NaN), and reading float16
+    gives its exact value."""
+    rng = np.random.default_rng(5)
+    bits = np.concatenate([
+        rng.integers(0, 1 << 32, 2_000_000, dtype=np.uint64).astype(np.uint32),
+        # float16's own values and the ties halfway between neighbours, both signs
+        (np.arange(1 << 16, dtype=np.uint32) << 13) | np.uint32(0x1000) * (np.arange(
+            1 << 16, dtype=np.uint32) % 2),
+        (np.arange(0x33000000, 0x38800000, 997, dtype=np.uint32)),  # subnormal range
+        np.array([0, 0x80000000, 0x7F800000, 0xFF800000, 0x7FC00000, 0x7F800001,
+                  0x477FEFFF, 0x477FF000, 0x47800000], np.uint32),
+    ])
+    single = bits.view(np.float32)
+    with np.errstate(over="ignore"):
+        want = single.astype(np.float16)
+    got = cpu.to_half(single)
+    nan = np.isnan(want)
+    np.testing.assert_array_equal(got.view(np.uint16)[~nan], want.view(np.uint16)[~nan])
+    assert np.isnan(got[nan]).all()
+    every_half = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16)
+    single = np.empty(every_half.size, np.float32)
+    cpu._half_to_single(every_half, single)
+    np.testing.assert_array_equal(single, every_half.view(np.float16).astype(np.float32))
+
+
+@pytest.mark.parametrize("size, stride, pad", [(2, 2, 0), (3, 2, 1)])
+def test_float16_maxpool_is_float32s_on_the_same_values(size, stride, pad):
+    """Pooling float16 reads each block of planes as float32 (exact): the maxima and argmax
+    of the same values in float32, over several blocks and tasks."""
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((6, 40, 28, 28)).astype(np.float16)
+    x.flat[::97] = np.nan
+    out, argmax = kernels.maxpool_forward(x, size, size, stride, pad)
+    out32, argmax32 = kernels.maxpool_forward(x.astype(np.float32), size, size, stride, pad)
+    assert out.dtype == np.float16
+    np.testing.assert_array_equal(out, out32.astype(np.float16))
+    np.testing.assert_array_equal(argmax, argmax32)
+
+
+def test_float16_conv_forward_is_float32s_rounded_once():
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((37, 3, 14, 14)).astype(np.float16)  # several chunks
+    W = (0.3 * rng.standard_normal((8, 3, 3, 3))).astype(np.float16)
+    b = rng.standard_normal(8).astype(np.float16)
+    for stride, pad in ((1, 1), (2, 0)):
+        out = kernels.conv2d_forward(x, W, b, stride, pad)
+        want = kernels.conv2d_forward(x.astype(np.float32), W.astype(np.float32),
+                                      b.astype(np.float32), stride, pad).astype(np.float16)
+        assert out.dtype == np.float16
+        np.testing.assert_array_equal(out, want)
+
+
+def test_float16_without_the_conversion_kernels_gives_the_same_results(monkeypatch):
+    """Where the half conversions do not compile, float16 goes through astype: same values."""
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((5, 3, 10, 10)).astype(np.float16)
+    W = (0.3 * rng.standard_normal((4, 3, 3, 3))).astype(np.float16)
+    b = rng.standard_normal(4).astype(np.float16)
+
+    def run():
+        return (kernels.conv2d_forward(x, W, b, 1, 1), *kernels.maxpool_forward(x, 2, 2, 2),
+                cpu.to_half(x.astype(np.float32) / 3))
+
+    fast = run()
+    monkeypatch.setattr(cpu, "_half_ok", False)
+    for got, want in zip(run(), fast):
+        assert got.dtype == want.dtype
+        np.testing.assert_array_equal(got, want)
+
+
+def _peak_bytes(fn):
+    """The peak of NumPy allocations during fn(), after a first call has made the kernels'
+    per-thread scratch buffers."""
+    import tracemalloc
+
+    fn()
+    tracemalloc.start()
+    try:
+        fn()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_float16_inference_kernels_convert_inside_without_float32_copies():
+    """float16 stays float16 in memory (book 8.3.4): the kernels read it into float32 a
+    block at a time, so no call allocates a float32 copy of its input or output."""
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((64, 16, 28, 28)).astype(np.float16)
+    W = (0.1 * rng.standard_normal((16, 16, 3, 3))).astype(np.float16)
+    b = np.zeros(16, np.float16)
+    single_copy = x.size * 4
+    for fn in (lambda: kernels.conv2d_forward(x, W, b, 1, 1),
+               lambda: kernels.maxpool_forward(x, 2, 2, 2),
+               lambda: kernels.relu_forward(x)):
+        assert _peak_bytes(fn) < single_copy
+
+
 # ----------------------------------------------------------------------------- convolution
 
 
@@ -133,6 +252,7 @@ def test_conv_results_do_not_depend_on_the_thread_count():
     b = rng.standard_normal(16).astype(np.float32)
     dout = rng.standard_normal((100, 16, 28, 28)).astype(np.float32)
     y = rng.standard_normal(1_200_001).astype(np.float32)  # several ReLU pieces and a tail
+    x16 = x.astype(np.float16)
     before = numba.get_num_threads()
     try:
         results = []
@@ -146,7 +266,9 @@ def test_conv_results_do_not_depend_on_the_thread_count():
                 kernels.conv2d_forward(x, W, b, 1, 1),
                 pooled, argmax, pooled3,
                 kernels.maxpool_backward(pooled, argmax, x.shape, 2, 2, 2),
-                relu, kernels.relu_backward(y, relu), kernels.relu_forward(x[..., :27]),
+                relu, kernels.relu_backward(y, relu),
+                kernels.conv2d_forward(x16, W, b, 1, 1), *kernels.maxpool_forward(x16, 2, 2, 2),
+                kernels.relu_forward(x16), kernels.relu_forward(x[..., :27]),
             ))
     finally:
         numba.set_num_threads(before)
@@ -344,6 +466,77 @@ def test_relu_backward_zeroes_where_the_input_was_not_positive(dtype):
         # the book: dout[x <= 0] = 0 (a NaN input passes its gradient, as x <= 0 is False)
         np.testing.assert_array_equal(dx, np.where(x <= 0, 0, dout))
         np.testing.assert_array_equal(dout, before)  # dout is not modified
+
+
+def _best_time(fn, repeats=15):
+    fn()  # compilation and first-touch pages out of the way
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def test_relu_backward_streams_like_forward():
+    """Backward reads two arrays where forward reads one, so it may take about twice as
+    long -- not ten times: with half the units negative, a branch per element (a load of
+    dout under the test) mispredicts every other element. Kernels timed alone, best of 15."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal(1 << 20).astype(np.float32)
+    dout = rng.standard_normal(x.size).astype(np.float32)
+    out, dx = np.empty_like(x), np.empty_like(x)
+    forward = _best_time(lambda: cpu._relu_forward_flat(x, out, 0, x.size))
+    backward = _best_time(lambda: cpu._relu_backward_flat(dout, out, dx, 0, x.size))
+    assert backward < 4 * forward, f"backward {backward:.2e} s, forward {forward:.2e} s"
+
+
+def test_relu_streams_like_a_copy():
+    """ReLU forward is a copy with a select: its loop must vectorize (indexed from a start
+    the compiler cannot prove non-negative, it did not: 4x-5x slower than a copy)."""
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal(1 << 20).astype(np.float32)
+    out, dout, dx = np.empty_like(x), rng.standard_normal(x.size).astype(np.float32), \
+        np.empty_like(x)
+    copy = _best_time(lambda: np.copyto(out, x))
+    forward = _best_time(lambda: cpu._relu_forward_flat(x, out, 0, x.size))
+    backward = _best_time(lambda: cpu._relu_backward_flat(dout, out, dx, 0, x.size))
+    assert forward < 2.5 * copy, f"forward {forward:.2e} s, copy {copy:.2e} s"
+    assert backward < 4 * copy, f"backward {backward:.2e} s, copy {copy:.2e} s"
+
+
+def test_pooling_streams_like_relu():
+    """2x2 pooling reads and writes no more than ReLU does; with ReLU-like input (ties at
+    0) its kernels must not fall to a branch per element (measured 7x-10x slower than
+    they are, 30x ReLU's time)."""
+    rng = np.random.default_rng(4)
+    x = np.maximum(rng.standard_normal((64, 16, 32, 32)), 0).astype(np.float32)
+    relu_out = np.empty_like(x)
+    relu = _best_time(lambda: cpu._relu_forward_flat(x.reshape(-1), relu_out.reshape(-1), 0,
+                                                     x.size))
+    out, argmax = kernels.maxpool_forward(x, 2, 2, 2)
+    dout = rng.standard_normal(out.shape).astype(np.float32)
+    dx = np.empty_like(x)
+    planes = 64 * 16
+    forward = _best_time(lambda: cpu._maxpool_forward_2x2(x, out, argmax, 0, planes))
+    backward = _best_time(lambda: cpu._maxpool_backward_2x2(
+        dout.view(np.uint32), argmax, dx.view(np.uint32), 0, planes))
+    assert forward < 10 * relu, f"forward {forward:.2e} s, ReLU {relu:.2e} s"
+    assert backward < 10 * relu, f"backward {backward:.2e} s, ReLU {relu:.2e} s"
+
+
+@pytest.mark.parametrize("dtype", DTYPES + [np.float16])
+def test_maxpool_2x2_backward_passes_any_gradient_exactly(dtype):
+    """Infinite, NaN and zero gradients land on the argmax unchanged; 0 elsewhere."""
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((3, 5, 6, 8)).astype(dtype)
+    out, argmax = kernels.maxpool_forward(x, 2, 2, 2)
+    dout = rng.standard_normal(out.shape).astype(dtype)
+    dout.flat[:4] = [np.inf, -np.inf, np.nan, -0.0]
+    dx = kernels.maxpool_backward(dout, argmax, x.shape, 2, 2, 2)
+    want = ref.maxpool_backward(dout, argmax, x.shape, 2, 2, 2)
+    assert dx.dtype == dtype
+    np.testing.assert_array_equal(dx, want)  # NaN where the reference has NaN
 
 
 def test_relu_generic_matches_cpu():

@@ -191,6 +191,69 @@ def test_nesterov_is_the_books_sequence():
     assert path[1][0] == pytest.approx(-6.867, abs=1e-12)
 
 
+def _adam_formula(params, grads_, m, v, lr_t, b1=0.9, b2=0.999):
+    """The book's Adam as NumPy expressions (Python-float scalars: no promotion)."""
+    for key in params:
+        g = grads_[key]
+        m[key] += (1 - b1) * (g - m[key])
+        v[key] += (1 - b2) * (g * g - v[key])
+        params[key] -= m[key] / (np.sqrt(v[key]) + 1e-7) * lr_t
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_fused_adam_kernel_equals_the_formula_bit_for_bit(dtype):
+    from xpnet.kernels import cpu
+
+    rng = np.random.default_rng(0)
+    shape = (7, 3, 5)
+    p, want = (rng.standard_normal(shape).astype(dtype) for _ in range(2))
+    want[...] = p
+    m, v = np.zeros_like(p), np.zeros_like(p)
+    m_want, v_want = {"p": m.copy()}, {"p": v.copy()}
+    for lr_t in (0.003, 1e-4, 0.02):
+        g = rng.standard_normal((5, 3, 7)).astype(dtype).T  # a transposed (strided) gradient
+        g[0, 0, 0] = 0.0
+        cpu.adam_update(p, g, m, v, lr_t, 0.9, 0.999, 1e-7)
+        _adam_formula({"p": want}, {"p": g}, m_want, v_want, lr_t)
+        np.testing.assert_array_equal(p, want)
+        np.testing.assert_array_equal(m, m_want["p"])
+        np.testing.assert_array_equal(v, v_want["p"])
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_adam_update_equals_the_formula_on_every_layout(dtype):
+    """The fused path (contiguous NumPy arrays) and the formula's (a strided parameter)
+    give the book's formula exactly, for three steps."""
+    rng = np.random.default_rng(1)
+    big = rng.standard_normal((6, 10)).astype(dtype)
+    params = {"W": rng.standard_normal((4, 5)).astype(dtype), "b": big[:, ::2]}
+    want = {k: a.copy() for k, a in params.items()}
+    m = {k: np.zeros_like(a) for k, a in want.items()}
+    v = {k: np.zeros_like(a) for k, a in want.items()}
+    opt = Adam(lr=0.01)
+    for t in range(1, 4):
+        g = {k: rng.standard_normal(a.shape).astype(dtype) for k, a in want.items()}
+        opt.update(params, g)
+        _adam_formula(want, g, m, v, 0.01 * math.sqrt(1 - 0.999**t) / (1 - 0.9**t))
+        for k in want:
+            np.testing.assert_array_equal(params[k], want[k])
+            np.testing.assert_array_equal(opt.m[k], m[k])
+    assert np.shares_memory(params["b"], big)  # still updated in place
+
+
+def test_fused_adam_kernel_refuses_mismatched_arrays():
+    from xpnet.kernels import cpu
+
+    p = np.zeros((3, 4), np.float32)
+    with pytest.raises(ValueError, match=r"adam_update: grad is float64 \(3, 4\)"):
+        cpu.adam_update(p, np.zeros((3, 4)), np.zeros_like(p), np.zeros_like(p), 0.1, 0.9,
+                        0.999, 1e-7)
+    with pytest.raises(ValueError, match="adam_update: m is float32 \\(4, 3\\)"):
+        cpu.adam_update(p, p, np.zeros((4, 3), np.float32), p.copy(), 0.1, 0.9, 0.999, 1e-7)
+    with pytest.raises(ValueError, match="v must be a writable C-contiguous"):
+        cpu.adam_update(p, p, p.copy(), np.zeros((4, 3), np.float32).T, 0.1, 0.9, 0.999, 1e-7)
+
+
 # ---------------------------------------------------------------------------
 # In place, on the parameter's dtype
 # ---------------------------------------------------------------------------

@@ -23,6 +23,7 @@ import math
 import numpy as np
 
 from xpnet.backend import as_numpy, get_array_module
+from xpnet.kernels import cpu as cpu_kernels
 
 __all__ = [
     "SGD",
@@ -273,6 +274,23 @@ class RMSprop(Optimizer):
             params[key] -= _scaled_step(xp, g, h[key], self.lr)
 
 
+def _fused_adam_applies(param, grad, m, v):
+    """The one-pass CPU kernel takes NumPy float32/float64 arrays of one shape and dtype
+    (param, m and v contiguous); everything else (CuPy, float16, scalars) takes the
+    formula."""
+    return (
+        type(param) is np.ndarray
+        and type(grad) is np.ndarray
+        and param.dtype in (np.float32, np.float64)
+        and grad.dtype == param.dtype
+        and grad.shape == param.shape
+        and param.flags.c_contiguous
+        and param.flags.writeable
+        and all(type(s) is np.ndarray and s.flags.c_contiguous and s.flags.writeable
+                for s in (m, v))
+    )
+
+
 class Adam(Optimizer):
     """Adam (Kingma & Ba, 2015) in the book's form, with the bias correction folded into
     the step size: ``lr_t = lr * sqrt(1 - beta2**t) / (1 - beta1**t)``;
@@ -297,6 +315,10 @@ class Adam(Optimizer):
         lr_t = self.lr * math.sqrt(1.0 - self.beta2**self.iter) / (1.0 - self.beta1**self.iter)
         for key in params.keys():
             g = grads[key]
+            if _fused_adam_applies(params[key], g, m[key], v[key]):
+                cpu_kernels.adam_update(params[key], g, m[key], v[key], lr_t,
+                                        self.beta1, self.beta2, EPS)
+                continue
             xp = get_array_module(params[key], g)
             m[key] += (1 - self.beta1) * (g - m[key])
             v[key] += (1 - self.beta2) * (g * g - v[key])
