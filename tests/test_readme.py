@@ -88,7 +88,7 @@ def test_the_quick_start_and_the_test_command_are_what_ci_runs():
 def test_the_readme_says_what_the_quick_start_and_the_tests_cost():
     text = " ".join(README.read_text(encoding="utf-8").split())
     assert "git clone" in text and "cd xpnet" in text
-    assert re.search(r"about \d+ tests .* in about \d+ minutes on 2 cores", text)
+    assert re.search(r"about [\d,]+ tests .* in about \d+ minutes on 2 cores", text)
     assert "same shell" in text
 
 
