@@ -19,7 +19,7 @@ import numpy as np
 
 from xpnet.backend import get_array_module
 from xpnet.kernels import conv_output_size
-from xpnet.layers import BatchNormalization, Relu, check_dout
+from xpnet.layers import BatchNormalization, Relu, check_dout, check_input
 
 __all__ = ["InceptionBlock", "ResidualBlock", "SpatialBatchNormalization"]
 
@@ -29,8 +29,11 @@ class SpatialBatchNormalization(BatchNormalization):
 
     Statistics are taken over N, H and W for each channel (``BatchNorm2d`` of other
     frameworks); ``running_mean``/``running_var`` (C,) start at 0 and 1 and are buffers,
-    saved with the parameters. ``forward(x, train_flg=True)`` as the book's
-    ``BatchNormalization``, whose per-unit normalization stays as it is.
+    saved with the parameters. ``forward(x, train_flg=True)``, ``momentum`` and ``eps`` as
+    the book's ``BatchNormalization`` (whose per-unit normalization stays as it is).
+
+    Computed in NCHW order with per-channel sums over contiguous rows (no transposes):
+    forward keeps ``xn`` (the normalized input) and ``std`` (C,) for backward.
     """
 
     def __init__(self, gamma, beta, momentum=0.9, running_mean=None, running_var=None):
@@ -40,18 +43,80 @@ class SpatialBatchNormalization(BatchNormalization):
         if running_var is None:
             running_var = xp.ones_like(gamma)
         super().__init__(gamma, beta, momentum, running_mean, running_var)
+        self._per_channel = True
 
-    def _to_2d(self, x):
-        """(N, C, H, W) -> (N*H*W, C): one column per channel."""
+    def _check(self, x):
+        x = check_input(x, "SpatialBatchNormalization")
         channels = int(np.size(self.gamma))
         if x.ndim != 4 or x.shape[1] != channels:
             raise ValueError(
                 f"SpatialBatchNormalization: expected x of shape (N, {channels}, H, W) for "
                 f"gamma of {channels} entries, got shape {tuple(x.shape)}"
             )
-        self._per_channel = True
+        if np.size(self.running_mean) != channels or np.size(self.running_var) != channels:
+            raise ValueError(
+                f"SpatialBatchNormalization: running_mean and running_var must have "
+                f"{channels} entries, got {np.size(self.running_mean)} and "
+                f"{np.size(self.running_var)}"
+            )
+        return x
+
+    def forward(self, x, train_flg=True):
+        """x: (N, C, H, W) -> (N, C, H, W), ``gamma * (x - mean) / std + beta`` per channel."""
+        x = self._check(x)
+        xp = get_array_module(x, self.gamma, self.beta)
         N, C, H, W = x.shape
-        return x.transpose(0, 2, 3, 1).reshape(N * H * W, C)
+        self.input_shape = x.shape
+        self._train = bool(train_flg)
+        if self._train:
+            count = N * H * W
+            mu = _channel_sum(x) / count
+            xc = x - _per_channel(mu)
+            var = _channel_sum(xc * xc) / count
+            m = self.momentum  # in place, so references held elsewhere stay current
+            self.running_mean *= m
+            self.running_mean += (1 - m) * mu.reshape(self.running_mean.shape)
+            self.running_var *= m
+            self.running_var += (1 - m) * var.reshape(self.running_var.shape)
+            self.batch_size = count
+        else:  # the running statistics are state: used in x's dtype
+            var = self.running_var.reshape(-1).astype(x.dtype, copy=False)
+            xc = x - _per_channel(self.running_mean.reshape(-1).astype(x.dtype, copy=False))
+        self.std = xp.sqrt(var + self.eps)
+        xc *= _per_channel(1 / self.std)
+        self.xn = xc
+        out = self.xn * _per_channel(self.gamma)
+        out += _per_channel(self.beta)
+        return out
+
+    def backward(self, dout):
+        """dout: (N, C, H, W) -> dx: (N, C, H, W); sets dgamma, dbeta (C,)."""
+        check_dout(dout, self.input_shape, "SpatialBatchNormalization")
+        gamma = self.gamma.reshape(-1)
+        dbeta = _channel_sum(dout)
+        dgamma = _channel_sum(dout * self.xn)
+        scale = _per_channel(gamma / self.std)
+        if self._train:  # the batch statistics depend on x too
+            m = self.batch_size
+            dx = dout - _per_channel(dbeta / m)
+            dx -= self.xn * _per_channel(dgamma / m)
+            dx *= scale
+        else:
+            dx = dout * scale
+        self.dgamma = dgamma.reshape(np.shape(self.gamma))
+        self.dbeta = dbeta.reshape(np.shape(self.beta))
+        return dx
+
+
+def _channel_sum(a):
+    """a: (N, C, H, W) -> (C,): sums over contiguous rows of H*W, then over N."""
+    N, C = a.shape[:2]
+    return a.reshape(N, C, -1).sum(axis=2).sum(axis=0)
+
+
+def _per_channel(v):
+    """(C,) -> (1, C, 1, 1), to broadcast over (N, C, H, W)."""
+    return v.reshape(1, -1, 1, 1)
 
 
 def _takes_train_flg(layer) -> bool:
