@@ -6,10 +6,22 @@ nothing else.
 
     net = resnet(depth=20)                    # float32, on the CPU
     step = torch_nets.train_step_fn(net)      # forward, backward, Adam (the book's eps)
+
+Run as a script, it trains one of them on (Fashion-)MNIST with the recipe of ``xpnet train``
+(Adam, random mini-batches drawn with replacement at each step, as the book's trainer
+draws them; the test accuracy after each epoch), the PyTorch side of the accuracy table:
+
+    python benchmarks/torch_cnns.py --model ResNet --epochs 20 --threads 2
 """
 
 from __future__ import annotations
 
+import argparse
+import sys
+import time
+
+import numpy as np
+import torch
 from torch import nn
 
 BN_EPS = 1e-6  # the book's BatchNormalization eps (10e-7)
@@ -83,8 +95,6 @@ class Inception(nn.Module):
         ])
 
     def forward(self, x):
-        import torch
-
         return torch.cat([branch(x) for branch in self.branches], dim=1)
 
 
@@ -135,3 +145,70 @@ def resnet(input_dim=(1, 28, 28), depth=20, width=16, output_size=10) -> nn.Sequ
 
 BUILDERS = {"LeNet": lenet, "VGGNet": vgg_net, "MiniGoogLeNet": mini_googlenet,
             "ResNet": resnet}
+
+
+def _accuracy(net: nn.Module, x, t, batch=100) -> float:
+    import torch_nets
+
+    correct = 0
+    for i in range(0, len(x), batch):
+        correct += int((torch_nets.infer(net, x[i:i + batch]).argmax(1) == t[i:i + batch]).sum())
+    return correct / len(x)
+
+
+def train(args) -> list[float]:
+    """Train ``args.model`` as ``xpnet train`` does; returns the test accuracy of each epoch."""
+    import torch_nets
+
+    from xpnet.datasets import load_mnist
+
+    (x_train, t_train), (x_test, t_test) = load_mnist(
+        normalize=True, flatten=False, dataset=args.dataset, data_dir=args.data_dir)
+    if args.train_size:
+        x_train, t_train = x_train[:args.train_size], t_train[:args.train_size]
+    torch.manual_seed(args.seed)
+    rng = np.random.default_rng(args.seed)
+    kw = {k: v for k, v in (("depth", args.depth), ("width", args.width)) if v is not None}
+    net = BUILDERS[args.model](**kw)
+    step = torch_nets.train_step_fn(net, lr=args.lr)
+    x_train, x_test = torch.from_numpy(x_train).float(), torch.from_numpy(x_test).float()
+    t_train = torch.from_numpy(t_train.astype(np.int64))
+    t_test = torch.from_numpy(t_test.astype(np.int64))
+    steps = max(len(x_train) // args.batch_size, 1)
+    history = []
+    for epoch in range(1, args.epochs + 1):
+        start = time.perf_counter()
+        for _ in range(steps):
+            idx = torch.from_numpy(rng.integers(0, len(x_train), args.batch_size))
+            loss = step(x_train[idx], t_train[idx])
+        seconds = time.perf_counter() - start
+        history.append(_accuracy(net, x_test, t_test))
+        print(f"epoch {epoch}/{args.epochs}: loss {float(loss):.4f}, test acc "
+              f"{history[-1]:.4f} ({1000 * seconds / steps:.0f} ms/step)", flush=True)
+    return history
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description="Train a representative CNN in PyTorch with "
+                                "xpnet train's recipe")
+    p.add_argument("--model", choices=sorted(BUILDERS), required=True)
+    p.add_argument("--depth", type=int, help="ResNet: 6n+2 layers; VGGNet: convolutions a stage")
+    p.add_argument("--width", type=int, help="the first stage's filters (MiniGoogLeNet's unit)")
+    p.add_argument("--dataset", choices=("mnist", "fashion-mnist"), default="fashion-mnist")
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--batch-size", type=int, default=100)
+    p.add_argument("--lr", type=float, default=0.001)
+    p.add_argument("--train-size", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    history = train(args)
+    print(f"final test accuracy {history[-1]:.4f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
