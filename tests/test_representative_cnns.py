@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import xpnet
-from xpnet import models
+from xpnet import convolution, models
 from xpnet.cli import _model_builder, build_parser
 from xpnet.gradient import numerical_gradient
 from xpnet.layers import (
@@ -152,30 +152,53 @@ def test_inception_block_concatenates_branches_and_its_gradient_is_checked():
     check_layer(block, x, _block_params(block), atol=1e-6)
 
 
+def test_blocks_pass_train_flg_as_a_network_does():
+    """Inner layers get ``train_flg`` when they declare it or, undeclared (the book's
+    style), when their forward names it."""
+
+    class Probe:
+        def forward(self, x, train_flg=True):
+            self.seen = train_flg
+            return x
+
+        def backward(self, dout):
+            return dout
+
+    probe = Probe()
+    block = InceptionBlock([[probe], [bn(3)]])
+    block.forward(rand(2, 3, 4, 4), train_flg=False)
+    assert probe.seen is False
+
+
 @pytest.mark.parametrize("stride", [1, 2, 3])
-def test_pointwise_convolution_fast_path_equals_im2col(stride):
+def test_pointwise_convolution_path_equals_im2col(stride):
+    """The 1x1 path (a GEMM per image, no im2col; taken on the GPU) against the book's
+    im2col formulation, on NumPy; and Convolution's output, whichever path it takes."""
     W, b = rand(5, 4, 1, 1), rand(5)
     x = rand(3, 4, 7, 6)
-    layer = Convolution(W, b, stride)
-    out = layer.forward(x)
+    out = convolution._pointwise_forward(x, W.reshape(5, 4), b, stride)
     col = im2col(x, 1, 1, stride, 0)  # the book's path, written out
     oh, ow = (7 - 1) // stride + 1, (6 - 1) // stride + 1
     expected = (col @ W.reshape(5, -1).T + b).reshape(3, oh, ow, 5).transpose(0, 3, 1, 2)
     np.testing.assert_allclose(out, expected, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(Convolution(W, b, stride).forward(x), expected, atol=1e-12)
     dout = rand(*out.shape)
-    dx = layer.backward(dout)
+    dx, dW, db = convolution._pointwise_backward(x, W.reshape(5, 4), dout, stride)
     dout2 = dout.transpose(0, 2, 3, 1).reshape(-1, 5)
-    np.testing.assert_allclose(layer.dW, (col.T @ dout2).T.reshape(W.shape), atol=1e-12)
-    np.testing.assert_allclose(layer.db, dout2.sum(axis=0), atol=1e-12)
+    np.testing.assert_allclose(dW, (col.T @ dout2).T.reshape(5, 4), atol=1e-12)
+    np.testing.assert_allclose(db, dout2.sum(axis=0), atol=1e-12)
     np.testing.assert_allclose(dx, col2im(dout2 @ W.reshape(5, -1), x.shape, 1, 1, stride, 0),
                                atol=1e-12)
+    with pytest.raises(ValueError, match="does not match"):
+        convolution._pointwise_backward(x, W.reshape(5, 4), dout[:, :, :1], stride)
 
 
-def test_pointwise_convolution_keeps_float32():
-    layer = Convolution(rand(4, 3, 1, 1).astype(np.float32), np.zeros(4, np.float32), 2)
-    out = layer.forward(rand(2, 3, 5, 5).astype(np.float32))
-    dx = layer.backward(np.ones_like(out))
-    assert out.dtype == dx.dtype == layer.dW.dtype == np.float32
+def test_pointwise_convolution_path_keeps_float32():
+    W2 = rand(4, 3).astype(np.float32)
+    x = rand(2, 3, 5, 5).astype(np.float32)
+    out = convolution._pointwise_forward(x, W2, np.zeros(4, np.float32), 2)
+    dx, dW, db = convolution._pointwise_backward(x, W2, np.ones_like(out), 2)
+    assert out.dtype == dx.dtype == dW.dtype == db.dtype == np.float32
 
 
 # ---------------------------------------------------------------------------
@@ -297,13 +320,18 @@ def test_checkpoint_resume_restores_nested_running_stats(tmp_path):
         np.testing.assert_array_equal(resumed.network.params[key], value, err_msg=key)
 
 
-def test_to_float64_working_copy_and_device_keep_nested_layers_bound():
+def test_arrays_inside_blocks_are_cast_and_moved_with_the_network():
+    """What ``to(device)`` and ``numerical_gradient``'s float64 copy do to every array of
+    the network reaches the layers inside the blocks, and is undone on exit."""
     net = tiny("ResNet", dtype="float32")
-    block = net.layers["Block1"]
-    assert block.main[0].W is net.params["W2"]
-    net.to("cpu")
-    assert block.main[0].W is net.params["W2"]
-    assert block.main[1].running_mean.dtype == np.float32
+    conv1, bn1 = net.layers["Block1"].main[:2]
+    assert conv1.W is net.params["W2"] and bn1.gamma is net.params["gamma2"]
+    original = bn1.running_mean
+    with net._working_copy(np.float64):
+        assert conv1.W is net.params["W2"] and conv1.W.dtype == np.float64
+        assert bn1.running_mean.dtype == np.float64
+    assert conv1.W is net.params["W2"] and conv1.W.dtype == np.float32
+    assert bn1.running_mean is original
 
 
 def test_a_short_training_run_lowers_the_loss():

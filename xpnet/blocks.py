@@ -119,13 +119,16 @@ def _per_channel(v):
     return v.reshape(1, -1, 1, 1)
 
 
-def _takes_train_flg(layer) -> bool:
-    return bool(getattr(layer, "takes_train_flg", False))
+def _plan(layers) -> list:
+    """``[(layer, takes_train_flg)]``, read once as a network reads its own layers."""
+    from xpnet.models import _takes_train_flg  # at call time: xpnet.models imports this module
+
+    return [(layer, _takes_train_flg(layer)) for layer in layers]
 
 
-def _forward_chain(layers, x, train_flg):
-    for layer in layers:
-        x = layer.forward(x, train_flg) if _takes_train_flg(layer) else layer.forward(x)
+def _forward_chain(plan, x, train_flg):
+    for layer, takes_train_flg in plan:
+        x = layer.forward(x, train_flg) if takes_train_flg else layer.forward(x)
     return x
 
 
@@ -163,6 +166,7 @@ class ResidualBlock:
         self.main = _check_layers("ResidualBlock", "the main branch",
                                   [conv1, bn1, Relu(), conv2, bn2])
         self.shortcut = _check_layers("ResidualBlock", "shortcut", shortcut or ())
+        self._main_plan, self._shortcut_plan = _plan(self.main), _plan(self.shortcut)
         self.relu = Relu()
         self.out_shape = None
 
@@ -177,8 +181,8 @@ class ResidualBlock:
 
     def forward(self, x, train_flg=True):
         """x: (N, C, H, W) -> (N, C', H', W')."""
-        main = _forward_chain(self.main, x, train_flg)
-        skip = _forward_chain(self.shortcut, x, train_flg)
+        main = _forward_chain(self._main_plan, x, train_flg)
+        skip = _forward_chain(self._shortcut_plan, x, train_flg)
         if main.shape != skip.shape:
             raise ValueError(
                 f"ResidualBlock: the main branch gives shape {tuple(main.shape)} but the "
@@ -225,6 +229,7 @@ class InceptionBlock:
                          for i, branch in enumerate(branches, start=1)]
         if not self.branches or not all(self.branches):
             raise ValueError("InceptionBlock: give at least one branch, each with a layer")
+        self._plans = [_plan(branch) for branch in self.branches]
         self.channels = None  # C_i of each branch in the last forward pass
         self.out_shape = None
 
@@ -238,7 +243,7 @@ class InceptionBlock:
 
     def forward(self, x, train_flg=True):
         """x: (N, C, H, W) -> (N, sum C_i, H, W)."""
-        outs = [_forward_chain(branch, x, train_flg) for branch in self.branches]
+        outs = [_forward_chain(plan, x, train_flg) for plan in self._plans]
         if len({(o.shape[0], *o.shape[2:]) for o in outs}) != 1:
             raise ValueError(
                 "InceptionBlock: the branches give outputs of shapes "

@@ -144,9 +144,12 @@ class Convolution:
         return out
 
     def _pointwise(self) -> bool:
-        """A 1x1 filter without padding: each output pixel is a (FN, C) GEMM of one input
-        pixel, so no im2col is needed."""
-        return self.W.shape[2] == self.W.shape[3] == 1 and self.pad == 0
+        """A 1x1 filter without padding on the GPU: each output pixel is a (FN, C) GEMM of
+        one input pixel, so no im2col is needed. (The CPU kernels never build the im2col
+        matrix and spread the work over every core: measured faster there, 1.4-1.5x on
+        2 cores at batch 100, so the CPU keeps them.)"""
+        return (self.W.shape[2] == self.W.shape[3] == 1 and self.pad == 0
+                and is_gpu_array(self.W))
 
     @property
     def col(self):
