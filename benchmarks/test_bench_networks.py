@@ -1,6 +1,8 @@
 """Whole networks: a training step and inference for TwoLayerNet, SimpleConvNet and
 DeepConvNet at batch 100; float64 vs float32 vs float16 inference (book 8.3.4), with the
-accuracy of the book's DeepConvNet weights on real digits; the machine's GEMM peak.
+accuracy of the book's DeepConvNet weights on real digits; the machine's GEMM peak; the
+training step of the representative CNNs (LeNet, VGGNet, MiniGoogLeNet, ResNet-20), xpnet
+against PyTorch (``benchmarks/torch_cnns.py``; the book has no code for them).
 
 Implementations:
 - ``book``: the book's NumPy code, float64 (``benchmarks/naive_book.py``; TwoLayerNet is
@@ -127,8 +129,11 @@ def _book_model(model):
 
 
 def _torch_model(torch, model):
+    import torch_cnns
     import torch_nets
 
+    if model in torch_cnns.BUILDERS:
+        return torch_cnns.BUILDERS[model]()
     if model == "TwoLayerNet":
         net = torch.nn.Sequential(torch.nn.Linear(784, 50), torch.nn.ReLU(),
                                   torch.nn.Linear(50, 10))
@@ -143,7 +148,8 @@ def _torch_model(torch, model):
 
 def _batch(model, seed=0):
     rng = np.random.default_rng(seed)
-    x = rng.random((BATCH, *INPUT_SHAPES[model]))  # pixel-like values in [0, 1)
+    shape = {**INPUT_SHAPES, **CNN_INPUT_SHAPES}[model]
+    x = rng.random((BATCH, *shape))  # pixel-like values in [0, 1)
     t = rng.integers(0, 10, BATCH)
     return x, t
 
@@ -204,6 +210,42 @@ def test_inference(bench, device_sync, request, model, impl, dtype, device):
           label=label(impl, dtype, device), baseline=impl == "book",
           blas_threads=bench.cores if impl == "book" else None,
           **_extra(model, impl, dtype, device, "inference"))
+
+
+# ---------------------------------------------------------------------------
+# The representative CNNs (book 7.7, 8.2): xpnet against PyTorch
+# ---------------------------------------------------------------------------
+
+CNN_INPUT_SHAPES = {"LeNet": (1, 28, 28), "VGGNet": (1, 28, 28), "MiniGoogLeNet": (1, 28, 28),
+                    "ResNet": (1, 28, 28)}  # default sizes: ResNet is ResNet-20
+CNN_TRAIN_KINDS = [
+    ("xpnet", "float32", "cpu"),
+    ("torch", "float32", "cpu"),
+    ("xpnet", "float32", "gpu"),
+    ("torch", "float32", "gpu"),
+]
+QUICK_CNN_TRAIN = {("ResNet", "xpnet", "float32", "cpu"), ("ResNet", "torch", "float32", "cpu")}
+# The FLOP model reads top-level layers only: the blocks' inner convolutions would be
+# missed, so only the networks without blocks report FLOPs.
+_FLAT_CNNS = ("LeNet", "VGGNet")
+
+
+@pytest.mark.parametrize("model,impl,dtype,device", [
+    _case(m, *k, quick=(m, *k) in QUICK_CNN_TRAIN) for m in CNN_INPUT_SHAPES
+    for k in CNN_TRAIN_KINDS
+])
+def test_cnn_train_step(bench, device_sync, request, model, impl, dtype, device):
+    """Forward, backward and Adam on a random batch of 100, PyTorch (CPU) the baseline:
+    the issue's target is xpnet <= 1.0x PyTorch's step on the CPU (at most 1.5x)."""
+    sync = device_sync(device, impl)
+    case = NetCase(model, impl, dtype, device, request)
+    extra = {"kind": "train-step", "model": model, "impl": impl, "dtype": dtype,
+             "device": device, "batch": BATCH}
+    if model in _FLAT_CNNS:
+        extra["flops"] = flops.training_step_flops(xpnet_model(model), BATCH)
+    bench(case.train_step, sync=sync, group=f"train-step {model} batch={BATCH}",
+          label=label(impl, dtype, device), baseline=(impl, device) == ("torch", "cpu"),
+          **extra)
 
 
 # ---------------------------------------------------------------------------

@@ -160,10 +160,10 @@ def test_train_help_names_every_option(capsys):
 
 def test_unknown_model_lists_the_valid_ones(capsys):
     with pytest.raises(SystemExit) as exc:
-        cli.main(["train", "--model", "ResNet"])
+        cli.main(["train", "--model", "AlexNet"])
     assert exc.value.code == 2
     err = capsys.readouterr().err
-    assert "unknown model 'ResNet'; choose one of TwoLayerNet, MultiLayerNet" in err
+    assert "unknown model 'AlexNet'; choose one of TwoLayerNet, MultiLayerNet" in err
 
 
 def test_unknown_optimizer_lists_the_valid_ones(capsys):

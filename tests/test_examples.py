@@ -60,6 +60,7 @@ FIGURES = {
     "ch07_cnn.py": ["conv_by_hand.png", "learning_curves.png", "filters_before.png",
                     "filters_after.png"],
     "ch08_deep_learning.py": ["misclassified.png", "dtype_speed.png"],
+    "ch08_representative_cnns.py": ["representative_cnns.png"],
 }
 
 

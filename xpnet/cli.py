@@ -30,10 +30,13 @@ __all__ = ["main", "build_parser", "register_command", "COMMANDS", "MODEL_NAMES"
 EXIT_ERROR = 2
 
 MODEL_NAMES = ("TwoLayerNet", "MultiLayerNet", "MultiLayerNetExtend", "SimpleConvNet",
-               "DeepConvNet")
+               "DeepConvNet", "LeNet", "VGGNet", "MiniGoogLeNet", "ResNet")
 DATASET_NAMES = ("mnist", "fashion-mnist")
 DTYPE_NAMES = ("float32", "float64", "float16")
-_CONV_MODELS = ("SimpleConvNet", "DeepConvNet")
+_CONV_MODELS = ("SimpleConvNet", "DeepConvNet", "LeNet", "VGGNet", "MiniGoogLeNet", "ResNet")
+# The representative CNNs (book 7.7, 8.2): built from their own keywords, no --hidden but
+# VGGNet's.
+_CNN_MODELS = ("LeNet", "VGGNet", "MiniGoogLeNet", "ResNet")
 _INPUT_SHAPE = (1, 28, 28)  # one image of either dataset
 _MLP_MODELS = ("MultiLayerNet", "MultiLayerNetExtend")
 
@@ -229,7 +232,14 @@ def _add_model_arguments(p, models=MODEL_NAMES, default="TwoLayerNet", hidden_de
     g.add_argument("--hidden", type=_int_list, metavar="SIZES", default=hidden_default,
                    help=_hidden_help(models, hidden_default))
     g.add_argument("--activation", choices=("relu", "sigmoid"),
-                   help="hidden activation of MultiLayerNet* (default relu)")
+                   help="hidden activation of MultiLayerNet* and LeNet (default relu)")
+    if any(m in _CNN_MODELS for m in models):
+        g.add_argument("--depth", type=_positive_int, metavar="N",
+                       help="ResNet: layers, 6n+2 (default 20); VGGNet: convolutions a "
+                       "stage (default 2)")
+        g.add_argument("--width", type=_positive_int, metavar="N",
+                       help="filters of the first stage of VGGNet (16) and ResNet (16); "
+                       "MiniGoogLeNet's branch unit (8)")
     g.add_argument("--weight-init-std", type=_weight_init_std, metavar="STD",
                    help="relu/he, sigmoid/xavier or a number (default: the model's)")
     g.add_argument("--dropout", type=float, metavar="RATIO",
@@ -244,13 +254,13 @@ def _add_model_arguments(p, models=MODEL_NAMES, default="TwoLayerNet", hidden_de
 # The hidden sizes each model takes by default, for --hidden's help.
 _HIDDEN_DEFAULTS = {"TwoLayerNet": "50", "MultiLayerNet": "100,100,100,100,100",
                     "MultiLayerNetExtend": "100,100,100,100,100", "SimpleConvNet": "100",
-                    "DeepConvNet": "50"}
+                    "DeepConvNet": "50", "VGGNet": "50"}
 
 
 def _hidden_help(models, hidden_default=None) -> str:
     """--hidden's help, naming the defaults of ``models`` only (the ones the command takes)."""
     mlps = [m for m in models if m in _MLP_MODELS]
-    others = [m for m in models if m not in _MLP_MODELS]
+    others = [m for m in models if m not in _MLP_MODELS and m in _HIDDEN_DEFAULTS]
     parts = []
     if mlps:
         default = (",".join(map(str, hidden_default)) if hidden_default
@@ -311,6 +321,10 @@ _MODEL_OPTIONS = {
                             "--batchnorm"},
     "SimpleConvNet": {"--weight-init-std"},
     "DeepConvNet": set(),
+    "LeNet": {"--activation", "--weight-init-std"},
+    "VGGNet": {"--weight-init-std", "--depth", "--width"},
+    "MiniGoogLeNet": {"--weight-init-std", "--width"},
+    "ResNet": {"--weight-init-std", "--depth", "--width"},
 }
 
 
@@ -329,12 +343,16 @@ def _model_builder(args, input_shape, classes=10):
         "--dropout": args.dropout,
         "--batchnorm": args.batchnorm or None,
         "--weight-init-std": args.weight_init_std,
+        "--depth": getattr(args, "depth", None),
+        "--width": getattr(args, "width", None),
     }
     for flag, value in given.items():
         if value is not None and flag not in _MODEL_OPTIONS[name]:
             takers = [m for m, flags in _MODEL_OPTIONS.items() if flag in flags]
             raise ValueError(f"{flag} does not apply to {name} (only to {', '.join(takers)})")
     hidden = args.hidden
+    if hidden is not None and name not in _HIDDEN_DEFAULTS:
+        raise ValueError(f"--hidden does not apply to {name}")
     if hidden is not None and name not in _MLP_MODELS and len(hidden) != 1:
         raise ValueError(f"{name} takes one hidden size (--hidden N), got {hidden}")
 
@@ -342,7 +360,10 @@ def _model_builder(args, input_shape, classes=10):
     kw = {"dtype": args.dtype, "device": args.device}
     if args.weight_init_std is not None:
         kw["weight_init_std"] = args.weight_init_std
-    if name in _MLP_MODELS and args.activation:
+    for flag in ("depth", "width"):
+        if given[f"--{flag}"] is not None:
+            kw[flag] = given[f"--{flag}"]
+    if name in _MLP_MODELS + ("LeNet",) and args.activation:
         kw["activation"] = args.activation
     if name == "MultiLayerNetExtend":
         kw["use_batchnorm"] = args.batchnorm
@@ -356,6 +377,8 @@ def _model_builder(args, input_shape, classes=10):
         if name in _MLP_MODELS:
             wd = getattr(args, "weight_decay", None) if weight_decay is None else weight_decay
             return cls(size, hidden or [100] * 5, classes, weight_decay_lambda=wd or 0, **kw)
+        if name in _CNN_MODELS and name != "VGGNet":
+            return cls(input_dim=input_shape, output_size=classes, **kw)
         default_hidden = 100 if name == "SimpleConvNet" else 50
         return cls(input_dim=input_shape, hidden_size=hidden[0] if hidden else default_hidden,
                    output_size=classes, **kw)

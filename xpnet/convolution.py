@@ -131,13 +131,25 @@ class Convolution:
         b = xp.asarray(self.b, dtype=dtype).reshape(-1)
         if b.size != FN:  # a scalar bias, shared by every filter
             b = xp.full(FN, b[0], dtype=dtype)
-        # = im2col(x) @ col_W + b in NCHW order, without materializing col on the CPU
-        out = kernels.conv2d_forward(x, col_W.T.reshape(self.W.shape), b, self.stride, self.pad)
+        if self._pointwise():
+            out = _pointwise_forward(x, col_W.T, b, self.stride)
+        else:
+            # = im2col(x) @ col_W + b in NCHW order, without materializing col on the CPU
+            out = kernels.conv2d_forward(x, col_W.T.reshape(self.W.shape), b, self.stride,
+                                         self.pad)
 
         self.x = x
         self._col = None
         self.col_W = col_W
         return out
+
+    def _pointwise(self) -> bool:
+        """A 1x1 filter without padding on the GPU: each output pixel is a (FN, C) GEMM of
+        one input pixel, so no im2col is needed. (The CPU kernels never build the im2col
+        matrix and spread the work over every core: measured faster there, 1.4-1.5x on
+        2 cores at batch 100, so the CPU keeps them.)"""
+        return (self.W.shape[2] == self.W.shape[3] == 1 and self.pad == 0
+                and is_gpu_array(self.W))
 
     @property
     def col(self):
@@ -160,9 +172,57 @@ class Convolution:
         (per filter, also for a scalar ``b``, as in the book)."""
         if self.x is None:
             raise RuntimeError("Convolution: backward() was called before forward()")
+        if self._pointwise():
+            dx, dW, self.db = _pointwise_backward(self.x, self.col_W.T, dout, self.stride)
+            self.dW = dW.reshape(self.W.shape)
+            return dx
         W = self.col_W.T.reshape(self.W.shape)  # W in the dtype of the forward pass
         dx, self.dW, self.db = kernels.conv2d_backward(self.x, W, dout, self.stride, self.pad)
         return dx
+
+
+def _pointwise_input(x, stride):
+    """x: (N, C, H, W) -> (N, C, OH*OW): the pixels a 1x1 filter with ``stride`` sees."""
+    if stride > 1:
+        x = x[:, :, ::stride, ::stride]  # OH = 1 + (H - 1) // stride, as conv_output_size
+    N, C, OH, OW = x.shape
+    return x.reshape(N, C, OH * OW), (OH, OW)  # a copy only when strided
+
+
+def _pointwise_forward(x, W2, b, stride):
+    """1x1 convolution: x (N, C, H, W), W2 (FN, C), b (FN,) -> (N, FN, OH, OW)."""
+    xp = get_array_module(x, W2)
+    x3, (OH, OW) = _pointwise_input(x, stride)
+    out = xp.matmul(W2, x3)  # (N, FN, OH*OW): one GEMM per image, no im2col
+    out += b.reshape(1, -1, 1)
+    return out.reshape(x.shape[0], W2.shape[0], OH, OW)
+
+
+def _pointwise_backward(x, W2, dout, stride):
+    """Gradients of :func:`_pointwise_forward`: dout (N, FN, OH, OW) ->
+    dx (N, C, H, W), dW (FN, C), db (FN,), in dout's dtype (as ``conv2d_backward``)."""
+    xp = get_array_module(x, W2)
+    N, C, H, W = x.shape
+    FN = W2.shape[0]
+    OH = kernels.conv_output_size(H, 1, stride, 0)
+    OW = kernels.conv_output_size(W, 1, stride, 0)
+    if tuple(dout.shape) != (N, FN, OH, OW):
+        raise ValueError(
+            f"Convolution: dout of shape {tuple(dout.shape)} does not match the forward "
+            f"output of shape {(N, FN, OH, OW)}"
+        )
+    dtype = dout.dtype
+    x3, _ = _pointwise_input(x.astype(dtype, copy=False), stride)
+    W2 = W2.astype(dtype, copy=False)
+    d3 = dout.reshape(N, FN, OH * OW)
+    db = d3.sum(axis=(0, 2))
+    dW = xp.tensordot(d3, x3, axes=([0, 2], [0, 2]))  # (FN, C), one GEMM over the batch
+    dx3 = xp.matmul(W2.T, d3)  # (N, C, OH*OW)
+    if stride == 1:
+        return dx3.reshape(x.shape), dW, db
+    dx = xp.zeros(x.shape, dtype=dtype)
+    dx[:, :, ::stride, ::stride] = dx3.reshape(N, C, OH, OW)  # pixels the filter skipped: 0
+    return dx, dW, db
 
 
 class Pooling:

@@ -488,3 +488,12 @@ class BatchNormalization:
 from xpnet.convolution import AvgPooling, Convolution, GlobalAvgPooling, Pooling  # noqa: E402
 
 __all__ += ["Convolution", "Pooling", "AvgPooling", "GlobalAvgPooling"]
+
+# The blocks of the representative CNNs (book 8.2), from xpnet.blocks
+from xpnet.blocks import (  # noqa: E402
+    InceptionBlock,
+    ResidualBlock,
+    SpatialBatchNormalization,
+)
+
+__all__ += ["SpatialBatchNormalization", "ResidualBlock", "InceptionBlock"]

@@ -1,5 +1,6 @@
 """The book's networks: TwoLayerNet (ch. 4-5), MultiLayerNet and MultiLayerNetExtend (ch. 6),
-SimpleConvNet (ch. 7), DeepConvNet (ch. 8), and the three-layer inference net of ch. 3.
+SimpleConvNet (ch. 7), DeepConvNet (ch. 8), and the three-layer inference net of ch. 3; and
+the representative CNNs the book describes (7.7, 8.2): LeNet, VGGNet, MiniGoogLeNet, ResNet.
 
 Every network keeps the book's names (``params`` keys ``W1``, ``b1``, ``gamma1`` ...; ``layers``
 named ``'Affine1'``, ``'Relu1'`` ...; ``last_layer``) and adds two keywords: ``dtype`` (default
@@ -51,15 +52,23 @@ from xpnet.layers import (
     BatchNormalization,
     Convolution,
     Dropout,
+    GlobalAvgPooling,
+    InceptionBlock,
     Pooling,
     Relu,
+    ResidualBlock,
     Sigmoid,
     SoftmaxWithLoss,
+    SpatialBatchNormalization,
 )
 
 __all__ = [
     "DeepConvNet",
     "LayerRegistry",
+    "LeNet",
+    "MiniGoogLeNet",
+    "ResNet",
+    "VGGNet",
     "MultiLayerNet",
     "MultiLayerNetExtend",
     "Network",
@@ -126,7 +135,7 @@ class LayerRegistry:
         owner = {id(value): key for key, value in params.items()}
         self.params: dict = {}
         self.buffers: dict = {}
-        for layer_name, layer in named.items():
+        for layer_name, layer in _walk(named.items()):
             suffix = self._add_params(owner, layer_name, layer)
             for attr in _buffer_attrs(layer):
                 path = f"{layer_name}.{attr}"
@@ -177,6 +186,16 @@ def _named_layers(layers):
     if isinstance(layers, dict):
         return [(str(name), layer) for name, layer in layers.items()]
     return [(str(i), layer) for i, layer in enumerate(layers or ())]
+
+
+def _walk(named_layers):
+    """``(name, layer)`` of each layer and, after a composite layer (one with
+    ``sublayers()``), of the layers inside it, named ``'<composite>.<sublayer>'``."""
+    for name, layer in named_layers:
+        yield name, layer
+        sublayers = getattr(layer, "sublayers", None)
+        if sublayers is not None:
+            yield from _walk((f"{name}.{sub}", inner) for sub, inner in sublayers().items())
 
 
 def _param_attrs(layer, owner: dict) -> list:
@@ -239,7 +258,11 @@ class Network:
       forward pass is allowed: it then has one entry per entry of the layer's first
       parameter;
     - optionally ``output_shape(input_shape)``: its per-sample output shape, for a layer
-      that changes the shape (the FLOP model, :mod:`xpnet.flops`, reads it).
+      that changes the shape (the FLOP model, :mod:`xpnet.flops`, reads it);
+    - a composite layer (a residual or Inception block, :mod:`xpnet.blocks`) declares
+      ``sublayers()``, an ordered ``{name: layer}`` of the layers inside it: the network
+      finds their parameters and buffers as it finds its own layers' (buffers named
+      ``'<layer>.<sublayer>.<attr>'``), and moves and casts their arrays with its own.
 
     A layer that declares none of these (the book's own classes) is read as the book
     wrote it: parameters are the attributes holding ``params``' arrays, buffers are
@@ -324,7 +347,9 @@ class Network:
         return list(self.layers.values()) if isinstance(self.layers, dict) else list(self.layers)
 
     def _all_layers(self) -> list:
-        return self._layer_list() + [self.last_layer]
+        """Every layer, the layers inside composite layers and the last layer included."""
+        named = _named_layers(self._layer_list()) + [("last_layer", self.last_layer)]
+        return [layer for _, layer in _walk(named)]
 
     @property
     def lastLayer(self):  # noqa: N802 - the book's ch. 5 name
@@ -961,3 +986,302 @@ class DeepConvNet(Network):
         self.layers.append(Dropout(0.5))
         self.last_layer = SoftmaxWithLoss()
         self._bind()
+
+
+# ---------------------------------------------------------------------------
+# Book 7.7 and 8.2: the representative CNNs
+# ---------------------------------------------------------------------------
+
+
+class _NumberedNet(Network):
+    """A network whose parameters are numbered as they are made, in the book's style:
+    ``W1``, ``W2``... for every convolution and Affine weight, ``b<i>`` beside a weight that
+    has a bias (a convolution followed by batch normalization has none: its mean is taken
+    out), ``gamma<j>``/``beta<j>`` for each batch normalization (running statistics in
+    files as ``running_mean<j>``, ``running_var<j>``)."""
+
+    def __init__(self, input_dim, weight_init_std, dtype, device):
+        super().__init__(dtype, device)
+        self.input_shape = _check_input_dim(type(self).__name__, input_dim)
+        self.weight_init_std = weight_init_std
+        self._counts: dict = {}
+
+    def _next(self, kind: str) -> int:
+        self._counts[kind] = self._counts.get(kind, 0) + 1
+        return self._counts[kind]
+
+    def _conv(self, in_channels, out_channels, size, stride=1, bias=True, pad=None):
+        """A ``size`` x ``size`` Convolution, padded by size // 2 unless ``pad`` is given
+        (the same size out as in, at stride 1)."""
+        i = self._next("W")
+        W = self.params[f"W{i}"] = self._weight(
+            (out_channels, in_channels, size, size), self.weight_init_std)
+        b = 0  # a scalar bias is no parameter
+        if bias:
+            b = self.params[f"b{i}"] = self._zeros(out_channels)
+        return Convolution(W, b, stride, size // 2 if pad is None else pad)
+
+    def _batchnorm(self, channels):
+        j = self._next("gamma")
+        gamma = self.params[f"gamma{j}"] = self._ones(channels)
+        beta = self.params[f"beta{j}"] = self._zeros(channels)
+        return SpatialBatchNormalization(gamma, beta)
+
+    def _conv_bn_relu(self, in_channels, out_channels, size, stride=1) -> list:
+        return [self._conv(in_channels, out_channels, size, stride, bias=False),
+                self._batchnorm(out_channels), Relu()]
+
+    def _affine(self, in_size, out_size):
+        i = self._next("W")
+        W = self.params[f"W{i}"] = self._weight((in_size, out_size), self.weight_init_std)
+        b = self.params[f"b{i}"] = self._zeros(out_size)
+        return Affine(W, b)
+
+    def _add(self, kind: str, layer):
+        """Append ``layer`` to ``layers`` as ``<kind><n>`` (``Conv1``, ``Relu2``...)."""
+        n = sum(1 for name in self.layers if name.rstrip("0123456789") == kind) + 1
+        self.layers[f"{kind}{n}"] = layer
+
+    def _feature_map(self, shape, layer):
+        """The per-sample shape after ``layer``; ValueError when the input is too small."""
+        if isinstance(layer, Convolution):
+            fn, _, fh, fw = layer.W.shape
+            out = (int(fn), conv_output_size(shape[1], fh, layer.stride, layer.pad),
+                   conv_output_size(shape[2], fw, layer.stride, layer.pad))
+        elif isinstance(layer, Pooling):
+            out = (shape[0], conv_output_size(shape[1], layer.pool_h, layer.stride, layer.pad),
+                   conv_output_size(shape[2], layer.pool_w, layer.stride, layer.pad))
+        else:
+            out = tuple(layer.output_shape(shape))
+        if min(out) < 1:
+            raise ValueError(
+                f"{type(self).__name__}: input_dim {self.input_shape} is too small; the "
+                f"feature map would be {out}"
+            )
+        return out
+
+
+_LENET_INIT = {"relu": "he", "sigmoid": "xavier"}
+
+
+class LeNet(_NumberedNet):
+    """LeNet (LeCun et al. 1998, book 7.7) adapted to 28x28 inputs:
+
+    conv 5x5 (6, pad 2) - act - pool - conv 5x5 (16) - act - pool - affine (120) - act -
+    affine (84) - act - affine (output_size) - softmax
+
+    ``activation``: ``'sigmoid'`` (the original's) or ``'relu'`` (today's); max pooling
+    2x2, stride 2. ``weight_init_std`` defaults to He for ReLU and Xavier for sigmoid.
+    """
+
+    def __init__(
+        self,
+        input_dim=(1, 28, 28),
+        activation="relu",
+        filter_nums=(6, 16),
+        hidden_sizes=(120, 84),
+        output_size=10,
+        weight_init_std=None,
+        *,
+        dtype=None,
+        device="cpu",
+    ):
+        activation = str(activation).lower()
+        if activation not in _ACTIVATIONS:
+            raise ValueError(
+                f"unknown activation {activation!r}; choose one of {sorted(_ACTIVATIONS)}"
+            )
+        if weight_init_std is None:
+            weight_init_std = _LENET_INIT[activation]
+        super().__init__(input_dim, weight_init_std, dtype, device)
+        self.activation = activation
+        act = _ACTIVATIONS[activation]
+        shape = self.input_shape
+        for filters, pad in zip(filter_nums, (2, 0)):
+            conv = self._conv(shape[0], filters, 5, pad=pad)
+            shape = self._feature_map(shape, conv)
+            pool = Pooling(2, 2, stride=2)
+            shape = self._feature_map(shape, pool)
+            self._add("Conv", conv)
+            self._add("Activation", act())
+            self._add("Pool", pool)
+        size = math.prod(shape)
+        for hidden in hidden_sizes:
+            self._add("Affine", self._affine(size, hidden))
+            self._add("Activation", act())
+            size = hidden
+        self._add("Affine", self._affine(size, output_size))
+        self.last_layer = SoftmaxWithLoss()
+        self._bind()
+
+
+class VGGNet(_NumberedNet):
+    """VGG-style network, DeepConvNet's family (book 8.1-8.2): ``stages`` stages of
+    ``depth`` 3x3 convolutions (pad 1) with ReLU, each stage ending in a 2x2 max pooling;
+    then affine (``hidden_size``) - relu - dropout - affine - dropout - softmax.
+
+    Stage ``s`` (from 0) has ``width * 2**s`` filters: the defaults (16, 32, 64 filters,
+    two convolutions a stage) are DeepConvNet's widths. ``dropout_ratio=0`` leaves out
+    the Dropout layers. He initialization by default.
+    """
+
+    def __init__(
+        self,
+        input_dim=(1, 28, 28),
+        width=16,
+        depth=2,
+        stages=3,
+        hidden_size=50,
+        output_size=10,
+        dropout_ratio=0.5,
+        weight_init_std="he",
+        *,
+        dtype=None,
+        device="cpu",
+    ):
+        super().__init__(input_dim, weight_init_std, dtype, device)
+        self.width, self.depth, self.stages = int(width), int(depth), int(stages)
+        if min(self.width, self.depth, self.stages) < 1:
+            raise ValueError(
+                f"VGGNet: width, depth and stages must be >= 1, got {width}, {depth}, {stages}"
+            )
+        shape = self.input_shape
+        for stage in range(self.stages):
+            for _ in range(self.depth):
+                conv = self._conv(shape[0], self.width * 2**stage, 3)
+                shape = self._feature_map(shape, conv)
+                self._add("Conv", conv)
+                self._add("Relu", Relu())
+            pool = Pooling(2, 2, stride=2)
+            shape = self._feature_map(shape, pool)
+            self._add("Pool", pool)
+        self._add("Affine", self._affine(math.prod(shape), hidden_size))
+        self._add("Relu", Relu())
+        for affine in (None, self._affine(hidden_size, output_size)):
+            if affine is not None:
+                self._add("Affine", affine)
+            if dropout_ratio:
+                self._add("Dropout", Dropout(dropout_ratio))
+        self.last_layer = SoftmaxWithLoss()
+        self._bind()
+
+
+class MiniGoogLeNet(_NumberedNet):
+    """A small GoogLeNet (book 8.2.2) for 28x28 inputs: a 3x3 stem, two Inception stages,
+    global average pooling and one Affine layer:
+
+    conv 3x3 (4w) - Inception (8w) - pool - Inception (15w) - pool - global avg pool -
+    affine - softmax
+
+    Each Inception block has four branches: 1x1; 1x1 -> 3x3; 1x1 -> 5x5; 3x3 max pooling
+    (stride 1) -> 1x1, every convolution followed by SpatialBatchNormalization and ReLU.
+    ``width`` (w) scales every branch: w = 8 gives 64 and 120 channels.
+    """
+
+    def __init__(
+        self,
+        input_dim=(1, 28, 28),
+        width=8,
+        output_size=10,
+        weight_init_std="he",
+        *,
+        dtype=None,
+        device="cpu",
+    ):
+        super().__init__(input_dim, weight_init_std, dtype, device)
+        self.width = w = int(width)
+        if w < 1:
+            raise ValueError(f"MiniGoogLeNet: width must be >= 1, got {width}")
+        shape = self.input_shape
+        conv, bn, relu = self._conv_bn_relu(shape[0], 4 * w, 3)
+        self._add("Conv", conv)
+        self._add("BatchNorm", bn)
+        self._add("Relu", relu)
+        shape = self._feature_map(shape, conv)
+        # (1x1, 3x3 reduce, 3x3, 5x5 reduce, 5x5, pool projection) of each stage
+        for stage in ((2 * w, 2 * w, 4 * w, w, w, w), (4 * w, 4 * w, 6 * w, w, 3 * w, 2 * w)):
+            block = self._inception(shape[0], *stage)
+            shape = self._feature_map(shape, block)
+            self._add("Inception", block)
+            pool = Pooling(2, 2, stride=2)
+            shape = self._feature_map(shape, pool)
+            self._add("Pool", pool)
+        self._add("GlobalAvgPool", GlobalAvgPooling())
+        self._add("Affine", self._affine(shape[0], output_size))
+        self.last_layer = SoftmaxWithLoss()
+        self._bind()
+
+    def _inception(self, channels, c1, c3_reduce, c3, c5_reduce, c5, pool_proj):
+        return InceptionBlock([
+            self._conv_bn_relu(channels, c1, 1),
+            self._conv_bn_relu(channels, c3_reduce, 1) + self._conv_bn_relu(c3_reduce, c3, 3),
+            self._conv_bn_relu(channels, c5_reduce, 1) + self._conv_bn_relu(c5_reduce, c5, 5),
+            [Pooling(3, 3, stride=1, pad=1)] + self._conv_bn_relu(channels, pool_proj, 1),
+        ])
+
+
+def _blocks_per_stage(depth, blocks_per_stage) -> int:
+    if blocks_per_stage is not None:
+        n = int(blocks_per_stage)
+        if n < 1:
+            raise ValueError(f"ResNet: blocks_per_stage must be >= 1, got {blocks_per_stage}")
+        return n
+    if int(depth) < 8 or (int(depth) - 2) % 6:
+        raise ValueError(
+            f"ResNet: depth must be 6n + 2 (8, 14, 20, 32...), got {depth}; or give "
+            "blocks_per_stage"
+        )
+    return (int(depth) - 2) // 6
+
+
+class ResNet(_NumberedNet):
+    """ResNet for 28x28 inputs in the CIFAR layout of He et al. 2016 (book 8.2.3):
+
+    conv 3x3 (w) - bn - relu - 3 stages of residual blocks (w, 2w, 4w filters; the first
+    block of stages 2 and 3 halves the size with stride 2 and a 1x1 projection shortcut)
+    - global avg pool - affine - softmax
+
+    ``depth`` = 6n + 2 layers with n blocks a stage (20: ResNet-20, n = 3); or give
+    ``blocks_per_stage`` = n directly (1 makes a cheap ResNet-8). ``width`` (w): 16.
+    """
+
+    def __init__(
+        self,
+        input_dim=(1, 28, 28),
+        depth=20,
+        width=16,
+        output_size=10,
+        blocks_per_stage=None,
+        weight_init_std="he",
+        *,
+        dtype=None,
+        device="cpu",
+    ):
+        super().__init__(input_dim, weight_init_std, dtype, device)
+        n = _blocks_per_stage(depth, blocks_per_stage)
+        self.depth, self.width = 6 * n + 2, int(width)
+        if self.width < 1:
+            raise ValueError(f"ResNet: width must be >= 1, got {width}")
+        conv, bn, relu = self._conv_bn_relu(self.input_shape[0], self.width, 3)
+        self._add("Conv", conv)
+        self._add("BatchNorm", bn)
+        self._add("Relu", relu)
+        shape = self._feature_map(self.input_shape, conv)
+        for stage in range(3):
+            for k in range(n):
+                stride = 2 if stage > 0 and k == 0 else 1
+                block = self._residual_block(shape[0], self.width * 2**stage, stride)
+                shape = self._feature_map(shape, block)
+                self._add("Block", block)
+        self._add("GlobalAvgPool", GlobalAvgPooling())
+        self._add("Affine", self._affine(shape[0], output_size))
+        self.last_layer = SoftmaxWithLoss()
+        self._bind()
+
+    def _residual_block(self, in_channels, out_channels, stride):
+        conv1, bn1, _ = self._conv_bn_relu(in_channels, out_channels, 3, stride)
+        conv2, bn2, _ = self._conv_bn_relu(out_channels, out_channels, 3)
+        shortcut = None
+        if stride != 1 or in_channels != out_channels:
+            shortcut = self._conv_bn_relu(in_channels, out_channels, 1, stride)[:2]
+        return ResidualBlock(conv1, bn1, conv2, bn2, shortcut)
