@@ -183,7 +183,7 @@ def train(args) -> list[float]:
             loss = step(x_train[idx], t_train[idx])
         seconds = time.perf_counter() - start
         history.append(_accuracy(net, x_test, t_test))
-        print(f"epoch {epoch}/{args.epochs}: loss {float(loss):.4f}, test acc "
+        print(f"epoch {epoch}/{args.epochs}: loss {loss.item():.4f}, test acc "
               f"{history[-1]:.4f} ({1000 * seconds / steps:.0f} ms/step)", flush=True)
     return history
 

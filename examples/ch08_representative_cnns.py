@@ -14,9 +14,10 @@ printing each network's parameters, step time and accuracy.
 Quick mode (under a minute on 2 cores) trains small versions of them -- ResNet-8 instead
 of ResNet-20, narrower VGG and Inception blocks -- for 25 to 200 steps each on 8,000
 training images, and scores 1,000 test images: enough to see them learn and to compare
-their cost, not their accuracy. ``--full`` trains the full-size networks on the whole training set for the
-epochs below (hours for ResNet-20 and MiniGoogLeNet on a CPU; minutes on a GPU) and scores
-the whole test set: the recipe of the accuracy table in the README.
+their cost, not their accuracy. ``--full`` trains the full-size networks on the whole
+training set for the epochs below (hours for ResNet-20 and MiniGoogLeNet on a CPU) and
+scores the whole test set: the recipe ``benchmarks/torch_cnns.py`` trains PyTorch's same
+networks with, for the comparison of accuracies.
 """
 
 from __future__ import annotations
