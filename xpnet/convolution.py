@@ -15,8 +15,6 @@ windows that would run past the bottom/right edge are dropped.
 
 from __future__ import annotations
 
-import operator
-
 from xpnet import kernels, threads
 from xpnet.backend import get_array_module, is_gpu_array
 
@@ -54,13 +52,7 @@ def _window_argument(layer: str, name: str, value, minimum: int) -> int:
             f"{layer}: {name} must be one integer used for both height and width, got "
             f"{value!r}; per-axis values are not supported"
         )
-    try:
-        value = operator.index(value)
-    except TypeError:
-        raise TypeError(f"{layer}: {name} must be an integer, got {value!r}") from None
-    if value < minimum:
-        raise ValueError(f"{layer}: {name} must be >= {minimum}, got {value}")
-    return value
+    return kernels.check_integer(f"{layer}: {name}", value, minimum)
 
 
 def _check_window_fits(layer, shape, axis, size, window, pad):
@@ -280,10 +272,10 @@ class AvgPooling:
     """
 
     def __init__(self, pool_h, pool_w, stride=2, pad=0):
-        self.pool_h = kernels.check_integer("AvgPooling: pool_h", pool_h)
-        self.pool_w = kernels.check_integer("AvgPooling: pool_w", pool_w)
-        self.stride = kernels.check_integer("AvgPooling: stride", stride)
-        self.pad = kernels.check_integer("AvgPooling: pad", pad, 0)
+        self.pool_h = _window_argument("AvgPooling", "pool_h", pool_h, 1)
+        self.pool_w = _window_argument("AvgPooling", "pool_w", pool_w, 1)
+        self.stride = _window_argument("AvgPooling", "stride", stride, 1)
+        self.pad = _window_argument("AvgPooling", "pad", pad, 0)
         self.input_shape = None
 
     def forward(self, x):
