@@ -50,6 +50,7 @@ import sys
 import time
 from pathlib import Path
 
+import machine  # this folder is the script's first path entry
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
@@ -82,18 +83,6 @@ def blas_report() -> list[str]:
             f"({Path(pool['filepath']).name})"
         )
     return lines
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import platform
-
-    return platform.processor() or "unknown CPU"
 
 
 def batch(size=BATCH, seed=0):
@@ -471,8 +460,8 @@ def write_results(path, lines):
 def machine_lines(n) -> list[str]:
     import torch
 
-    lines = [f"CPU: {cpu_model()}, {os.cpu_count()} logical CPUs; threads: xpnet {n} kernel "
-             f"workers (single-threaded BLAS inside), PyTorch {torch.__version__} "
+    lines = [f"CPU: {machine.cpu_model()}, {os.cpu_count()} logical CPUs; threads: xpnet {n} "
+             f"kernel workers (single-threaded BLAS inside), PyTorch {torch.__version__} "
              f"{torch.get_num_threads()}",
              "env: " + ", ".join(f"{k}={os.environ.get(k)}" for k in
                                  ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OMP_NUM_THREADS"))]

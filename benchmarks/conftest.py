@@ -27,6 +27,7 @@ import sys
 import time
 from pathlib import Path
 
+import machine  # pytest puts this conftest's folder on the path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -153,16 +154,6 @@ def _version(module_name: str) -> str | None:
     return str(getattr(module, "__version__", "?"))
 
 
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def _cpu_caches() -> dict:
     """Cache sizes of CPU 0 from sysfs (Linux), e.g. {'L1d': '48K', 'L2': '2048K'}."""
     caches = {}
@@ -244,7 +235,7 @@ def environment_info(config) -> dict:
 
     return {
         "mode": run_mode(config),
-        "cpu": _cpu_model(),
+        "cpu": machine.cpu_model(),
         "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
         "cpu_caches": _cpu_caches(),
         "python": platform.python_version(),
