@@ -37,6 +37,7 @@ import numpy as np
 from numba import cuda, int64, uint32
 
 from xpnet import backend
+from xpnet.kernels.cuda_launch import launch
 from xpnet.kernels.reference import conv_output_size
 
 
@@ -299,7 +300,7 @@ def _launch(kernel, work, threads, max_blocks, stream, *args):
     """Launch ``kernel`` over ``work`` items (one thread each, up to ``max_blocks`` blocks;
     the grid-stride loops cover the rest); an empty array launches nothing."""
     if work:
-        kernel[_grid(work, threads, max_blocks), threads, stream](*args)
+        launch(kernel, _grid(work, threads, max_blocks), threads, stream, *args)
 
 
 def _out_hw(shape, size_h, size_w, stride, pad):
