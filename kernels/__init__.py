@@ -35,6 +35,9 @@ Layout (the book's): ``col`` has rows ordered (N, out_h, out_w) and columns orde
     out = relu_forward(x)                                # max(x, 0): one pass, no mask
     dx = relu_backward(dout, out)                        # 0 where out <= 0, else dout
 
+    out, xn, mean, var = channel_norm_forward(x, gamma, beta, eps)   # per-channel BN
+    dx, dgamma, dbeta = channel_norm_backward(dout, xn, gamma, std, batch_statistics)
+
 The convolution pair is fused on the CPU (im2col and GEMM per cache-sized chunk, so the full
 ``col`` is never built: it would not fit the caches); on the GPU one large cuBLAS product
 over the whole ``col`` is the fast way, which is what the generic version does.
@@ -64,6 +67,8 @@ __all__ = [
     "IMPLEMENTATIONS",
     "avgpool_backward",
     "avgpool_forward",
+    "channel_norm_backward",
+    "channel_norm_forward",
     "check_integer",
     "col2im",
     "conv2d_backward",
@@ -92,6 +97,8 @@ IMPLEMENTATIONS = {
     "conv2d_backward":  {"numpy": "cpu", "cupy": "generic"},
     "relu_forward":     {"numpy": "cpu", "cupy": "generic"},
     "relu_backward":    {"numpy": "cpu", "cupy": "generic"},
+    "channel_norm_forward":  {"numpy": "cpu", "cupy": "generic"},
+    "channel_norm_backward": {"numpy": "cpu", "cupy": "generic"},
 }
 
 
@@ -334,3 +341,58 @@ def relu_backward(dout, out):
             f"output of shape {tuple(out.shape)}"
         )
     return _run("relu_backward", backend, dout, out)
+
+
+def _check_channels(what, name, a, channels):
+    if a is None or int(getattr(a, "size", -1)) != channels:
+        got = "None" if a is None else f"shape {tuple(getattr(a, 'shape', ()))}"
+        raise ValueError(f"{what}: {name} must have {channels} entries (one a channel), got {got}")
+
+
+def channel_norm_forward(x, gamma, beta, eps, mean=None, var=None):
+    """x: (N, C, H, W); gamma, beta: C entries -> ``(out, xn, mean, var)``.
+
+    Per-channel batch normalization (``BatchNorm2d`` of other frameworks):
+    ``xn = (x - mean) / sqrt(var + eps)``, ``out = gamma * xn + beta``, both x's shape and
+    dtype. Without ``mean`` and ``var`` the batch's statistics over (N, H, W) are used (the
+    biased variance) and returned, (C,) in x's dtype; with them (C entries each, e.g. the
+    running statistics), those.
+    """
+    backend = _backend_name(x)
+    what = "channel_norm_forward"
+    if x.ndim != 4:
+        raise ValueError(f"{what}: expected x of shape (N, C, H, W), got {tuple(x.shape)}")
+    _check_floating(what, "x", x)
+    C = x.shape[1]
+    _check_channels(what, "gamma", gamma, C)
+    _check_channels(what, "beta", beta, C)
+    if (mean is None) != (var is None):
+        raise ValueError(f"{what}: give both mean and var (the statistics to use) or neither")
+    if mean is not None:
+        _check_channels(what, "mean", mean, C)
+        _check_channels(what, "var", var, C)
+    if not float(eps) > 0:
+        raise ValueError(f"{what}: eps must be positive, got {eps!r}")
+    return _run("channel_norm_forward", backend, x, gamma, beta, float(eps), mean, var)
+
+
+def channel_norm_backward(dout, xn, gamma, std, batch_statistics):
+    """dout, xn: (N, C, H, W); gamma, std: C entries -> ``(dx, dgamma, dbeta)``.
+
+    The gradients of ``channel_norm_forward`` given its ``xn`` and ``std = sqrt(var + eps)``.
+    ``batch_statistics``: whether the forward pass used the batch's own statistics
+    (training), through which x reaches the output a second time. dx has dout's shape,
+    dgamma and dbeta (C,) dout's dtype.
+    """
+    backend = _backend_name(dout)
+    what = "channel_norm_backward"
+    if dout.ndim != 4 or tuple(xn.shape) != tuple(dout.shape):
+        raise ValueError(
+            f"{what}: dout of shape {tuple(dout.shape)} must be (N, C, H, W) and match xn of "
+            f"shape {tuple(xn.shape)}"
+        )
+    _check_floating(what, "dout", dout)
+    C = dout.shape[1]
+    _check_channels(what, "gamma", gamma, C)
+    _check_channels(what, "std", std, C)
+    return _run("channel_norm_backward", backend, dout, xn, gamma, std, bool(batch_statistics))

@@ -1159,3 +1159,139 @@ def adam_update(param, grad, m, v, lr_t, beta1, beta2, eps):
     scalar = dtype.type
     _adam_flat(param.reshape(-1), np.ascontiguousarray(grad).reshape(-1), m.reshape(-1),
                v.reshape(-1), scalar(lr_t), scalar(1 - beta1), scalar(1 - beta2), scalar(eps))
+
+
+# ---------------------------------------------------------------------------
+# Per-channel batch normalization of (N, C, H, W) arrays
+# ---------------------------------------------------------------------------
+#
+# Array expressions make about ten passes over the activations in each direction
+# (centering, squaring, scaling, shifting, each a temporary); these make two: one for the
+# channel sums, one writing xn and out (dx in backward). Sums run in float64, each
+# channel's in one fixed order on one task, so results do not depend on the thread count.
+# The sums may be reassociated (vectorised), which only changes them in float64 rounding.
+
+
+@njit(cache=True, nogil=True, fastmath={"reassoc"})
+def _channel_moments(x, c0, c1, mean, var):
+    """mean[c], var[c] (float64) of x[:, c, :] for c in [c0, c1); x: (N, C, L)."""
+    N, _, L = x.shape
+    count = N * L
+    for c in range(c0, c1):
+        s = 0.0
+        for n in range(N):
+            for i in range(L):
+                s += np.float64(x[n, c, i])
+        mu = s / count
+        s2 = 0.0
+        for n in range(N):
+            for i in range(L):
+                d = np.float64(x[n, c, i]) - mu
+                s2 += d * d
+        mean[c] = mu
+        var[c] = s2 / count
+
+
+@njit(cache=True, nogil=True)
+def _channel_normalize(x, mean, inv_std, gamma, beta, c0, c1, xn, out):
+    """xn = (x - mean) * inv_std, out = xn * gamma + beta for channels [c0, c1); (N, C, L)."""
+    N, _, L = x.shape
+    for n in range(N):
+        for c in range(c0, c1):
+            m, s, g, b = mean[c], inv_std[c], gamma[c], beta[c]
+            for i in range(L):
+                v = (x[n, c, i] - m) * s
+                xn[n, c, i] = v
+                out[n, c, i] = v * g + b
+
+
+@njit(cache=True, nogil=True, fastmath={"reassoc"})
+def _channel_grad_sums(dout, xn, c0, c1, dbeta, dgamma):
+    """dbeta[c] = sum dout, dgamma[c] = sum dout * xn (float64) over channel c's entries."""
+    N, _, L = dout.shape
+    for c in range(c0, c1):
+        sb = 0.0
+        sg = 0.0
+        for n in range(N):
+            for i in range(L):
+                d = np.float64(dout[n, c, i])
+                sb += d
+                sg += d * np.float64(xn[n, c, i])
+        dbeta[c] = sb
+        dgamma[c] = sg
+
+
+@njit(cache=True, nogil=True)
+def _channel_norm_dx(dout, xn, scale, shift, slope, c0, c1, dx):
+    """dx = (dout - shift - xn * slope) * scale for channels [c0, c1); (N, C, L)."""
+    N, _, L = dout.shape
+    for n in range(N):
+        for c in range(c0, c1):
+            a, b, s = shift[c], slope[c], scale[c]
+            for i in range(L):
+                dx[n, c, i] = (dout[n, c, i] - a - xn[n, c, i] * b) * s
+
+
+_CHANNEL_GRAIN = 1 << 16  # elements per task
+
+
+def _channel_tasks(shape, fn):
+    """fn(c0, c1) over the channels of an (N, C, H, W) array, a task per run of channels."""
+    N, C, H, W = shape
+    _parallel_for(C, max(1, _CHANNEL_GRAIN // max(1, N * H * W)), fn)
+
+
+def _rows3(a):
+    """(N, C, H, W) -> C-contiguous (N, C, H*W)."""
+    return np.ascontiguousarray(a).reshape(a.shape[0], a.shape[1], -1)
+
+
+def channel_norm_forward(x, gamma, beta, eps, mean=None, var=None):
+    """x: (N, C, H, W) float32/float64 -> (out, xn, mean, var); see
+    ``kernels.channel_norm_forward``. Other dtypes take the array expressions."""
+    if x.dtype not in (np.float32, np.float64):
+        from xpnet.kernels import generic
+
+        return generic.channel_norm_forward(x, gamma, beta, eps, mean, var)
+    dt = x.dtype
+    x3 = _rows3(x)
+    C = x.shape[1]
+    if mean is None:
+        m64, v64 = np.empty(C), np.empty(C)
+        _channel_tasks(x.shape, lambda c0, c1: _channel_moments(x3, c0, c1, m64, v64))
+        mean, var = m64.astype(dt), v64.astype(dt)
+    mean = np.ascontiguousarray(mean, dtype=dt).reshape(C)
+    var = np.ascontiguousarray(var, dtype=dt).reshape(C)
+    inv_std = 1 / np.sqrt(var + dt.type(eps))
+    g = np.ascontiguousarray(gamma, dtype=dt).reshape(C)
+    b = np.ascontiguousarray(beta, dtype=dt).reshape(C)
+    xn, out = np.empty(x.shape, dt), np.empty(x.shape, dt)
+    xn3, out3 = xn.reshape(x3.shape), out.reshape(x3.shape)
+    _channel_tasks(x.shape, lambda c0, c1: _channel_normalize(x3, mean, inv_std, g, b, c0, c1,
+                                                              xn3, out3))
+    return out, xn, mean, var
+
+
+def channel_norm_backward(dout, xn, gamma, std, batch_statistics):
+    """(dx, dgamma, dbeta) of ``channel_norm_forward``; see ``kernels.channel_norm_backward``."""
+    dt = dout.dtype
+    if dt not in (np.float32, np.float64) or xn.dtype != dt:
+        from xpnet.kernels import generic
+
+        return generic.channel_norm_backward(dout, xn, gamma, std, batch_statistics)
+    d3, xn3 = _rows3(dout), _rows3(xn)
+    C = dout.shape[1]
+    db64, dg64 = np.empty(C), np.empty(C)
+    _channel_tasks(dout.shape, lambda c0, c1: _channel_grad_sums(d3, xn3, c0, c1, db64, dg64))
+    dbeta, dgamma = db64.astype(dt), dg64.astype(dt)
+    scale = np.ascontiguousarray(gamma, dtype=dt).reshape(C) / std.astype(dt, copy=False)
+    if batch_statistics:
+        m = dout.shape[0] * dout.shape[2] * dout.shape[3]
+        shift, slope = dbeta / m, dgamma / m
+    else:
+        shift = slope = np.zeros(C, dt)
+    dx = np.empty(dout.shape, dt)
+    dx3 = dx.reshape(d3.shape)
+    _channel_tasks(dout.shape, lambda c0, c1: _channel_norm_dx(d3, xn3, scale, shift, slope,
+                                                               c0, c1, dx3))
+    return dx, dgamma, dbeta

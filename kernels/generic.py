@@ -54,3 +54,45 @@ def conv2d_backward(x, W, dout, stride=1, pad=0):
     dcol = d.dot(W.reshape(FN, -1))
     dx = col2im(dcol, tuple(x.shape), FH, FW, stride, pad)
     return dx, dW, db
+
+
+def _channel_sum(a):
+    """a: (N, C, H, W) -> (C,): sums over contiguous rows of H*W, then over N."""
+    N, C = a.shape[:2]
+    return a.reshape(N, C, -1).sum(axis=2).sum(axis=0)
+
+
+def _per_channel(v):
+    """(C,) -> (1, C, 1, 1), to broadcast over (N, C, H, W)."""
+    return v.reshape(1, -1, 1, 1)
+
+
+def channel_norm_forward(x, gamma, beta, eps, mean=None, var=None):
+    """x: (N, C, H, W) -> (out, xn, mean, var); see ``kernels.channel_norm_forward``.
+    Computed in NCHW order with per-channel sums over contiguous rows (no transposes)."""
+    xp = get_array_module(x)
+    if mean is None:
+        count = x.shape[0] * x.shape[2] * x.shape[3]
+        mean = _channel_sum(x) / count
+        xc = x - _per_channel(mean)
+        var = _channel_sum(xc * xc) / count
+    else:
+        xc = x - _per_channel(mean)
+    xc *= _per_channel(1 / xp.sqrt(var + x.dtype.type(eps)))
+    out = xc * _per_channel(gamma.astype(x.dtype, copy=False))
+    out += _per_channel(beta.astype(x.dtype, copy=False))
+    return out, xc, mean, var
+
+
+def channel_norm_backward(dout, xn, gamma, std, batch_statistics):
+    """(dx, dgamma, dbeta) of ``channel_norm_forward``; see ``kernels.channel_norm_backward``."""
+    dbeta = _channel_sum(dout)
+    dgamma = _channel_sum(dout * xn)
+    scale = _per_channel(gamma.astype(dout.dtype, copy=False) / std)
+    if not batch_statistics:
+        return dout * scale, dgamma, dbeta
+    m = dout.shape[0] * dout.shape[2] * dout.shape[3]
+    dx = dout - _per_channel(dbeta / m)
+    dx -= xn * _per_channel(dgamma / m)
+    dx *= scale
+    return dx, dgamma, dbeta

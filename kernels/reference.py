@@ -148,3 +148,44 @@ def avgpool_backward(dout, input_shape, pool_h, pool_w, stride=1, pad=0):
             img[:, :, a : a + stride * out_h : stride, b : b + stride * out_w : stride] += dout
     dx = img[:, :, pad : H + pad, pad : W + pad] / dout.dtype.type(pool_h * pool_w)
     return xp.ascontiguousarray(dx)
+
+
+def channel_norm_forward(x, gamma, beta, eps, mean=None, var=None):
+    """Per-channel batch normalization of x: (N, C, H, W) with gamma, beta: (C,).
+
+    With ``mean`` and ``var`` None the statistics are the batch's (over N, H, W; the
+    variance is the biased one); otherwise those (C,) arrays are used. Returns
+    ``(out, xn, mean, var)``: ``xn = (x - mean) / sqrt(var + eps)``,
+    ``out = gamma * xn + beta`` (both x's shape and dtype), mean and var (C,) in x's dtype.
+    """
+    xp = get_array_module(x)
+    if mean is None:
+        x64 = x.astype(xp.float64)
+        mean = x64.mean(axis=(0, 2, 3)).astype(x.dtype)
+        var = ((x64 - x64.mean(axis=(0, 2, 3), keepdims=True)) ** 2).mean(axis=(0, 2, 3))
+        var = var.astype(x.dtype)
+    channel = (1, -1, 1, 1)
+    std = xp.sqrt(var + x.dtype.type(eps))
+    xn = (x - mean.reshape(channel)) * (1 / std).reshape(channel)
+    out = xn * gamma.reshape(channel).astype(x.dtype) + beta.reshape(channel).astype(x.dtype)
+    return out, xn, mean, var
+
+
+def channel_norm_backward(dout, xn, gamma, std, batch_statistics):
+    """The gradients of ``channel_norm_forward``: dout, xn: (N, C, H, W); gamma, std: (C,).
+
+    ``batch_statistics``: whether the forward pass used the batch's own mean and variance
+    (training), which then depend on x too. Returns ``(dx, dgamma, dbeta)``, dgamma and
+    dbeta (C,) in dout's dtype.
+    """
+    xp = get_array_module(dout)
+    dbeta = dout.astype(xp.float64).sum(axis=(0, 2, 3)).astype(dout.dtype)
+    dgamma = (dout.astype(xp.float64) * xn).sum(axis=(0, 2, 3)).astype(dout.dtype)
+    channel = (1, -1, 1, 1)
+    scale = (gamma.astype(dout.dtype) / std).reshape(channel)
+    if batch_statistics:
+        m = dout.shape[0] * dout.shape[2] * dout.shape[3]
+        dx = (dout - (dbeta / m).reshape(channel) - xn * (dgamma / m).reshape(channel)) * scale
+    else:
+        dx = dout * scale
+    return dx, dgamma, dbeta

@@ -17,6 +17,7 @@ from collections import OrderedDict
 
 import numpy as np
 
+from xpnet import kernels
 from xpnet.backend import get_array_module
 from xpnet.kernels import conv_output_size
 from xpnet.layers import BatchNormalization, Relu, check_dout, check_input
@@ -32,8 +33,9 @@ class SpatialBatchNormalization(BatchNormalization):
     saved with the parameters. ``forward(x, train_flg=True)``, ``momentum`` and ``eps`` as
     the book's ``BatchNormalization`` (whose per-unit normalization stays as it is).
 
-    Computed in NCHW order with per-channel sums over contiguous rows (no transposes):
-    forward keeps ``xn`` (the normalized input) and ``std`` (C,) for backward.
+    The arithmetic is ``xpnet.kernels.channel_norm_forward/backward`` (two passes over the
+    activations each way on the CPU, sums in float64); forward keeps ``xn`` (the normalized
+    input) and ``std`` (C,) for backward.
     """
 
     def __init__(self, gamma, beta, momentum=0.9, running_mean=None, running_var=None):
@@ -69,54 +71,30 @@ class SpatialBatchNormalization(BatchNormalization):
         self.input_shape = x.shape
         self._train = bool(train_flg)
         if self._train:
-            count = N * H * W
-            mu = _channel_sum(x) / count
-            xc = x - _per_channel(mu)
-            var = _channel_sum(xc * xc) / count
+            out, self.xn, mu, var = kernels.channel_norm_forward(x, self.gamma, self.beta,
+                                                                 self.eps)
             m = self.momentum  # in place, so references held elsewhere stay current
             self.running_mean *= m
             self.running_mean += (1 - m) * mu.reshape(self.running_mean.shape)
             self.running_var *= m
             self.running_var += (1 - m) * var.reshape(self.running_var.shape)
-            self.batch_size = count
+            self.batch_size = N * H * W
         else:  # the running statistics are state: used in x's dtype
             var = self.running_var.reshape(-1).astype(x.dtype, copy=False)
-            xc = x - _per_channel(self.running_mean.reshape(-1).astype(x.dtype, copy=False))
-        self.std = xp.sqrt(var + self.eps)
-        xc *= _per_channel(1 / self.std)
-        self.xn = xc
-        out = self.xn * _per_channel(self.gamma)
-        out += _per_channel(self.beta)
+            mean = self.running_mean.reshape(-1).astype(x.dtype, copy=False)
+            out, self.xn, _, _ = kernels.channel_norm_forward(x, self.gamma, self.beta,
+                                                              self.eps, mean, var)
+        self.std = xp.sqrt(var + x.dtype.type(self.eps))
         return out
 
     def backward(self, dout):
         """dout: (N, C, H, W) -> dx: (N, C, H, W); sets dgamma, dbeta (C,)."""
         check_dout(dout, self.input_shape, "SpatialBatchNormalization")
-        gamma = self.gamma.reshape(-1)
-        dbeta = _channel_sum(dout)
-        dgamma = _channel_sum(dout * self.xn)
-        scale = _per_channel(gamma / self.std)
-        if self._train:  # the batch statistics depend on x too
-            m = self.batch_size
-            dx = dout - _per_channel(dbeta / m)
-            dx -= self.xn * _per_channel(dgamma / m)
-            dx *= scale
-        else:
-            dx = dout * scale
+        dx, dgamma, dbeta = kernels.channel_norm_backward(dout, self.xn, self.gamma.reshape(-1),
+                                                          self.std, self._train)
         self.dgamma = dgamma.reshape(np.shape(self.gamma))
         self.dbeta = dbeta.reshape(np.shape(self.beta))
         return dx
-
-
-def _channel_sum(a):
-    """a: (N, C, H, W) -> (C,): sums over contiguous rows of H*W, then over N."""
-    N, C = a.shape[:2]
-    return a.reshape(N, C, -1).sum(axis=2).sum(axis=0)
-
-
-def _per_channel(v):
-    """(C,) -> (1, C, 1, 1), to broadcast over (N, C, H, W)."""
-    return v.reshape(1, -1, 1, 1)
 
 
 def _plan(layers) -> list:
