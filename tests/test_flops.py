@@ -76,3 +76,60 @@ def test_training_step_roles_have_the_backward_shapes():
 def test_bad_batch_size_is_refused():
     with pytest.raises(ValueError, match="batch_size"):
         flops.forward_flops(TwoLayerNet(4, 3, 2), 0)
+
+
+def _products_run(network, batch_size):
+    """The 2*M*N*K of every product a forward pass really runs, read from the arrays the
+    Convolution and Affine layers see (the oracle for networks built of blocks)."""
+    import numpy as np
+
+    from xpnet.convolution import Convolution
+    from xpnet.layers import Affine
+
+    seen = []
+    originals = {cls: cls.forward for cls in (Convolution, Affine)}
+
+    def conv_forward(self, x, *args, **kwargs):
+        out = originals[Convolution](self, x, *args, **kwargs)
+        fn, c, fh, fw = self.W.shape
+        seen.append(2 * out.shape[0] * out.shape[2] * out.shape[3] * fn * c * fh * fw)
+        return out
+
+    def affine_forward(self, x, *args, **kwargs):
+        out = originals[Affine](self, x, *args, **kwargs)
+        seen.append(2 * x.shape[0] * self.W.shape[0] * self.W.shape[1])
+        return out
+
+    Convolution.forward, Affine.forward = conv_forward, affine_forward
+    try:
+        x = np.zeros((batch_size, *network.input_shape), np.float32)
+        network.predict(x, train_flg=False)
+    finally:
+        Convolution.forward, Affine.forward = originals[Convolution], originals[Affine]
+    return seen
+
+
+@pytest.mark.parametrize("name", ["ResNet", "MiniGoogLeNet", "VGGNet", "LeNet", "DeepConvNet"])
+def test_networks_of_blocks_count_every_product_they_run(name):
+    from xpnet import models
+
+    network = getattr(models, name)()
+    run = _products_run(network, 2)
+    gemms = flops.forward_gemms(network, 2)
+    assert sorted(g.flops for g in gemms) == sorted(run)
+    assert flops.training_step_flops(network, 2) == 3 * sum(run)
+
+
+def test_resnet20_by_hand():
+    from xpnet.models import ResNet
+
+    # stem 3x3 1->16 at 28x28; stage 1: 6 convs 16->16 at 28x28; stage 2 at 14x14: 16->32
+    # (stride 2), 32->32, the 1x1 projection 16->32, then 4 convs 32->32; stage 3 at 7x7 the
+    # same with 64 channels; global average pooling, then (64 -> 10)
+    per_sample = 2 * (
+        784 * 16 * 9 + 6 * 784 * 16 * 144
+        + 196 * 32 * 144 + 196 * 32 * 288 + 196 * 32 * 16 + 4 * 196 * 32 * 288
+        + 49 * 64 * 288 + 49 * 64 * 576 + 49 * 64 * 32 + 4 * 49 * 64 * 576
+        + 64 * 10
+    )
+    assert flops.forward_flops(ResNet(), 3) == 3 * per_sample

@@ -177,6 +177,11 @@ class ResidualBlock:
         dsum = self.relu.backward(dout)
         return _backward_chain(self.main, dsum) + _backward_chain(self.shortcut, dsum)
 
+    def paths(self) -> tuple:
+        """The layer sequences run on the block's input: the main path and the shortcut
+        (empty for the identity), for whoever walks the network's layers (``xpnet.flops``)."""
+        return (tuple(self.main), tuple(self.shortcut))
+
     def output_shape(self, input_shape):
         """Per-sample output shape (C', H', W') for an input (C, H, W)."""
         conv1, conv2 = self.main[0], self.main[3]
@@ -246,6 +251,10 @@ class InceptionBlock:
             dx = d if dx is None else dx + d
             start += channels
         return dx
+
+    def paths(self) -> tuple:
+        """The branches, each a layer sequence run on the block's input (``xpnet.flops``)."""
+        return tuple(tuple(branch) for branch in self.branches)
 
     def output_shape(self, input_shape):
         """Per-sample output shape (sum C_i, H, W) for an input (C, H, W)."""

@@ -304,6 +304,11 @@ class GlobalAvgPooling:
     def __init__(self):
         self.input_shape = None
 
+    @staticmethod
+    def output_shape(input_shape):
+        """Per-sample output shape (C,) for an input (C, H, W) (the layer contract)."""
+        return (int(input_shape[0]),)
+
     def forward(self, x):
         """x: (N, C, H, W) -> out: (N, C), in x's dtype."""
         _check_input("GlobalAvgPooling", x)

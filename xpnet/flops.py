@@ -78,16 +78,27 @@ def forward_gemms(network, batch_size: int) -> list[Gemm]:
     change it as their optional ``output_shape(per-sample input shape)`` says (the layer
     contract, :class:`xpnet.models.Network`).
     """
-    from xpnet.convolution import Convolution, Pooling
-    from xpnet.layers import Affine
 
     if int(batch_size) < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-    n = int(batch_size)
-    shape = _input_shape(network)  # per sample
     gemms: list[Gemm] = []
-    counts = {"Conv": 0, "Affine": 0}
-    for layer in _layers(network):
+    _walk(_layers(network), _input_shape(network), int(batch_size), {"Conv": 0, "Affine": 0},
+          gemms)
+    return gemms
+
+
+def _walk(layers, shape: tuple, n: int, counts: dict, gemms: list) -> tuple:
+    """Append the GEMMs of ``layers`` run in order on a per-sample ``shape`` to ``gemms``
+    (named by ``counts``, layers of a kind numbered in order); return the output shape.
+
+    A block (``xpnet.blocks``) lists in ``paths()`` the layer sequences it runs on its
+    input (a residual block's main path and shortcut, an Inception block's branches):
+    each is walked from the block's input, and ``output_shape`` gives the block's output.
+    """
+    from xpnet.convolution import Convolution, Pooling
+    from xpnet.layers import Affine
+
+    for layer in layers:
         if isinstance(layer, Convolution):
             counts["Conv"] += 1
             gemm, shape = _conv_gemm(layer, shape, n, f"Conv{counts['Conv']}")
@@ -96,14 +107,17 @@ def forward_gemms(network, batch_size: int) -> list[Gemm]:
             counts["Affine"] += 1
             gemm, shape = _affine_gemm(layer, shape, n, f"Affine{counts['Affine']}")
             gemms.append(gemm)
-        elif isinstance(layer, Pooling):
-            oh = conv_output_size(shape[1], layer.pool_h, layer.stride, layer.pad)
-            ow = conv_output_size(shape[2], layer.pool_w, layer.stride, layer.pad)
-            shape = (shape[0], oh, ow)
-        elif hasattr(layer, "output_shape"):  # a layer that changes the shape, no GEMM
-            shape = tuple(int(s) for s in layer.output_shape(shape))
+        else:
+            for path in getattr(layer, "paths", lambda: ())():
+                _walk(path, shape, n, counts, gemms)
+            if hasattr(layer, "output_shape"):  # a layer that changes the shape
+                shape = tuple(int(s) for s in layer.output_shape(shape))
+            elif isinstance(layer, Pooling):
+                oh = conv_output_size(shape[1], layer.pool_h, layer.stride, layer.pad)
+                ow = conv_output_size(shape[2], layer.pool_w, layer.stride, layer.pad)
+                shape = (shape[0], oh, ow)
         # Relu, Sigmoid, Dropout, BatchNormalization: same shape, no GEMM
-    return gemms
+    return shape
 
 
 def _conv_gemm(layer, shape: tuple, n: int, name: str) -> tuple[Gemm, tuple]:

@@ -262,7 +262,9 @@ class Network:
     - a composite layer (a residual or Inception block, :mod:`xpnet.blocks`) declares
       ``sublayers()``, an ordered ``{name: layer}`` of the layers inside it: the network
       finds their parameters and buffers as it finds its own layers' (buffers named
-      ``'<layer>.<sublayer>.<attr>'``), and moves and casts their arrays with its own.
+      ``'<layer>.<sublayer>.<attr>'``), and moves and casts their arrays with its own;
+      its ``paths()`` lists the layer sequences it runs on its input (the FLOP model
+      walks each from the block's input shape);
 
     A layer that declares none of these (the book's own classes) is read as the book
     wrote it: parameters are the attributes holding ``params``' arrays, buffers are
