@@ -819,7 +819,8 @@ def _run_chunks(work, chunks, buffers, blas=True):
     it never waits for a helper thread to wake up (measured on 2 cores, a wake-up took
     about 0.1 ms -- as long as a small layer's whole ReLU); a helper that wakes after the
     last chunk was taken finds nothing to do."""
-    workers = min(numba.get_num_threads(), len(chunks))
+    # (one chunk needs no thread count: a call to Numba costs microseconds, at batch 1 a lot)
+    workers = 1 if len(chunks) < 2 else min(numba.get_num_threads(), len(chunks))
     with _blas_single_threaded() if blas else contextlib.nullcontext():
         # single-threaded BLAS with one worker too: the products' sums then do not
         # depend on how BLAS would have split them between its threads
@@ -865,7 +866,7 @@ def _parallel_for(n, grain, fn):
     rather than as Numba ``prange`` loops: Numba's OpenMP pool is a second set of
     threads, and on 2 busy cores its spinning team took 7 ms to finish a 0.4 ms ReLU.
     Each piece is written by one task, so results do not depend on the thread count."""
-    workers = min(numba.get_num_threads(), n // grain) if grain else 1
+    workers = min(numba.get_num_threads(), n // grain) if grain and n >= 2 * grain else 1
     if workers <= 1:
         if n:
             fn(0, n)
