@@ -50,7 +50,7 @@ __all__ = [
     "dropout_forward", "dropout_backward", "softmax_cross_entropy", "optimizer_update",
     "adam_update", "launch_dropout_forward", "launch_dropout_backward",
     "launch_softmax_cross_entropy", "launch_optimizer_update", "launch_adam",
-    "raise_pending_error", "OPTIMIZER_RULES", "FUSED_DTYPES",
+    "raise_pending_error", "OPTIMIZER_RULES", "FUSED_DTYPES", "FlatViews",
 ]
 
 #: The dtypes the fused kernels are compiled for; others (float16) take the array formulas.
@@ -502,31 +502,54 @@ def softmax_cross_entropy(x, t):
     return loss, y.reshape(x.shape), dx.reshape(x.shape)
 
 
-def optimizer_update(rule, params, grads, states, scalars):
+def optimizer_update(rule, params, grads, states, scalars, views=None):
     """One fused update of CuPy ``params`` (a sequence of C-contiguous arrays of one dtype,
     updated in place) from ``grads`` and the rule's ``states`` (a sequence of sequences
-    of C-contiguous arrays, updated in place); ``scalars`` as ``launch_optimizer_update``."""
+    of C-contiguous arrays, updated in place); ``scalars`` as ``launch_optimizer_update``.
+    ``views``: a ``FlatViews`` kept by the caller across steps (saves host time)."""
     cp = backend.require_gpu()
-    launch_optimizer_update(rule, _views(cp, params), tuple(_flat(cp, g) for g in grads),
-                            tuple(_views(cp, s) for s in states), scalars, stream=_stream())
+    views = views or FlatViews()
+    launch_optimizer_update(rule, views("params", params), tuple(_flat(cp, g) for g in grads),
+                            tuple(views(f"state{k}", s) for k, s in enumerate(states)),
+                            scalars, stream=_stream())
 
 
-def adam_update(params, grads, ms, vs, t, lr_t, lr, beta1, beta2, eps):
+def adam_update(params, grads, ms, vs, t, lr_t, lr, beta1, beta2, eps, views=None):
     """Adam on CuPy arrays: ``t`` int64 (1,) and ``lr_t`` (1,) of the parameters' dtype are
-    device buffers the update advances (see ``launch_adam``)."""
+    device buffers the update advances (see ``launch_adam``); ``views`` as
+    ``optimizer_update``."""
     cp = backend.require_gpu()
-    launch_adam(_views(cp, params), tuple(_flat(cp, g) for g in grads), _views(cp, ms),
-                _views(cp, vs), _dev(t), _dev(lr_t), lr, beta1, beta2, eps, stream=_stream())
+    views = views or FlatViews()
+    (t_view, lr_t_view) = views("steps", (t, lr_t))
+    launch_adam(views("params", params), tuple(_flat(cp, g) for g in grads), views("m", ms),
+                views("v", vs), t_view, lr_t_view, lr, beta1, beta2, eps, stream=_stream())
 
 
-def _views(cp, arrays):
-    """Flat views of arrays updated in place: a copy would lose the update, so they must
-    be C-contiguous."""
-    for a in arrays:
-        if not a.flags.c_contiguous:
-            raise ValueError(f"the fused update writes in place: an array of shape "
-                             f"{a.shape} is not C-contiguous")
-    return tuple(_dev(a.reshape(-1)) for a in arrays)
+class FlatViews:
+    """Flat Numba views of CuPy arrays a kernel updates in place, made once and handed out
+    again while the very same arrays come back (an optimizer's parameters and state, step
+    after step): making a view costs host time on every launch otherwise.
+
+    ``views(name, arrays)`` -> a tuple of (n,) views, one per array. The arrays must be
+    C-contiguous: a flattening copy would lose the update.
+    """
+
+    def __init__(self):
+        self._made: dict = {}  # name -> (the arrays, their views)
+
+    def __call__(self, name, arrays):
+        arrays = tuple(arrays)
+        made = self._made.get(name)
+        if made is not None and len(made[0]) == len(arrays) and all(
+                a is b for a, b in zip(made[0], arrays)):
+            return made[1]
+        for a in arrays:
+            if not a.flags.c_contiguous:
+                raise ValueError(f"the fused update writes in place: an array of shape "
+                                 f"{a.shape} is not C-contiguous")
+        views = tuple(_dev(a.reshape(-1)) for a in arrays)
+        self._made[name] = (arrays, views)
+        return views
 
 
 # ---------------------------------------------------------------------------

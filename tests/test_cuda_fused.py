@@ -39,6 +39,58 @@ def test_fused_kernels_match_references_under_cuda_simulator():
     run_simulator_cases(CASES, min_passed=51)
 
 
+def _fused_kernel_signatures():
+    """Each kernel of kernels.cuda_fused with the argument types its launch gives it for
+    float32 arrays (C-contiguous views; tuples of three tensors)."""
+    from numba import types as nt
+
+    from xpnet.kernels import cuda_fused as fused
+
+    f32, i64 = nt.float32, nt.int64
+    vec, mat = nt.Array(f32, 1, "C"), nt.Array(f32, 2, "C")
+    tensors = nt.UniTuple(vec, 3)
+    return {
+        fused._dropout_forward_kernel: (vec, vec, nt.Array(nt.boolean, 1, "C"),
+                                        nt.Array(i64, 1, "C"), i64, f32, f32, f32),
+        fused._dropout_backward_kernel: (vec, nt.Array(nt.boolean, 1, "C"), vec, f32, f32),
+        fused._softmax_xent_labels_kernel: (mat, nt.Array(i64, 1, "C"), mat, mat, vec, f32,
+                                            f32, nt.Array(nt.int32, 1, "C")),
+        fused._softmax_xent_onehot_kernel: (mat, mat, mat, mat, vec, f32),
+        fused._sgd_kernel: (tensors, tensors, f32),
+        fused._momentum_kernel: (tensors,) * 3 + (f32,) * 2,
+        fused._nesterov_kernel: (tensors,) * 3 + (f32,) * 4,
+        fused._adagrad_kernel: (tensors,) * 3 + (f32,) * 2,
+        fused._rmsprop_kernel: (tensors,) * 3 + (f32,) * 4,
+        fused._adam_step_kernel: (nt.Array(i64, 1, "C"), vec) + (nt.float64,) * 3,
+        fused._adam_kernel: (tensors,) * 4 + (vec, f32, f32, f32),
+    }
+
+
+# float64 on purpose: the loss is summed in float64, Adam's bias correction is the host's
+FLOAT64_ON_PURPOSE = {"_softmax_xent_labels_kernel", "_softmax_xent_onehot_kernel",
+                      "_adam_step_kernel"}
+
+
+@pytest.mark.slow
+def test_fused_kernels_compile_for_a_gpu_without_float64_arithmetic():
+    # The simulator runs the kernels as Python and types nothing; compiling them to PTX
+    # (NVVM only, no GPU needed) checks what the GPU will compile, and that float32 kernels
+    # stay float32 (a stray float64 constant would be slow and change the rounding).
+    from numba import cuda
+    from numba import types as nt
+
+    try:
+        cuda.compile_ptx(lambda a: None, (nt.Array(nt.float32, 1, "C"),), cc=(9, 0))
+    except Exception as exc:  # NVVM/NVRTC wheels absent
+        pytest.skip(f"cannot compile PTX here: {exc}")
+    for kernel, signature in _fused_kernel_signatures().items():
+        name = kernel.py_func.__name__
+        ptx, _ = cuda.compile_ptx(kernel.py_func, signature, cc=(9, 0))
+        assert ".entry" in ptx, name
+        if name not in FLOAT64_ON_PURPOSE:
+            assert ".f64" not in ptx, f"{name} computes in float64"
+
+
 # ---------------------------------------------------------------------------
 # counter_rng: the NumPy twin
 # ---------------------------------------------------------------------------
@@ -285,6 +337,10 @@ def test_gpu_optimizers_match_the_cpu(name, dtype, rtol):
             _assert_close(getattr(dev_opt, slot)[k], getattr(cpu_opt, slot)[k], rtol,
                           f"{name} state {slot}[{k}]")
     assert getattr(dev_opt, "iter", 3) == 3
+    # the device views of parameters and state are made once, not per step
+    made = optimizers._flat_views(dev_opt)._made["params"][1]
+    dev_opt.update(dev_params, {k: cp.asarray(v) for k, v in grads[0].items()})
+    assert optimizers._flat_views(dev_opt)._made["params"][1] is made
 
 
 @pytest.mark.gpu

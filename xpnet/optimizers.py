@@ -24,6 +24,7 @@ Beyond the book:
 from __future__ import annotations
 
 import math
+import weakref
 
 import numpy as np
 
@@ -109,7 +110,7 @@ class Optimizer:
         ps, gs = arrays
         states = [[d[key] for key in params] for d in self._state(params)]
         cuda_fused.optimizer_update(self.fused_rule, ps, gs, states,
-                                    self.fused_scalars(ps[0].dtype))
+                                    self.fused_scalars(ps[0].dtype), _flat_views(self))
         return True
 
     # -- state ------------------------------------------------------------------------------
@@ -445,7 +446,7 @@ class Adam(Optimizer):
         self.iter += 1
         self._device_iter = self.iter
         cuda_fused.adam_update(ps, gs, m, v, self._device_t, self._device_lr_t, self.lr,
-                               self.beta1, self.beta2, EPS)
+                               self.beta1, self.beta2, EPS, _flat_views(self))
 
     def _device_buffers(self, param):
         """Make t and lr_t on the parameter's device (lr_t in its dtype) if they are not."""
@@ -456,6 +457,21 @@ class Adam(Optimizer):
                 self._device_t = xp.full(1, self.iter, dtype=np.int64)
                 self._device_lr_t = xp.zeros(1, dtype=param.dtype)
             self._device_iter = self.iter
+
+
+# Each optimizer's device views of its parameters and state for the fused kernels
+# (kernels.cuda_fused.FlatViews), kept beside it rather than in it, so that copying or
+# pickling an optimizer never meets them.
+_views_by_optimizer: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _flat_views(optimizer):
+    views = _views_by_optimizer.get(optimizer)
+    if views is None:
+        from xpnet.kernels.cuda_fused import FlatViews
+
+        views = _views_by_optimizer[optimizer] = FlatViews()
+    return views
 
 
 #: Case-insensitive registry: lower-case name -> class.
