@@ -313,3 +313,196 @@ def test_optimizer_launch_checks_its_arguments():
     with pytest.raises(ValueError, match="flat"):
         fused.launch_optimizer_update("sgd", (np.zeros((2, 2), np.float32),),
                                       (np.zeros((2, 2), np.float32),), (), (np.float32(1),))
+
+
+# ---------------------------------------------------------------------------
+# The library's GPU paths end to end, on a stand-in for CuPy
+# ---------------------------------------------------------------------------
+#
+# Without a GPU, CuPy cannot run here. NumPy arrays of a subclass that xpnet's backend
+# takes for CuPy arrays send the layers and optimizers down their GPU branches, and the
+# fused kernels' entry points launch the very kernels under the simulator, so the glue -
+# shapes, key order, state, Adam's device step count, checkpoints - is checked too.
+
+
+class FakeDeviceArray(np.ndarray):
+    """A NumPy array standing in for a CuPy one."""
+
+    @property
+    def device(self):
+        return _FAKE_DEVICE
+
+
+class _FakeDevice:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+_FAKE_DEVICE = _FakeDevice()
+
+
+def _on_fake_device(a):
+    return np.asarray(a).view(FakeDeviceArray)
+
+
+def _fake_cupy():
+    """The few names of ``cupy`` that the GPU paths under test call."""
+    import types
+
+    def wrap(fn):
+        return lambda *args, **kwargs: _on_fake_device(fn(*args, **kwargs))
+
+    names = ("asarray", "ascontiguousarray", "empty", "empty_like", "full", "zeros",
+             "zeros_like", "arange")
+    module = types.SimpleNamespace(**{name: wrap(getattr(np, name)) for name in names})
+    module.__name__ = "cupy"
+    module.ndarray = FakeDeviceArray
+    module.asnumpy = lambda a: np.array(a)
+    for name in ("int64", "float32", "float64", "bool_"):
+        setattr(module, name, getattr(np, name))
+    return module
+
+
+@pytest.fixture
+def fake_gpu(monkeypatch):
+    from xpnet import backend
+
+    cp = _fake_cupy()
+    monkeypatch.setattr(backend, "_cupy", cp)
+    monkeypatch.setattr(backend, "_gpu_checked", cp)
+    monkeypatch.setattr(fused, "_dev", lambda a: np.asarray(a))  # the simulator's device array
+    monkeypatch.setattr(fused, "_stream", lambda: 0)
+    return cp
+
+
+def test_fake_gpu_arrays_take_the_gpu_paths(fake_gpu):
+    from xpnet import backend
+
+    x = _on_fake_device(np.zeros(3))
+    assert backend.is_gpu_array(x) and backend.get_array_module(x) is fake_gpu
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16])
+def test_gpu_dropout_layers_draw_counter_based_masks_in_order(fake_gpu, dtype):
+    from xpnet import backend
+    from xpnet.layers import Dropout
+
+    x = np.random.default_rng(0).standard_normal((3, 11)).astype(dtype)
+    first, second = Dropout(0.3), Dropout(0.6)
+    with backend.device_step_scope(_on_fake_device(np.array([8, 2], np.int64))):
+        hidden = first.forward(_on_fake_device(x))
+        out = second.forward(hidden)
+    assert type(out) is FakeDeviceArray and out.dtype == np.dtype(dtype)
+    for draw, (layer, ratio) in enumerate(((first, 0.3), (second, 0.6))):
+        expected = counter_rng.uniform(8, 2, draw, x.size).reshape(x.shape) > ratio
+        np.testing.assert_array_equal(layer.mask, expected, err_msg=f"draw {draw}")
+    np.testing.assert_array_equal(hidden, x * first.mask)
+    dout = _on_fake_device(np.ones_like(x))
+    np.testing.assert_array_equal(second.backward(dout), second.mask.astype(dtype))
+    np.testing.assert_array_equal(second.forward(hidden, train_flg=False),
+                                  hidden * dtype(0.4))
+
+
+@pytest.mark.parametrize("targets", ["labels", "column", "onehot", "single"])
+def test_gpu_softmax_with_loss_matches_the_cpu_layer(fake_gpu, targets):
+    rng = np.random.default_rng(1)
+    x = (3 * rng.standard_normal((6, 4))).astype(np.float32)
+    labels = rng.integers(0, 4, 6)
+    t = {"labels": labels, "column": labels.reshape(-1, 1),
+         "onehot": np.eye(4, dtype=np.float32)[labels], "single": labels[0]}[targets]
+    if targets == "single":
+        x = x[0]
+    cpu, dev = SoftmaxWithLoss(), SoftmaxWithLoss()
+    cpu_loss = cpu.forward(x, t)
+    dev_loss = dev.forward(_on_fake_device(x), _on_fake_device(t))
+    assert type(dev_loss) is FakeDeviceArray and dev_loss.shape == ()
+    assert dev._dx is not None  # the fused kernel ran
+    np.testing.assert_allclose(dev_loss, cpu_loss, rtol=2e-6)
+    np.testing.assert_allclose(dev.y, cpu.y, rtol=2e-6, atol=1e-7)
+    np.testing.assert_allclose(dev.backward(), cpu.backward(), rtol=2e-6, atol=1e-7)
+    np.testing.assert_allclose(dev.backward(0.5), cpu.backward(0.5), rtol=2e-6, atol=1e-7)
+
+
+def _fake_problem(dtype=np.float32):
+    params, grads = _problem(dtype)
+    return ({k: _on_fake_device(v) for k, v in params.items()},
+            [{k: _on_fake_device(v) for k, v in g.items()} for g in grads], params, grads)
+
+
+@pytest.mark.parametrize("name", ["SGD", "Momentum", "Nesterov", "AdaGrad", "RMSprop",
+                                  "Adam"])
+def test_gpu_optimizers_match_the_cpu(fake_gpu, name, monkeypatch):
+    launched = []
+    monkeypatch.setattr(fused, "launch_optimizer_update",
+                        _recording(fused.launch_optimizer_update, launched))
+    dev_params, dev_grads, params, grads = _fake_problem()
+    cpu_opt, dev_opt = optimizers.get_optimizer(name), optimizers.get_optimizer(name)
+    for g, dev_g in zip(grads, dev_grads):
+        cpu_opt.update(params, g)
+        dev_opt.update(dev_params, dev_g)
+    assert len(launched) == len(grads)  # one fused launch per step, for all parameters
+    for k in params:
+        np.testing.assert_allclose(dev_params[k], params[k], rtol=1e-6, atol=1e-7,
+                                   err_msg=f"{name} {k}")
+    for slot in cpu_opt.slots:
+        for k in params:
+            np.testing.assert_allclose(getattr(dev_opt, slot)[k], getattr(cpu_opt, slot)[k],
+                                       rtol=1e-6, atol=1e-7)
+
+
+def _recording(fn, calls):
+    def record(*args, **kwargs):
+        calls.append(args[0])
+        return fn(*args, **kwargs)
+    return record
+
+
+def _adam_lr_t(step):
+    return np.float32(0.001 * np.sqrt(1 - 0.999**step) / (1 - 0.9**step))
+
+
+def test_gpu_adam_resumed_from_a_checkpoint_continues_exactly(fake_gpu):
+    dev_params, dev_grads, params, grads = _fake_problem()
+    cpu_opt, dev_opt = optimizers.Adam(), optimizers.Adam()
+    cpu_opt.update(params, grads[0])
+    dev_opt.update(dev_params, dev_grads[0])
+    assert dev_opt.iter == 1 and dev_opt._device_t[0] == 1
+    state = dev_opt.state_dict()  # host arrays and the host step count
+    assert state["step"] == 1 and all(type(a) is np.ndarray for a in state["state"]["m"].values())
+    resumed = optimizers.Adam()
+    resumed.load_state_dict(state, dev_params)
+    for g, dev_g in zip(grads[1:], dev_grads[1:]):
+        cpu_opt.update(params, g)
+        resumed.update(dev_params, dev_g)
+    assert resumed.iter == 3 and resumed._device_t[0] == 3
+    for k in params:
+        np.testing.assert_allclose(dev_params[k], params[k], rtol=1e-6, atol=1e-7)
+
+
+def test_gpu_adam_puts_a_host_step_count_changed_by_hand_on_the_device(fake_gpu):
+    dev_params, dev_grads, _, _ = _fake_problem()
+    opt = optimizers.Adam()
+    opt.update(dev_params, dev_grads[0])
+    opt.update(dev_params, dev_grads[1])
+    assert opt._device_t[0] == 2 and opt._device_lr_t[0] == _adam_lr_t(2)
+    opt.load_state_dict(dict(opt.state_dict(), step=7))  # loading sets both at once
+    assert opt.iter == 7 and opt._device_t[0] == 7
+    opt.iter = 4  # a user's assignment reaches the device before the next update
+    opt.update(dev_params, dev_grads[2])
+    assert opt.iter == 5 and opt._device_t[0] == 5 and opt._device_lr_t[0] == _adam_lr_t(5)
+
+
+def test_gpu_optimizer_of_mixed_dtypes_takes_the_formulas(fake_gpu, monkeypatch):
+    launched = []
+    monkeypatch.setattr(fused, "launch_optimizer_update",
+                        _recording(fused.launch_optimizer_update, launched))
+    params = {"a": _on_fake_device(np.ones(3, np.float32)),
+              "b": _on_fake_device(np.ones(2, np.float64))}
+    grads = {k: _on_fake_device(np.full(v.shape, 0.5, v.dtype)) for k, v in params.items()}
+    optimizers.SGD(lr=0.1).update(params, grads)
+    assert launched == []
+    np.testing.assert_allclose(params["a"], 0.95)
+    np.testing.assert_allclose(params["b"], 0.95)
