@@ -207,6 +207,48 @@ def rng_scope(streams):
 
 
 @contextlib.contextmanager
+def device_step_scope(values):
+    """Within the block, in this thread only, ``device_step_values(xp)`` returns ``values``.
+
+    ``values``: an int64 array ``[seed, step]`` of shape (2,) on the device, which the Trainer
+    updates in place before each step. GPU Dropout reads seed and step from it *on the
+    device*, so a captured CUDA graph draws fresh, reproducible masks on every replay. Enter
+    one scope per step: the draws of a step are numbered from 0 (``next_device_draw``), in
+    the order the layers draw, the same every step.
+    """
+    if tuple(getattr(values, "shape", ())) != (2,) or values.dtype != np.int64:
+        raise ValueError("device_step_scope takes an int64 array [seed, step] of shape (2,), "
+                         f"got {getattr(values, 'dtype', type(values).__name__)} of shape "
+                         f"{getattr(values, 'shape', None)}")
+    previous = getattr(_scope, "device_step", None)
+    _scope.device_step = [values, 0]  # the array, and the number of draws made from it
+    try:
+        yield values
+    finally:
+        _scope.device_step = previous
+
+
+def device_step_values(xp):
+    """The ``[seed, step]`` array of this thread's ``device_step_scope`` if it lives on
+    backend ``xp``, else None (no Trainer step running: draw through ``get_rng(xp)``)."""
+    scoped = getattr(_scope, "device_step", None)
+    if scoped is None or get_array_module(scoped[0]) is not xp:
+        return None
+    return scoped[0]
+
+
+def next_device_draw() -> int:
+    """The index of the next counter-based draw in this thread's ``device_step_scope``
+    (0, 1, ... within a step), and count it as made."""
+    scoped = getattr(_scope, "device_step", None)
+    if scoped is None:
+        raise RuntimeError("next_device_draw() was called outside a device_step_scope")
+    draw = scoped[1]
+    scoped[1] += 1
+    return draw
+
+
+@contextlib.contextmanager
 def random_source(source, xp=np):
     """Within the block, in every thread, ``get_rng(xp)`` returns ``source``; afterwards the
     generator that was there (or a fresh one from the seed) comes back.

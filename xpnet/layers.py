@@ -24,8 +24,14 @@ import math
 import numpy as np
 
 from xpnet import kernels
-from xpnet.backend import get_array_module, get_rng
-from xpnet.functions import sigmoid, softmax_cross_entropy
+from xpnet.backend import (
+    device_step_values,
+    get_array_module,
+    get_rng,
+    is_gpu_array,
+    next_device_draw,
+)
+from xpnet.functions import _check_probabilities, check_targets, sigmoid, softmax_cross_entropy
 
 __all__ = [
     "MulLayer",
@@ -257,7 +263,9 @@ class SoftmaxWithLoss:
 
     ``forward(x, t)`` takes integer labels t (N,) or one-hot t (N, C) and returns the mean
     loss (0-d, in x's dtype). The loss is computed from the log-softmax of the scores, so
-    ``backward`` returns exactly its gradient ``(y - t) / N`` (times ``dout``).
+    ``backward`` returns exactly its gradient ``(y - t) / N`` (times ``dout``). On the GPU
+    (CuPy float32/float64) one fused kernel computes the loss, ``y`` and that gradient
+    together (``kernels.cuda_fused``), and ``backward`` returns the stored gradient.
     """
 
     def __init__(self):
@@ -265,15 +273,26 @@ class SoftmaxWithLoss:
         self.y = None  # softmax output
         self.t = None  # targets as given (checked)
         self._kind = None
+        self._dx = None  # the GPU's gradient, computed by the forward kernel
 
     def forward(self, x, t):
         x = check_input(x, "SoftmaxWithLoss")
+        self._dx = None
+        if _fused_on_gpu(x):
+            from xpnet.kernels import cuda_fused
+
+            _, x = _check_probabilities(x, "SoftmaxWithLoss")
+            self._kind, self.t = check_targets(x, t, "SoftmaxWithLoss")
+            self.loss, self.y, self._dx = cuda_fused.softmax_cross_entropy(x, self.t)
+            return self.loss
         self.loss, self.y, self._kind, self.t = softmax_cross_entropy(x, t)
         return self.loss
 
     def backward(self, dout=1):
         if self.y is None:
             raise RuntimeError("SoftmaxWithLoss: backward() was called before forward()")
+        if self._dx is not None:
+            return self._scaled(self._dx, dout)
         xp = get_array_module(self.y)
         batch_size = 1 if self.y.ndim == 1 else self.y.shape[0]
         if self._kind == "onehot":
@@ -285,9 +304,19 @@ class SoftmaxWithLoss:
             else:
                 dx[xp.arange(batch_size), self.t] -= 1
             dx /= batch_size
+        return self._scaled(dx, dout)
+
+    @staticmethod
+    def _scaled(dx, dout):
+        """``dx * dout``, skipped for the usual ``dout=1``."""
         if not (isinstance(dout, (int, float)) and dout == 1):
             dx = dx * dout
         return dx
+
+
+def _fused_on_gpu(x):
+    """Whether ``x`` goes to the fused GPU kernels: a CuPy float32/float64 array."""
+    return is_gpu_array(x) and x.dtype in (np.float32, np.float64)
 
 
 # ---------------------------------------------------------------------------
@@ -304,6 +333,12 @@ class Dropout:
     ``rng``, if given, is the generator the masks come from instead (anything with
     ``random(size, dtype)``, e.g. ``numpy.random.default_rng(0)``; its draws move to x's
     device), so two networks can be given the same masks.
+
+    On the GPU inside a Trainer's step (``xpnet.backend.device_step_scope``), without
+    ``rng``, the mask is counter-based: ``kernels.counter_rng.uniform(seed, step, draw,
+    x.size) > dropout_ratio``, drawn and applied by one kernel that reads seed and step on
+    the device (so a CUDA graph replays it right); ``draw`` numbers the step's Dropout
+    layers in forward order.
     """
 
     takes_train_flg = True  # the layer contract (xpnet.models.Network)
@@ -324,15 +359,35 @@ class Dropout:
         self._train = bool(train_flg)
         self._shape = x.shape
         if self._train:
+            counter_based = self.rng is None and is_gpu_array(x)
+            step_values = device_step_values(xp) if counter_based else None
+            if step_values is not None:
+                return self._forward_counter_based(x, step_values)
             # float32 uniforms are plenty for a comparison and half the memory traffic.
             rng = get_rng(xp) if self.rng is None else self.rng
             self.mask = xp.asarray(rng.random(x.shape, dtype=xp.float32)) > self.dropout_ratio
             return x * self.mask
         return x * x.dtype.type(1.0 - self.dropout_ratio)
 
+    def _forward_counter_based(self, x, step_values):
+        """The GPU's fused mask-and-apply; float16 goes through float32 (exactly: x*1, x*0)."""
+        from xpnet.kernels import cuda_fused
+
+        draw = next_device_draw()
+        if not _fused_on_gpu(x):
+            out, self.mask = cuda_fused.dropout_forward(x.astype(np.float32),
+                                                        self.dropout_ratio, step_values, draw)
+            return out.astype(x.dtype)
+        out, self.mask = cuda_fused.dropout_forward(x, self.dropout_ratio, step_values, draw)
+        return out
+
     def backward(self, dout):
         check_dout(dout, self._shape, "Dropout")
         if self._train:
+            if _fused_on_gpu(dout) and getattr(dout, "shape", None) == self.mask.shape:
+                from xpnet.kernels import cuda_fused
+
+                return cuda_fused.dropout_backward(dout, self.mask)
             return dout * self.mask
         return dout * (1.0 - self.dropout_ratio)
 

@@ -13,16 +13,22 @@ Beyond the book:
   and in its dtype, so a float32 network stays float32;
 - ``state_dict()`` / ``load_state_dict(d)`` save and restore hyperparameters and state
   as host NumPy arrays (for checkpoints);
-- ``get_optimizer('adam', lr=0.01)`` builds one by case-insensitive name.
+- ``get_optimizer('adam', lr=0.01)`` builds one by case-insensitive name;
+- on the GPU (CuPy float32/float64 parameters, C-contiguous), ``update`` is one fused
+  kernel launch for all parameters (``kernels.cuda_fused``: the same formulas in the same
+  order, so results agree with the CPU's to rounding). Adam's step count then also lives in
+  a device buffer, advanced by the update itself, so a captured CUDA graph replays it right
+  (``Adam.sync_device_iter``).
 """
 
 from __future__ import annotations
 
 import math
+import weakref
 
 import numpy as np
 
-from xpnet.backend import as_numpy, get_array_module
+from xpnet.backend import as_numpy, get_array_module, is_gpu_array
 from xpnet.kernels import cpu as cpu_kernels
 
 __all__ = [
@@ -52,6 +58,8 @@ class Optimizer:
 
     hyperparams: tuple[str, ...] = ("lr",)
     slots: tuple[str, ...] = ()
+    #: The kernel of ``kernels.cuda_fused.OPTIMIZER_RULES`` that does ``update`` on the GPU.
+    fused_rule: str | None = None
 
     def __init__(self):
         for slot in self.slots:
@@ -63,6 +71,47 @@ class Optimizer:
     def update(self, params: dict, grads: dict) -> None:
         """Update every ``params[key]`` in place from ``grads[key]`` (same shapes)."""
         raise NotImplementedError
+
+    # -- the GPU's fused update ---------------------------------------------------------------
+
+    def fused_scalars(self, dtype) -> tuple:
+        """The fused kernel's scalars (after its arrays), rounded to ``dtype`` once, as
+        NumPy rounds a Python float in the CPU's array expressions."""
+        raise NotImplementedError
+
+    def _fused_arrays(self, params: dict, grads: dict):
+        """``(params, grads)`` as lists in key order when the fused GPU kernel applies:
+        CuPy arrays of one float32/float64 dtype, parameters C-contiguous (updated in
+        place through flat views), gradients of their shapes. Else None: the formulas."""
+        if self.fused_rule is None or not params:
+            return None
+        ps = list(params.values())
+        if not is_gpu_array(ps[0]):  # the CPU's path, decided at once
+            return None
+        from xpnet.kernels.cuda_fused import FUSED_DTYPES
+
+        gs = [grads[key] for key in params]
+        dtype = ps[0].dtype
+        if dtype not in FUSED_DTYPES or not all(
+            is_gpu_array(p) and is_gpu_array(g) and p.dtype == dtype and g.dtype == dtype
+            and g.shape == p.shape and p.flags.c_contiguous for p, g in zip(ps, gs)
+        ):
+            return None
+        return ps, gs
+
+    def _update_fused(self, params: dict, grads: dict) -> bool:
+        """Update every parameter in one kernel launch if the fused GPU path applies;
+        say whether it did."""
+        arrays = self._fused_arrays(params, grads)
+        if arrays is None:
+            return False
+        from xpnet.kernels import cuda_fused
+
+        ps, gs = arrays
+        states = [[d[key] for key in params] for d in self._state(params)]
+        cuda_fused.optimizer_update(self.fused_rule, ps, gs, states,
+                                    self.fused_scalars(ps[0].dtype), _flat_views(self))
+        return True
 
     # -- state ------------------------------------------------------------------------------
 
@@ -176,11 +225,18 @@ class Optimizer:
 class SGD(Optimizer):
     """Stochastic gradient descent: ``W <- W - lr * dL/dW``."""
 
+    fused_rule = "sgd"
+
     def __init__(self, lr=0.01):
         super().__init__()
         self.lr = lr
 
+    def fused_scalars(self, dtype):
+        return (np.dtype(dtype).type(self.lr),)
+
     def update(self, params, grads):
+        if self._update_fused(params, grads):
+            return
         for key in params.keys():
             params[key] -= self.lr * grads[key]
 
@@ -196,7 +252,14 @@ class Momentum(Optimizer):
         self.lr = lr
         self.momentum = momentum
 
+    fused_rule = "momentum"
+
+    def fused_scalars(self, dtype):
+        return tuple(np.dtype(dtype).type(s) for s in (self.momentum, self.lr))
+
     def update(self, params, grads):
+        if self._update_fused(params, grads):
+            return
         (v,) = self._state(params)
         for key in params.keys():
             v[key] *= self.momentum
@@ -211,7 +274,15 @@ class Nesterov(Momentum):
     previous step, and only then ``v <- momentum * v - lr * g``.
     """
 
+    fused_rule = "nesterov"
+
+    def fused_scalars(self, dtype):
+        m, lr = self.momentum, self.lr
+        return tuple(np.dtype(dtype).type(s) for s in (m * m, (1 + m) * lr, m, lr))
+
     def update(self, params, grads):
+        if self._update_fused(params, grads):
+            return
         (v,) = self._state(params)
         for key in params.keys():
             params[key] += self.momentum * self.momentum * v[key]
@@ -239,12 +310,18 @@ class AdaGrad(Optimizer):
     """AdaGrad: ``h <- h + g*g``; ``W <- W - lr * g / (sqrt(h) + 1e-7)``."""
 
     slots = ("h",)
+    fused_rule = "adagrad"
 
     def __init__(self, lr=0.01):
         super().__init__()
         self.lr = lr
 
+    def fused_scalars(self, dtype):
+        return tuple(np.dtype(dtype).type(s) for s in (self.lr, EPS))
+
     def update(self, params, grads):
+        if self._update_fused(params, grads):
+            return
         (h,) = self._state(params)
         for key in params.keys():
             g = grads[key]
@@ -264,7 +341,15 @@ class RMSprop(Optimizer):
         self.lr = lr
         self.decay_rate = decay_rate
 
+    fused_rule = "rmsprop"
+
+    def fused_scalars(self, dtype):
+        decay = self.decay_rate
+        return tuple(np.dtype(dtype).type(s) for s in (decay, 1 - decay, self.lr, EPS))
+
     def update(self, params, grads):
+        if self._update_fused(params, grads):
+            return
         (h,) = self._state(params)
         for key in params.keys():
             g = grads[key]
@@ -300,6 +385,7 @@ class Adam(Optimizer):
 
     hyperparams = ("lr", "beta1", "beta2")
     slots = ("m", "v")
+    fused_rule = "adam"
 
     def __init__(self, lr=0.001, beta1=0.9, beta2=0.999):
         super().__init__()
@@ -307,9 +393,34 @@ class Adam(Optimizer):
         self.beta1 = beta1
         self.beta2 = beta2
         self.iter = 0
+        # The GPU's step count t (int64 (1,)) and step size lr_t (1,), advanced by the fused
+        # update on the device; ``_device_iter`` is the host's record of what t holds.
+        self._device_t = None
+        self._device_lr_t = None
+        self._device_iter = None
+
+    def fused_scalars(self, dtype):
+        return tuple(np.dtype(dtype).type(s) for s in (1 - self.beta1, 1 - self.beta2, EPS))
+
+    def sync_device_iter(self) -> None:
+        """Set the GPU's step count to the host's ``iter`` (a fill kernel: no transfer,
+        no synchronisation). ``update`` does it by itself whenever ``iter`` was changed
+        on the host (``load_state_dict``, a user's assignment); a CUDA graph's owner calls
+        it before capturing, so that nothing is filled inside the capture."""
+        if self._device_t is not None:
+            self._device_t.fill(self.iter)
+            self._device_iter = self.iter
+
+    def load_state_dict(self, state, params=None):
+        super().load_state_dict(state, params)
+        self.sync_device_iter()
 
     def update(self, params, grads):
         m, v = self._state(params)
+        arrays = self._fused_arrays(params, grads)
+        if arrays is not None:
+            self._update_fused_adam(*arrays, [m[k] for k in params], [v[k] for k in params])
+            return
         self.iter += 1
         # A Python float, so it never promotes float32 arrays to float64.
         lr_t = self.lr * math.sqrt(1.0 - self.beta2**self.iter) / (1.0 - self.beta1**self.iter)
@@ -323,6 +434,44 @@ class Adam(Optimizer):
             m[key] += (1 - self.beta1) * (g - m[key])
             v[key] += (1 - self.beta2) * (g * g - v[key])
             params[key] -= _scaled_step(xp, m[key], v[key], lr_t)
+
+    def _update_fused_adam(self, ps, gs, m, v):
+        """One step on the GPU: a one-thread kernel advances the device's t and lr_t, then
+        one kernel updates every parameter; the host's ``iter`` advances alongside."""
+        from xpnet.kernels import cuda_fused
+
+        self._device_buffers(ps[0])
+        if self._device_iter != self.iter:
+            self.sync_device_iter()
+        self.iter += 1
+        self._device_iter = self.iter
+        cuda_fused.adam_update(ps, gs, m, v, self._device_t, self._device_lr_t, self.lr,
+                               self.beta1, self.beta2, EPS, _flat_views(self))
+
+    def _device_buffers(self, param):
+        """Make t and lr_t on the parameter's device (lr_t in its dtype) if they are not."""
+        xp = get_array_module(param)
+        t = self._device_t
+        if t is None or self._device_lr_t.dtype != param.dtype or t.device != param.device:
+            with param.device:
+                self._device_t = xp.full(1, self.iter, dtype=np.int64)
+                self._device_lr_t = xp.zeros(1, dtype=param.dtype)
+            self._device_iter = self.iter
+
+
+# Each optimizer's device views of its parameters and state for the fused kernels
+# (kernels.cuda_fused.FlatViews), kept beside it rather than in it, so that copying or
+# pickling an optimizer never meets them.
+_views_by_optimizer: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _flat_views(optimizer):
+    views = _views_by_optimizer.get(optimizer)
+    if views is None:
+        from xpnet.kernels.cuda_fused import FlatViews
+
+        views = _views_by_optimizer[optimizer] = FlatViews()
+    return views
 
 
 #: Case-insensitive registry: lower-case name -> class.
