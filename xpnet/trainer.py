@@ -334,7 +334,7 @@ class Trainer:
         with backend.rng_scope(self._step_streams(step)), \
                 backend.gpu_memory_hint(batch_size=self.batch_size):
             indices = self._draw_batch_indices(step)
-            if self.xp is np:
+            if self.xp is np and self._device_steps is None:
                 loss = self._batch_step(indices)
             else:  # staged on the device; a replayed CUDA graph, or the same step eagerly
                 loss = self._gpu_steps().step(step, indices, slot=len(self._pending_losses))
