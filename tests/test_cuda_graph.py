@@ -419,6 +419,46 @@ def test_gemm_plan_follows_cupys_choices():
 
 
 # ---------------------------------------------------------------------------
+# the benchmark's table
+# ---------------------------------------------------------------------------
+
+
+def test_the_gpu_table_shows_graphs_eager_and_pytorch_side_by_side():
+    from xpnet.bench.gpu import gpu_table
+
+    graphs_run = {"steps": 300, "ms_per_step": 2.0, "epoch_seconds": 1.2,
+                  "gpu_busy_ms_per_step": 1.8, "numba_launches_eager_step": 18,
+                  "graph_nodes": {"kernel": 240, "memcpy": 2},
+                  "cuda_graphs": {"used": True, "reason": None}}
+    results = {"graphs": {"rows": [
+        {"model": "DeepConvNet", "batch": 100, "epoch_steps": 600,
+         "xpnet_graphs": graphs_run,
+         "xpnet_eager": {"steps": 300, "ms_per_step": 13.0, "epoch_seconds": 7.8},
+         "torch_fp32": {"steps": 300, "ms_per_step": 4.0, "epoch_seconds": 2.4}},
+        {"model": "SimpleConvNet", "batch": 100, "epoch_steps": 600,
+         "xpnet_graphs": {"steps": 300, "ms_per_step": 5.0, "epoch_seconds": 3.0,
+                          "cuda_graphs": {"used": False, "reason": "optimizer Adam has no"}},
+         "xpnet_eager": {"error": "RuntimeError: boom"},
+         "torch_fp32": {"skipped": "PyTorch is not installed"}},
+    ], "launch_cost": {"numba_us": 140.0, "fast_path_us": 4.5, "device": "H200"}}}
+    rows = gpu_table(results)
+    deep = next(r for r in rows if r.startswith("| DeepConvNet epoch, batch 100"))
+    assert "(600 steps, 300 steps timed)" in deep
+    assert "graphs 1.20 s (2.00 ms/step); eager 7.80 s (13.00 ms/step); PyTorch fp32 2.40 s" \
+        in deep
+    assert "xpnet/PyTorch 0.50x (eager 3.25x)" in deep
+    assert "GPU busy 1.80 ms of 2.00 ms per replayed step" in deep
+    assert "240 kernels per step: 240 launches eagerly (18 of them Numba's), 1 graph launch" \
+        in deep
+    simple = next(r for r in rows if r.startswith("| SimpleConvNet"))
+    assert "eager RuntimeError: boom" in simple and "PyTorch is not installed" in simple
+    assert "graphs did not run: optimizer Adam has no" in simple
+    assert "xpnet/PyTorch" not in simple  # no ratio without both figures
+    assert "| one kernel launch, host cost per call (us) | numba_us 140.0, fast_path_us 4.5 |" \
+        in rows
+
+
+# ---------------------------------------------------------------------------
 # the command line
 # ---------------------------------------------------------------------------
 
