@@ -360,7 +360,12 @@ def part_train(args):
     # 600 steps plus evaluating 1,000 train and test samples each epoch and the full test
     # set once; the 1.5 covers start-up, compilation and the evaluation passes
     epoch_s = 1.5 * step_ms * 1e-3 * 60_000 / args.batch
-    epochs = int(max(1, min(10, (args.train_seconds - 20) // epoch_s)))
+    seconds = args.train_seconds
+    if args.time_limit is not None:  # what the earlier parts left of the whole run's limit
+        seconds = min(seconds, args.time_limit - (time.perf_counter() - args.started) - 10)
+    if seconds < 30:
+        return {"skipped": f"only {seconds:.0f} s of the time limit were left for training"}
+    epochs = int(max(1, min(10, (seconds - 20) // epoch_s)))
     out = args.out / "train"
     command = [sys.executable, "-m", "xpnet", "train", "--model", "DeepConvNet",
                "--dataset", "fashion-mnist", "--data-dir", str(args.data_dir), "--no-download",
@@ -370,7 +375,7 @@ def part_train(args):
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(HERE.parent), env.get("PYTHONPATH")]))
     t0 = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True, env=env,
-                          timeout=args.train_seconds)
+                          timeout=seconds)
     seconds = time.perf_counter() - t0
     (args.out / "train.log").write_text(done.stdout + done.stderr)
     if done.returncode != 0:
@@ -592,11 +597,15 @@ def main(argv=None):
                    "shorter)")
     p.add_argument("--data-dir", type=Path, default=None,
                    help="Fashion-MNIST IDX files for the train part (skipped without)")
+    p.add_argument("--time-limit", type=float, default=None,
+                   help="seconds the whole benchmark may take (the train part fits into "
+                   "what the other parts leave)")
     p.add_argument("--train-seconds", type=float, default=150,
                    help="time limit of the train part (its epochs are fitted to it)")
     p.add_argument("--report-only", action="store_true",
                    help="only collect OUT/<part>.json into results.json/.md and print")
     args = p.parse_args(argv)
+    args.started = time.perf_counter()
     args.out.mkdir(parents=True, exist_ok=True)
     funcs = {"env": part_env, "kernels": part_kernels, "parity": part_parity,
              "graphs": part_graphs, "epoch": part_epoch, "torch": part_torch, "cpu": part_cpu,
