@@ -12,6 +12,7 @@ eager GPU step against the CPU (``xpnet.parity``), resume under graphs, the shor
 
 from __future__ import annotations
 
+import ctypes
 import json
 
 import numpy as np
@@ -416,6 +417,144 @@ def test_gemm_plan_follows_cupys_choices():
     assert gemm_plan((0, 4), (16, 4), (4, 5), (20, 4), 4) is None
     with pytest.raises(ValueError, match="do not align"):
         gemm_plan((2, 3), (12, 4), (4, 5), (20, 4), 4)
+
+
+class HostArray(np.ndarray):
+    """A NumPy array that answers ``.data.ptr`` as a CuPy array does: its address."""
+
+    @property
+    def data(self):
+        return type("Pointer", (), {"ptr": self.ctypes.data})()
+
+
+def _host(a):
+    return np.asarray(a).view(HostArray)
+
+
+class FakeCublas:
+    """``cublasGemmEx`` and ``cublasSetStream_v2`` on host memory: the column-major GEMM
+    cuBLAS computes, read and written through the pointers and leading dimensions given."""
+
+    _TYPES = {0: (np.float32, ctypes.c_float), 1: (np.float64, ctypes.c_double)}
+
+    def __init__(self):
+        self.calls, self.streams = [], []
+
+    def cublasSetStream_v2(self, handle, stream):
+        self.streams.append((handle, stream))
+        return 0
+
+    @staticmethod
+    def _matrix(ptr, dtype, ctype, op, ld, rows, cols):
+        stored_rows, stored_cols = (cols, rows) if op else (rows, cols)
+        span = ld * (stored_cols - 1) + stored_rows
+        buf = np.ctypeslib.as_array((ctype * span).from_address(ptr)).view(dtype)
+        stored = as_strided(buf, (stored_rows, stored_cols), (buf.itemsize, ld * buf.itemsize))
+        return stored.T if op else stored
+
+    def cublasGemmEx(self, handle, op_a, op_b, m, n, k, alpha, a, a_type, lda, b, b_type, ldb,
+                     beta, c, c_type, ldc, compute, algo):
+        assert a_type == b_type == c_type
+        dtype, ctype = self._TYPES[a_type]
+        scalar = ctypes.c_double if compute in (70, 71) else ctypes.c_float
+        alpha, beta = scalar.from_address(alpha).value, scalar.from_address(beta).value
+        first = self._matrix(a, dtype, ctype, op_a, lda, m, k)
+        second = self._matrix(b, dtype, ctype, op_b, ldb, k, n)
+        out = self._matrix(c, dtype, ctype, 0, ldc, m, n)
+        out[...] = alpha * (first @ second) + (beta * out if beta else 0)
+        self.calls.append({"handle": handle, "compute": compute, "algo": algo,
+                           "dims": (m, n, k)})
+        return 0
+
+
+class FakeCupy:
+    """What _CaptureGemm uses of CuPy, on host arrays."""
+
+    class _Base:
+        def dot(self, b, out=None):
+            return "CuPy's own dot"
+
+    def __init__(self, compute_capability="90"):
+        self.ndarray = type("ndarray", (FakeCupy._Base,), {})
+        self.cuda = type("cuda", (), {
+            "Device": lambda: type("Device", (), {"compute_capability": compute_capability})(),
+            "device": type("device", (), {"get_cublas_handle": staticmethod(lambda: 1234)}),
+        })
+
+    @staticmethod
+    def dot(a, b, out=None):
+        return "CuPy's own dot"
+
+    @staticmethod
+    def empty(shape, dtype):
+        return _host(np.empty(shape, dtype))
+
+    @staticmethod
+    def ascontiguousarray(a):
+        return _host(np.ascontiguousarray(a))
+
+
+def _capture_gemm(compute_type=1, compute_capability="90"):
+    gemm = cuda_graph._CaptureGemm(FakeCupy(compute_capability))
+    gemm._lib = FakeCublas()
+    gemm._cupy_compute_type = lambda dtype: compute_type
+    gemm.handle = 1234
+    return gemm
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("layout_a", ["C", "F", "strided"])
+@pytest.mark.parametrize("layout_b", ["C", "F", "strided"])
+def test_a_captured_product_calls_cublas_as_cupy_does(dtype, layout_a, layout_b):
+    rng = np.random.default_rng(1)
+
+    def make(shape, layout):
+        full = rng.random((shape[0], 2 * shape[1])).astype(dtype)
+        a = {"C": full[:, : shape[1]].copy(), "F": np.asfortranarray(full[:, : shape[1]]),
+             "strided": full[:, ::2]}[layout]
+        return _host(a)
+
+    a, b = make((7, 3), layout_a), make((3, 5), layout_b)
+    gemm = _capture_gemm()
+    c = gemm.dot(a, b)
+    np.testing.assert_allclose(c, np.asarray(a) @ np.asarray(b), rtol=1e-6)
+    (call,) = gemm._lib.calls
+    assert call["algo"] == 99 and call["dims"] == (5, 7, 3)  # tensor-op default from cc 8.0
+    assert call["compute"] == (68 if dtype == np.float32 else 70)
+
+
+def test_a_captured_product_takes_cupys_compute_type_and_algorithm():
+    a, b = _host(np.ones((4, 3), np.float32)), _host(np.ones((3, 2), np.float32))
+    for cupy_type, cublas_type in ((2, 69), (7, 77), (1, 68)):  # pedantic, TF32, default
+        gemm = _capture_gemm(compute_type=cupy_type, compute_capability="75")
+        gemm.dot(a, b)
+        assert gemm._lib.calls[0]["compute"] == cublas_type
+        assert gemm._lib.calls[0]["algo"] == -1  # before cc 8.0: cuBLAS's default for float32
+
+
+def test_a_product_capture_cannot_take_is_refused():
+    gemm = _capture_gemm()
+    with pytest.raises(CaptureError, match="3-D float32 and 2-D float32"):
+        gemm.dot(_host(np.ones((2, 3, 4), np.float32)), _host(np.ones((4, 2), np.float32)))
+    with pytest.raises(CaptureError, match="2-D float32 and 2-D float64"):
+        gemm.dot(_host(np.ones((2, 3), np.float32)), _host(np.ones((3, 2), np.float64)))
+
+
+def test_routing_covers_the_capture_and_puts_cupy_back():
+    gemm = _capture_gemm()
+    cp = gemm.cp
+    stream = type("Stream", (), {"ptr": 777})()
+    with pytest.raises(KeyError):
+        with gemm.routing(stream):
+            assert gemm._lib.streams == [(1234, 777)]  # the handle is on the capture stream
+            x = cp.ndarray()
+            a, b = _host(np.eye(2, dtype=np.float32)), _host(np.eye(2, dtype=np.float32))
+            assert cp.dot is not FakeCupy.dot and cp.ndarray.dot is not FakeCupy._Base.dot
+            np.testing.assert_array_equal(cp.dot(a, b), np.eye(2))
+            assert callable(x.dot)
+            raise KeyError  # a failed capture: routing must still end
+    assert cp.dot is FakeCupy.dot and "dot" not in cp.ndarray.__dict__
+    assert cp.ndarray().dot(None) == "CuPy's own dot"
 
 
 # ---------------------------------------------------------------------------

@@ -555,10 +555,13 @@ class _CaptureGemm:
             raise CaptureError(f"cublasGemmEx failed with status {status}")
         return c
 
-    def _compute(self, dtype):
-        from cupy._core import _routines_linalg  # CuPy's own choice, CUPY_TF32 included
+    def _cupy_compute_type(self, dtype) -> int:
+        """CuPy's own choice for ``dtype`` (default, pedantic, TF32: CUPY_TF32 included)."""
+        return self.cp._core._routines_linalg.get_compute_type(dtype)
 
-        chosen = _routines_linalg.get_compute_type(dtype)
+    def _compute(self, dtype):
+        """cuBLAS's compute type and the alpha, beta scalars, as CuPy's ``dot`` picks them."""
+        chosen = self._cupy_compute_type(dtype)
         if dtype == np.float64:
             code = _COMPUTE_64F_PEDANTIC if chosen == _CUPY_COMPUTE_PEDANTIC else _COMPUTE_64F
             return code, ctypes.c_double(1.0), ctypes.c_double(0.0)
