@@ -46,8 +46,9 @@ def _trainer(net=None, optimizer="Momentum", cls=Trainer, epochs=2, **kw):
     x, t = _data()
     xpnet.seed(0)
     net = net or TwoLayerNet(784, 20, 10)
+    kw.setdefault("verbose", False)
     return cls(net, x, t, x[:40], t[:40], epochs=epochs, mini_batch_size=25,
-               optimizer=optimizer, optimizer_param={"lr": 0.05}, verbose=False, seed=3, **kw)
+               optimizer=optimizer, optimizer_param={"lr": 0.05}, seed=3, **kw)
 
 
 def _as_gpu(trainer):
@@ -277,6 +278,15 @@ def test_a_refused_capture_falls_back_to_the_same_eager_steps():
     status = graphs.history["cuda_graphs"]
     assert not status["used"] and "cuBLAS refused" in status["reason"]
     assert status["eager_steps"] == graphs.max_iter
+
+
+def test_a_verbose_run_says_once_why_it_runs_eagerly(capsys):
+    tr = _trainer(optimizer="SGD", epochs=1, verbose=True)
+    _with_graphs(tr, FakeCapturer(tr, fail="cuBLAS refused"))
+    tr.train()
+    out = capsys.readouterr().out
+    assert out.count("CUDA graphs are not used: the step could not be captured: "
+                     "cuBLAS refused. The steps run eagerly") == 1
 
 
 class ShortLastBatch(Trainer):

@@ -290,6 +290,8 @@ class DeviceSteps:
         self.inputs = StepInputs(xp, trainer.batch_size)
         self.ring = xp.zeros(ring_size, dtype=getattr(trainer.network, "dtype", np.float32))
         self.reason = graph_fallback_reason(trainer)  # of the run; None: capture
+        if self.reason is not None and trainer.cuda_graphs:
+            self._say_eager()
         self.graph: GraphStep | None = None
         self.captures = 0
         self.graph_steps = 0
@@ -340,6 +342,7 @@ class DeviceSteps:
         if self.captures >= MAX_CAPTURES:
             self.reason = (f"captured {self.captures} times: the hyperparameters or "
                            "parameter arrays keep changing")
+            self._say_eager()
             return None
         self.captures += 1
         try:
@@ -347,8 +350,14 @@ class DeviceSteps:
                                            self.trainer.optimizer)
         except CaptureError as exc:
             self.reason = f"the step could not be captured: {exc}"
+            self._say_eager()
             return None
         return self.graph
+
+    def _say_eager(self) -> None:
+        """One line (verbose runs) when graphs were asked for but steps run eagerly."""
+        self.trainer._log(f"CUDA graphs are not used: {self.reason}. The steps run eagerly "
+                          "(the same results, more host time per step).")
 
     def _captured_body(self):
         """The step as captured: the body on the device indices, its loss into the ring
