@@ -298,6 +298,8 @@ class DeviceSteps:
         self.eager_steps = 0
         self._warm_key = None  # the key of the last eager step, which warmed a capture
         self._step_reasons: dict[str, int] = {}
+        if capturer is not None:  # the ring's write kernel, compiled and loaded before capture
+            xp.put(self.ring, self.inputs.slot, self.ring[0])
 
     def step(self, step: int, indices, slot: int):
         """Run training step ``step`` on the host-drawn ``indices``; its loss goes to ring
@@ -566,7 +568,7 @@ class _CaptureGemm:
 
     def _cupy_compute_type(self, dtype) -> int:
         """CuPy's own choice for ``dtype`` (default, pedantic, TF32: CUPY_TF32 included)."""
-        return self.cp._core._routines_linalg.get_compute_type(dtype)
+        return self.cp._core.get_compute_type(dtype)
 
     def _compute(self, dtype):
         """cuBLAS's compute type and the alpha, beta scalars, as CuPy's ``dot`` picks them."""
@@ -605,5 +607,5 @@ class _CaptureGemm:
 
 def _base_dot(cp, a, b):
     """CuPy's own ``dot``, below any routing (for the products that launch no cuBLAS)."""
-    return cp._core._routines_linalg.dot(a, b)
+    return cp._core.dot(a, b)
 
