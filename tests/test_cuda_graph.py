@@ -372,6 +372,13 @@ def test_step_inputs_hold_seed_step_slot_and_indices_in_one_buffer():
         inputs.stage(1, 2, 3, np.arange(4))
 
 
+def test_a_seed_of_64_bits_and_more_is_staged_as_its_low_64_bits():
+    inputs = StepInputs(np, 1)
+    assert inputs.stage(2**64 - 1, 0, 0, [0]).step_values.view(np.uint64).tolist() == [
+        2**64 - 1, 0]
+    assert inputs.stage(2**70 + 5, 3, 0, [0]).step_values.view(np.uint64).tolist() == [5, 3]
+
+
 # ---------------------------------------------------------------------------
 # the cuBLAS call of a captured matrix product
 # ---------------------------------------------------------------------------

@@ -196,7 +196,7 @@ class StepInputs:
         host = self._host[j]
         if self._events[j] is not None:
             self._events[j].synchronize()  # returns at once unless the GPU is steps behind
-        host[0], host[1], host[2] = seed, step, slot
+        host[:3] = _header(seed, step, slot)
         host[3:] = indices
         if self.xp is np:
             self.device[...] = host
@@ -205,6 +205,13 @@ class StepInputs:
         self.device.set(host, stream=stream)
         self._events[j] = stream.record(self._events[j])
         return self
+
+
+def _header(seed: int, step: int, slot: int) -> np.ndarray:
+    """``[seed, step, slot]`` as int64; the seed's low 64 bits, two's complement (any seed is
+    a non-negative integer; the device reads 64 bits of it)."""
+    words = np.array([seed & 0xFFFF_FFFF_FFFF_FFFF, step, slot], dtype=np.uint64)
+    return words.view(np.int64)
 
 
 def _views(device):
@@ -388,8 +395,7 @@ class _OddBatchInputs:
     copy: such steps are rare, e.g. an overridden draw's last short batch)."""
 
     def __init__(self, xp, seed, step, indices):
-        host = np.concatenate([np.array([seed, step, 0], dtype=np.int64),
-                               np.asarray(indices, dtype=np.int64)])
+        host = np.concatenate([_header(seed, step, 0), np.asarray(indices, dtype=np.int64)])
         self.device = xp.asarray(host)
         self.step_values, self.slot, self.indices = _views(self.device)
 
