@@ -614,6 +614,19 @@ def test_the_gpu_table_shows_graphs_eager_and_pytorch_side_by_side():
         in rows
 
 
+def test_the_gpu_table_says_whether_the_training_run_used_graphs():
+    from xpnet.bench.gpu import gpu_table
+
+    train = {"epochs": 10, "epoch_seconds": [2.0], "final_test_acc": 0.91}
+    used = {**train, "cuda_graphs": {"used": True, "reason": None}}
+    eager = {**train, "cuda_graphs": {"used": False, "reason": "turned off"}}
+    assert any(r.endswith("final test accuracy 0.9100; CUDA graphs |")
+               for r in gpu_table({"train": used}))
+    assert any(r.endswith("final test accuracy 0.9100; eager steps (turned off) |")
+               for r in gpu_table({"train": eager}))
+    assert any(r.endswith("final test accuracy 0.9100 |") for r in gpu_table({"train": train}))
+
+
 # ---------------------------------------------------------------------------
 # the command line
 # ---------------------------------------------------------------------------

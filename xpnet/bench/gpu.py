@@ -61,8 +61,11 @@ def gpu_table(results: dict) -> list[str]:
     if "final_test_acc" in tr:
         per_epoch = tr.get("epoch_seconds") or []
         median = f"{statistics.median(per_epoch):.1f} s per epoch (median), " if per_epoch else ""
+        graphs = tr.get("cuda_graphs") or {}
+        how = ("" if not graphs else "; CUDA graphs" if graphs.get("used")
+               else f"; eager steps ({graphs.get('reason')})")
         lines.append(f"| xpnet train DeepConvNet, Fashion-MNIST, GPU, {tr['epochs']} epochs | "
-                     f"{median}final test accuracy {tr['final_test_acc']:.4f} |")
+                     f"{median}final test accuracy {tr['final_test_acc']:.4f}{how} |")
     for row in results.get("kernels", {}).get("rows", []):
         if "im2col_ms" in row:
             lines.append(
