@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ctypes
 import json
+import threading
 
 import numpy as np
 import pytest
@@ -502,6 +503,11 @@ class FakeCupy:
     def dot(a, b, out=None):
         return "CuPy's own dot"
 
+    class _core:  # noqa: N801 - cupy._core
+        @staticmethod
+        def dot(a, b, out=None):
+            return "CuPy's own dot"
+
     @staticmethod
     def empty(shape, dtype):
         return _host(np.empty(shape, dtype))
@@ -568,7 +574,12 @@ def test_routing_covers_the_capture_and_puts_cupy_back():
             a, b = _host(np.eye(2, dtype=np.float32)), _host(np.eye(2, dtype=np.float32))
             assert cp.dot is not FakeCupy.dot and cp.ndarray.dot is not FakeCupy._Base.dot
             np.testing.assert_array_equal(cp.dot(a, b), np.eye(2))
-            assert callable(x.dot)
+            np.testing.assert_array_equal(cp.ndarray.dot(a, b), np.eye(2))
+            elsewhere = []  # another thread keeps CuPy's own product (and its own handle)
+            thread = threading.Thread(target=lambda: elsewhere.append(x.dot(None)))
+            thread.start()
+            thread.join()
+            assert elsewhere == ["CuPy's own dot"]
             raise KeyError  # a failed capture: routing must still end
     assert cp.dot is FakeCupy.dot and "dot" not in cp.ndarray.__dict__
     assert cp.ndarray().dot(None) == "CuPy's own dot"

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import threading
 
 import numpy as np
 
@@ -412,6 +413,9 @@ def _device_step_scope(values):
 # ---------------------------------------------------------------------------
 
 
+_CAPTURE_LOCK = threading.Lock()
+
+
 class CupyCapturer:
     """Captures a step on a real GPU.
 
@@ -430,6 +434,10 @@ class CupyCapturer:
         self.gemm = _CaptureGemm(cp)
 
     def capture(self, body):
+        with _CAPTURE_LOCK:  # one capture at a time: CuPy's dot is routed process-wide
+            return self._capture(body)
+
+    def _capture(self, body):
         cp = self.cp
         pool = cp.cuda.MemoryPool()
         cp.cuda.get_current_stream().synchronize()  # once per capture: a clean start
@@ -526,17 +534,25 @@ class _CaptureGemm:
 
     @contextlib.contextmanager
     def routing(self, stream):
-        """Within the block, ``ndarray.dot`` and ``cupy.dot`` on ``stream`` take this path."""
+        """Within the block, ``ndarray.dot`` and ``cupy.dot`` called from this thread take
+        this path (CuPy's cuBLAS handles are per thread; other threads keep CuPy's own)."""
         cp = self.cp
         handle = cp.cuda.device.get_cublas_handle()
         status = self._cublas().cublasSetStream_v2(handle, stream.ptr)
         if status != 0:
             raise CaptureError(f"cublasSetStream failed with status {status}")
         self.handle = handle
+        owner = threading.get_ident()
         original_method = cp.ndarray.__dict__.get("dot")
         original_dot = cp.dot
-        cp.ndarray.dot = lambda a, b, out=None: self.dot(a, b, out)
-        cp.dot = self.dot
+
+        def routed(a, b, out=None):
+            if threading.get_ident() == owner:
+                return self.dot(a, b, out)
+            return cp._core.dot(a, b, out)  # what both cupy.dot and ndarray.dot call
+
+        cp.ndarray.dot = routed
+        cp.dot = routed
         try:
             yield
         finally:
@@ -613,5 +629,5 @@ class _CaptureGemm:
 
 def _base_dot(cp, a, b):
     """CuPy's own ``dot``, below any routing (for the products that launch no cuBLAS)."""
-    return cp._core.dot(a, b)
+    return cp._core.dot(a, b, None)
 
