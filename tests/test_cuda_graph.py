@@ -12,6 +12,7 @@ eager GPU step against the CPU (``xpnet.parity``), resume under graphs, the shor
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import json
 import threading
@@ -583,6 +584,80 @@ def test_routing_covers_the_capture_and_puts_cupy_back():
             raise KeyError  # a failed capture: routing must still end
     assert cp.dot is FakeCupy.dot and "dot" not in cp.ndarray.__dict__
     assert cp.ndarray().dot(None) == "CuPy's own dot"
+
+
+class FakeStream:
+    def __init__(self, non_blocking=False):
+        self.ptr, self.events, self.current = 777, [], False
+
+    def __enter__(self):
+        self.current = True
+
+    def __exit__(self, *exc):
+        self.current = False
+
+    def synchronize(self):
+        pass
+
+    def begin_capture(self):
+        self.events.append("begin")
+
+    def end_capture(self):
+        self.events.append("end")
+        return "graph"
+
+
+def _cupy_capturer(routing_error=None):
+    """A CupyCapturer over a stand-in CuPy that records what the capture did."""
+    cp = FakeCupy()
+    allocators = []
+    cp.cuda.Stream = FakeStream
+    cp.cuda.MemoryPool = lambda: type("Pool", (), {"malloc": "private malloc"})()
+    cp.cuda.get_current_stream = staticmethod(lambda: FakeStream())
+
+    @contextlib.contextmanager
+    def using_allocator(malloc):
+        allocators.append(malloc)
+        yield
+
+    cp.cuda.using_allocator = staticmethod(using_allocator)
+    capturer = cuda_graph.CupyCapturer(cp)
+
+    @contextlib.contextmanager
+    def routing(stream):
+        if routing_error:
+            raise routing_error
+        yield
+
+    capturer.gemm.routing = routing
+    return capturer, allocators
+
+
+def test_cupy_capture_runs_the_body_on_its_stream_and_pool():
+    capturer, allocators = _cupy_capturer()
+    seen = []
+    graph, (pool, loss) = capturer.capture(lambda: seen.append(capturer.stream.current) or 5)
+    assert graph == "graph" and loss == 5 and pool.malloc == "private malloc"
+    assert seen == [True] and allocators == ["private malloc"]
+    assert capturer.stream.events == ["begin", "end"] and not capturer.stream.current
+
+
+def test_a_body_that_fails_under_capture_ends_it_and_names_the_error():
+    capturer, _ = _cupy_capturer()
+
+    def refuses():
+        raise NotImplementedError("calling cuBLAS API during stream capture is unsupported")
+
+    with pytest.raises(CaptureError, match="NotImplementedError: calling cuBLAS API"):
+        capturer.capture(refuses)
+    assert capturer.stream.events == ["begin", "end"]  # the stream is usable again
+
+
+def test_a_capture_refused_before_it_begins_is_a_capture_error():
+    capturer, _ = _cupy_capturer(routing_error=OSError("no libcublas"))
+    with pytest.raises(CaptureError, match="OSError: no libcublas"):
+        capturer.capture(lambda: 5)
+    assert capturer.stream.events == []
 
 
 # ---------------------------------------------------------------------------

@@ -441,19 +441,25 @@ class CupyCapturer:
         cp = self.cp
         pool = cp.cuda.MemoryPool()
         cp.cuda.get_current_stream().synchronize()  # once per capture: a clean start
-        keep = []
-        with cp.cuda.using_allocator(pool.malloc), self.stream, self.gemm.routing(self.stream):
-            self.stream.begin_capture()
-            try:
-                keep.append(body())
-            except Exception as exc:
-                _abandon_capture(self.stream)
-                raise CaptureError(f"{type(exc).__name__}: {exc}") from exc
-            try:
-                graph = self.stream.end_capture()
-            except Exception as exc:
-                raise CaptureError(f"{type(exc).__name__}: {exc}") from exc
-        return graph, (pool, keep)  # graph.launch(): on the current stream
+        try:
+            with cp.cuda.using_allocator(pool.malloc), self.stream, \
+                    self.gemm.routing(self.stream):
+                graph, loss = self._record(body)
+        except CaptureError:
+            raise
+        except Exception as exc:  # whatever refused (CuPy, cuBLAS, CUDA): the reason
+            raise CaptureError(f"{type(exc).__name__}: {exc}") from exc
+        return graph, (pool, loss)  # graph.launch(): on the current stream
+
+    def _record(self, body):
+        """``(graph, body())`` of ``body`` run under capture on the private stream."""
+        self.stream.begin_capture()
+        try:
+            out = body()
+        except BaseException:
+            _abandon_capture(self.stream)
+            raise
+        return self.stream.end_capture(), out
 
 
 def _abandon_capture(stream) -> None:
