@@ -259,6 +259,22 @@ def test_a_changed_learning_rate_is_captured_again():
     assert status["captures"] == 2 and status["eager_steps"] == 2  # a warm-up for each
 
 
+def test_replaced_optimizer_state_is_captured_again():
+    """A graph writes the arrays it was captured with; state replaced by new arrays (as
+    load_state_dict does) needs a new graph."""
+    def run(tr):
+        for step in range(tr.max_iter):
+            if step == 5:
+                tr.optimizer.v = {k: v.copy() for k, v in tr.optimizer.v.items()}
+            tr.train_step()
+        tr._read_losses()
+        return tr
+
+    plain, graphs = run(_trainer()), run(_with_graphs(_trainer()))
+    _assert_same_run(graphs, plain)
+    assert graphs.cuda_graph_status["captures"] == 2
+
+
 def test_capturing_again_and_again_gives_up():
     tr = _with_graphs(_trainer())
     for step in range(tr.max_iter):

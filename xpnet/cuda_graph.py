@@ -142,18 +142,22 @@ def graph_fallback_reason(trainer) -> str | None:
     return None
 
 
-def graph_key(trainer, batch_size: int) -> tuple:
-    """What a graph froze: batch size, hyperparameters, and which arrays it reads and
-    writes (parameters and optimizer state, by identity). Another key: another graph."""
+def state_arrays(trainer) -> list:
+    """The arrays a step reads and writes in place: parameters and optimizer state."""
     opt = trainer.optimizer
-    state = []
+    arrays = list(trainer.network.params.values())
     for slot in getattr(opt, "slots", ()):
-        arrays = getattr(opt, slot, None) or {}
-        state.extend(map(id, arrays.values()))
-    return (batch_size,
-            tuple(getattr(opt, h) for h in getattr(opt, "hyperparams", ())),
-            tuple(map(id, trainer.network.params.values())),
-            tuple(state))
+        arrays.extend((getattr(opt, slot, None) or {}).values())
+    return arrays
+
+
+def graph_key(trainer, batch_size: int, arrays: list) -> tuple:
+    """What a graph froze: batch size, hyperparameters, and which ``arrays``
+    (:func:`state_arrays`) it reads and writes, by identity -- whoever holds the key holds
+    the arrays too, so an identity is never reused. Another key: another graph."""
+    opt = trainer.optimizer
+    return (batch_size, tuple(getattr(opt, h) for h in getattr(opt, "hyperparams", ())),
+            tuple(map(id, arrays)))
 
 
 # ---------------------------------------------------------------------------
@@ -262,19 +266,19 @@ class GraphStep:
     """
 
     def __init__(self, key, graph, optimizer, keep):
-        self.key = key
+        self.key = key  # key[-1] names the arrays that ``keep`` holds
         self.graph = graph
         self.optimizer = optimizer
         self._keep = keep  # the memory pool and arrays the graph reads and writes
 
     @classmethod
-    def capture(cls, key, body, capturer, optimizer) -> GraphStep:
+    def capture(cls, key, body, capturer, optimizer, arrays) -> GraphStep:
         saved = _host_state(optimizer)
         try:
             graph, keep = capturer.capture(body)
         finally:
             _restore_host_state(optimizer, saved)
-        return cls(key, graph, optimizer, keep)
+        return cls(key, graph, optimizer, (keep, arrays))
 
     def replay(self) -> None:
         self.graph.launch()
@@ -305,6 +309,7 @@ class DeviceSteps:
         self.graph_steps = 0
         self.eager_steps = 0
         self._warm_key = None  # the key of the last eager step, which warmed a capture
+        self._warm_arrays: list = []  # held with the key, so that its identities stay valid
         self._step_reasons: dict[str, int] = {}
         if capturer is not None:  # the ring's write kernel, compiled and loaded before capture
             xp.put(self.ring, self.inputs.slot, self.ring[0])
@@ -332,7 +337,8 @@ class DeviceSteps:
             loss = self.body(inputs.indices)
         self.eager_steps += 1
         if self.reason is None and self.capturer is not None:
-            self._warm_key = graph_key(self.trainer, len(inputs.indices))
+            self._warm_arrays = state_arrays(self.trainer)
+            self._warm_key = graph_key(self.trainer, len(inputs.indices), self._warm_arrays)
         return loss
 
     def _eager_because(self, reason: str) -> None:
@@ -343,7 +349,8 @@ class DeviceSteps:
         this key has warmed everything up, or None (eager)."""
         if self.reason is not None or self.capturer is None:
             return None
-        key = graph_key(self.trainer, self.inputs.batch_size)
+        arrays = state_arrays(self.trainer)
+        key = graph_key(self.trainer, self.inputs.batch_size, arrays)
         if self.graph is not None and self.graph.key == key:
             return self.graph
         self.graph = None  # its key is gone: hyperparameters or arrays changed
@@ -357,7 +364,7 @@ class DeviceSteps:
         self.captures += 1
         try:
             self.graph = GraphStep.capture(key, self._captured_body, self.capturer,
-                                           self.trainer.optimizer)
+                                           self.trainer.optimizer, arrays)
         except CaptureError as exc:
             self.reason = f"the step could not be captured: {exc}"
             self._say_eager()
