@@ -259,6 +259,16 @@ def test_a_changed_learning_rate_is_captured_again():
     assert status["captures"] == 2 and status["eager_steps"] == 2  # a warm-up for each
 
 
+def test_a_schedule_that_changes_lr_now_and_then_keeps_capturing():
+    tr = _with_graphs(_trainer(epochs=80))  # 5 steps an epoch
+    for step in range(tr.max_iter):
+        if step % 60 == 0:
+            tr.optimizer.lr *= 0.9
+        tr.train_step()
+    status = tr.cuda_graph_status
+    assert status["reason"] is None and status["captures"] == 7 > cuda_graph.MAX_CAPTURES
+
+
 def test_replaced_optimizer_state_is_captured_again():
     """A graph writes the arrays it was captured with; state replaced by new arrays (as
     load_state_dict does) needs a new graph."""

@@ -51,9 +51,11 @@ __all__ = [
     "graph_safe",
 ]
 
-#: Captures one run may make (a new graph each time hyperparameters or parameter arrays
-#: change); past this, capturing again costs more than the replays save.
+#: Captures a run makes freely (a new graph each time hyperparameters or parameter arrays
+#: change); beyond them, only while each capture has been replayed REPLAYS_PER_CAPTURE times
+#: on average (an lr schedule per epoch captures on; an lr changed every step gives up).
 MAX_CAPTURES = 4
+REPLAYS_PER_CAPTURE = 50
 
 # Layers whose GPU path only launches kernels on the current stream, reads no device value
 # on the host, allocates from CuPy's pool and depends on no host value that changes from
@@ -356,9 +358,10 @@ class DeviceSteps:
         self.graph = None  # its key is gone: hyperparameters or arrays changed
         if key != self._warm_key:
             return None  # warm up first
-        if self.captures >= MAX_CAPTURES:
-            self.reason = (f"captured {self.captures} times: the hyperparameters or "
-                           "parameter arrays keep changing")
+        if self.captures >= MAX_CAPTURES and \
+                self.graph_steps < REPLAYS_PER_CAPTURE * self.captures:
+            self.reason = (f"captured {self.captures} times for {self.graph_steps} replays: "
+                           "the hyperparameters or parameter arrays keep changing")
             self._say_eager()
             return None
         self.captures += 1
