@@ -1,5 +1,6 @@
-"""The GPU benchmark behind ``benchmarks/gpu_check.sh``: kernels, a DeepConvNet epoch on the
-GPU beside PyTorch CUDA and beside xpnet on the CPU, and the CPU-vs-GPU training-step parity.
+"""The GPU benchmark behind ``benchmarks/gpu_check.sh``: kernels, training steps with and
+without CUDA graphs beside PyTorch CUDA and beside xpnet on the CPU, and the CPU-vs-GPU
+training-step parity.
 
     python benchmarks/gpu_bench.py OUT_DIR [--samples 60000] [--batch 100] [--parts ...]
 
@@ -15,6 +16,15 @@ Parts:
            book's slicing im2col/col2im run on CuPy arrays.
   parity   one DeepConvNet step (forward, backward, Adam) from the same parameters,
            batch and Dropout masks on the CPU and on the GPU; max relative difference.
+  graphs   side by side in one run, for DeepConvNet at batch 32, 100 and 1,000 and
+           SimpleConvNet at batch 100 (Adam lr 0.001, 60,000 samples on the GPU): the
+           Trainer's steps replayed as a CUDA graph, the same steps launched eagerly, and
+           PyTorch eager CUDA fp32 -- ms per step over ``--graph-steps`` steps and the
+           epoch they make; the GPU's busy time per replay (CUDA events around the graph
+           launch) against the wall time per step; launches per step (the graph's kernel
+           nodes, each an eager launch, and the Numba launches counted in an eager step,
+           against one graph launch); the per-call launch cost from
+           ``benchmarks/gpu_launch_cost.py`` where present.
   epoch    one epoch of DeepConvNet (samples / batch steps, Adam lr 0.001, mini-batches
            drawn at random on the device, as the book's trainer) on the GPU.
   torch    the same architecture and schedule in PyTorch on CUDA (skipped without it).
@@ -47,7 +57,7 @@ import xpnet  # noqa: E402
 from xpnet import backend  # noqa: E402
 from xpnet.kernels import reference as ref  # noqa: E402 - the book's slicing loops: on CuPy, the baseline
 
-PARTS = ("env", "kernels", "parity", "epoch", "torch", "cpu", "train")
+PARTS = ("env", "kernels", "parity", "graphs", "epoch", "torch", "cpu", "train")
 
 
 def _cupy():
@@ -326,18 +336,36 @@ def part_cpu(args):
             "threads": os.cpu_count()}
 
 
+def _train_step_ms(out: Path):
+    """ms per DeepConvNet step at batch 100 as ``xpnet train`` will run it: the graphs part's
+    (CUDA graphs, the default), else the epoch part's eager time; None if neither ran."""
+    graphs = out / "graphs.json"
+    if graphs.exists():
+        for row in json.loads(graphs.read_text()).get("rows", []):
+            run = row.get("xpnet_graphs", {})
+            if (row["model"], row["batch"]) == ("DeepConvNet", 100) and "ms_per_step" in run:
+                return run["ms_per_step"]
+    epoch = out / "epoch.json"
+    return json.loads(epoch.read_text()).get("ms_per_step") if epoch.exists() else None
+
+
 def part_train(args):
     """The README's GPU training command on real Fashion-MNIST, epochs fitted to the time left."""
     if args.data_dir is None:
         return {"skipped": "no --data-dir given"}
-    epoch = args.out / "epoch.json"
-    step_ms = json.loads(epoch.read_text()).get("ms_per_step") if epoch.exists() else None
+    step_ms = _train_step_ms(args.out)
     if step_ms is None:
-        return {"skipped": "the epoch part did not finish, so the epoch time is unknown"}
+        return {"skipped": "neither the graphs nor the epoch part finished, so the epoch "
+                "time is unknown"}
     # 600 steps plus evaluating 1,000 train and test samples each epoch and the full test
     # set once; the 1.5 covers start-up, compilation and the evaluation passes
     epoch_s = 1.5 * step_ms * 1e-3 * 60_000 / args.batch
-    epochs = int(max(1, min(10, (args.train_seconds - 20) // epoch_s)))
+    seconds = args.train_seconds
+    if args.time_limit is not None:  # what the earlier parts left of the whole run's limit
+        seconds = min(seconds, args.time_limit - (time.perf_counter() - args.started) - 10)
+    if seconds < 30:
+        return {"skipped": f"only {seconds:.0f} s of the time limit were left for training"}
+    epochs = int(max(1, min(10, (seconds - 20) // epoch_s)))
     out = args.out / "train"
     command = [sys.executable, "-m", "xpnet", "train", "--model", "DeepConvNet",
                "--dataset", "fashion-mnist", "--data-dir", str(args.data_dir), "--no-download",
@@ -347,7 +375,7 @@ def part_train(args):
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(HERE.parent), env.get("PYTHONPATH")]))
     t0 = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True, env=env,
-                          timeout=args.train_seconds)
+                          timeout=seconds)
     seconds = time.perf_counter() - t0
     (args.out / "train.log").write_text(done.stdout + done.stderr)
     if done.returncode != 0:
@@ -356,7 +384,193 @@ def part_train(args):
     return {"command": " ".join(command[2:]), "epochs": epochs, "wall_seconds": seconds,
             "epoch_seconds": history.get("epoch_seconds"),
             "test_acc_list": history.get("test_acc_list"),
-            "final_test_acc": history.get("final_test_acc")}
+            "final_test_acc": history.get("final_test_acc"),
+            "cuda_graphs": history.get("cuda_graphs")}
+
+
+# ---------------------------------------------------------------------------
+# graphs: the Trainer's steps replayed, launched eagerly, and PyTorch's, side by side
+# ---------------------------------------------------------------------------
+
+# (model, batch): DeepConvNet where the step is launch-bound (32, 100) and GPU-bound (1,000),
+# and the smaller SimpleConvNet
+GRAPH_CONFIGS = (("DeepConvNet", 32), ("DeepConvNet", 100), ("DeepConvNet", 1000),
+                 ("SimpleConvNet", 100))
+_WARM_STEPS = 3  # an eager step, the capture (and its first replay), one more replay
+
+
+def part_graphs(args):
+    """Each configuration's three runs; the rows are written to OUT/graphs.json as they
+    finish, so a run out of time keeps the configurations done."""
+    cp = _cupy()
+    x, t = _data(args.samples)
+    xd, td = cp.asarray(x), cp.asarray(t)
+    result = {"samples": args.samples, "rows": [], "launch_cost": _launch_cost()}
+    for model, batch in GRAPH_CONFIGS:
+        row = {"model": model, "batch": batch, "epoch_steps": args.samples // batch}
+        for label, graphs in (("xpnet_graphs", True), ("xpnet_eager", False)):
+            row[label] = _recorded(_trainer_steps, model, batch, graphs, xd, td, args)
+        steps = min(args.graph_steps, row["epoch_steps"])
+        row["torch_fp32"] = _recorded(_torch_steps, model, batch, x, t, steps)
+        result["rows"].append(row)
+        (args.out / "graphs.json").write_text(json.dumps(result, indent=2))
+        cp.get_default_memory_pool().free_all_blocks()
+    return result
+
+
+def _recorded(run, *args):
+    """``run(*args)``, or its error as a result: one failing run must not hide the others."""
+    try:
+        return run(*args)
+    except Exception as exc:
+        return {"error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()}
+
+
+def _trainer_steps(model, batch, graphs, xd, td, args):
+    """Time the Trainer's own steps (mini-batches drawn on the host and staged, losses read
+    back every 50 steps, as ``xpnet train`` runs them): at most an epoch's worth, after the
+    warm-up (an epoch's end evaluates on 100 samples only)."""
+    from xpnet import models
+    from xpnet.trainer import Trainer
+
+    cp = _cupy()
+    xpnet.seed(0)
+    tr = Trainer(getattr(models, model)(), xd, td, xd[:100], td[:100], epochs=100,
+                 mini_batch_size=batch, optimizer="Adam", optimizer_param={"lr": 0.001},
+                 evaluate_sample_num_per_epoch=100, verbose=False, seed=0, device="gpu",
+                 cuda_graphs=graphs)
+    steps = min(args.graph_steps, tr.iter_per_epoch)
+    launches = _numba_launches(tr.train_step)  # the first step: eager in both modes
+    for _ in range(_WARM_STEPS - 1):
+        tr.train_step()
+    cp.cuda.Device().synchronize()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        tr.train_step()
+    tr._read_losses()  # the last group's transfer, a synchronisation
+    cp.cuda.Device().synchronize()
+    seconds = time.perf_counter() - t0
+    ms = 1e3 * seconds / steps
+    out = {"steps": steps, "ms_per_step": ms,
+           "epoch_seconds": ms * 1e-3 * (len(xd) // batch),
+           "numba_launches_eager_step": launches,
+           "last_loss": tr.train_loss_list[-1],
+           "finite": bool(np.all(np.isfinite(tr.train_loss_list))),
+           "cuda_graphs": tr.cuda_graph_status}
+    graph = getattr(tr._device_steps, "graph", None)
+    if graph is not None:
+        out["numba_launches_graph_step"] = _numba_launches(tr.train_step)
+        out["graph_nodes"] = _graph_node_counts(graph.graph)
+        out["gpu_busy_ms_per_step"] = _busy_ms(tr, graph, min(steps, 50))
+    return out
+
+
+def _numba_launches(fn) -> int:
+    """How many Numba kernels ``fn()`` launches from Python (every one goes through
+    ``kernels.cuda_launch.launch``, bound by name in each kernel module)."""
+    from xpnet.kernels import cuda_launch
+
+    original = cuda_launch.launch
+    modules = [m for name, m in list(sys.modules.items())
+               if name.startswith("xpnet.kernels") and getattr(m, "launch", None) is original]
+    count = 0
+
+    def counting(*args, **kwargs):
+        nonlocal count
+        count += 1
+        return original(*args, **kwargs)
+
+    for m in modules:
+        m.launch = counting
+    try:
+        fn()
+    finally:
+        for m in modules:
+            m.launch = original
+    return count
+
+
+def _busy_ms(tr, graph, steps) -> float:
+    """Median GPU time of one replay: CUDA events recorded around each graph launch."""
+    cp = _cupy()
+    pairs = []
+    replay = graph.replay
+
+    def timed():
+        start, stop = cp.cuda.Event(), cp.cuda.Event()
+        start.record()
+        replay()
+        stop.record()
+        pairs.append((start, stop))
+
+    graph.replay = timed
+    try:
+        for _ in range(steps):
+            tr.train_step()
+    finally:
+        del graph.replay  # the class's replay again
+    cp.cuda.Device().synchronize()
+    return float(np.median([cp.cuda.get_elapsed_time(a, b) for a, b in pairs]))
+
+
+# CUgraphNodeType (CUDA driver API)
+_NODE_TYPES = {0: "kernel", 1: "memcpy", 2: "memset", 3: "host", 4: "graph", 5: "empty",
+               6: "wait_event", 7: "event_record", 10: "mem_alloc", 11: "mem_free"}
+
+
+def _graph_node_counts(cupy_graph) -> dict:
+    """The captured graph's nodes by type (cuGraphGetNodes, cuGraphNodeGetType): its kernel
+    nodes are the launches an eager step makes one by one."""
+    import ctypes
+
+    cuda = ctypes.CDLL("libcuda.so.1")
+    graph = ctypes.c_void_p(cupy_graph.graph)
+    n = ctypes.c_size_t(0)
+    if cuda.cuGraphGetNodes(graph, None, ctypes.byref(n)) != 0:
+        return {"error": "cuGraphGetNodes failed"}
+    nodes = (ctypes.c_void_p * n.value)()
+    cuda.cuGraphGetNodes(graph, nodes, ctypes.byref(n))
+    counts: dict = {}
+    kind = ctypes.c_int(0)
+    for node in nodes:
+        cuda.cuGraphNodeGetType(ctypes.c_void_p(node), ctypes.byref(kind))
+        name = _NODE_TYPES.get(kind.value, f"type{kind.value}")
+        counts[name] = counts.get(name, 0) + 1
+    return counts
+
+
+def _torch_steps(model, batch, x, t, steps):
+    """PyTorch eager CUDA, true fp32 (no TF32, as xpnet), the same steps and batch size."""
+    try:
+        import torch
+    except ImportError:
+        return {"skipped": "PyTorch is not installed"}
+    if not torch.cuda.is_available():
+        return {"skipped": "PyTorch has no CUDA here"}
+    sys.path.insert(0, str(HERE))
+    import torch_nets
+
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cudnn.benchmark = True
+    torch.manual_seed(0)
+    dev = torch.device("cuda")
+    net = {"DeepConvNet": torch_nets.deep_convnet,
+           "SimpleConvNet": torch_nets.simple_convnet}[model]().to(dev)
+    xd, td = torch.from_numpy(x).to(dev), torch.from_numpy(t).to(dev)
+    run = _torch_epoch(torch, net, torch_nets.train_step_fn, xd, td, batch, steps)
+    run["epoch_seconds"] = run["ms_per_step"] * 1e-3 * (len(x) // batch)
+    return run
+
+
+def _launch_cost():
+    """The per-call host cost of one kernel launch, Numba's dispatcher against the fast path
+    (``benchmarks/gpu_launch_cost.py``), where this checkout has it."""
+    try:
+        from gpu_launch_cost import launch_cost_table
+    except ImportError as exc:
+        return {"skipped": f"benchmarks/gpu_launch_cost.py is not importable ({exc})"}
+    return _recorded(launch_cost_table)
 
 
 # ---------------------------------------------------------------------------
@@ -378,16 +592,24 @@ def main(argv=None):
     p.add_argument("--samples", type=int, default=60_000, help="training samples per epoch")
     p.add_argument("--batch", type=int, default=100)
     p.add_argument("--cpu-steps", type=int, default=20, help="CPU steps timed")
+    p.add_argument("--graph-steps", type=int, default=300,
+                   help="steps timed per run in the graphs part (fewer where an epoch is "
+                   "shorter)")
     p.add_argument("--data-dir", type=Path, default=None,
                    help="Fashion-MNIST IDX files for the train part (skipped without)")
+    p.add_argument("--time-limit", type=float, default=None,
+                   help="seconds the whole benchmark may take (the train part fits into "
+                   "what the other parts leave)")
     p.add_argument("--train-seconds", type=float, default=150,
                    help="time limit of the train part (its epochs are fitted to it)")
     p.add_argument("--report-only", action="store_true",
                    help="only collect OUT/<part>.json into results.json/.md and print")
     args = p.parse_args(argv)
+    args.started = time.perf_counter()
     args.out.mkdir(parents=True, exist_ok=True)
     funcs = {"env": part_env, "kernels": part_kernels, "parity": part_parity,
-             "epoch": part_epoch, "torch": part_torch, "cpu": part_cpu, "train": part_train}
+             "graphs": part_graphs, "epoch": part_epoch, "torch": part_torch, "cpu": part_cpu,
+             "train": part_train}
     if not args.report_only:
         for part in args.parts:
             t0 = time.perf_counter()

@@ -457,6 +457,9 @@ def _configure_train(p):
                    "`mpiexec -n N xpnet train --distributed ...`: each process takes "
                    "batch-size/N samples of every mini-batch (MPI on the CPU, NCCL on GPUs); "
                    "rank 0 prints and writes the checkpoints and --out files")
+    r.add_argument("--no-cuda-graphs", dest="cuda_graphs", action="store_false",
+                   help="on the GPU, launch every kernel of every step instead of replaying "
+                   "the step captured once as a CUDA graph (the default; same results)")
     c = p.add_argument_group("checkpoints and output")
     c.add_argument("--checkpoint-dir", metavar="DIR",
                    help="write checkpoint.npz there every epoch (or --checkpoint-every steps)")
@@ -502,6 +505,7 @@ def _run_train(args) -> int:
         optimizer_param=_optimizer_param(args), evaluate_sample_num_per_epoch=args.eval_samples,
         verbose=verbose, seed=args.seed, checkpoint_dir=args.checkpoint_dir,
         checkpoint_every=args.checkpoint_every, resume=args.resume, communicator=comm,
+        cuda_graphs=args.cuda_graphs,
     )
     start = time.perf_counter()
     history = trainer.train()

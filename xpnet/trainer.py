@@ -21,7 +21,9 @@ parameters the uninterrupted run reaches, since every step draws from its own ra
 streams (:mod:`xpnet.step_streams`); ``communicator=`` for data-parallel training
 (:mod:`xpnet.distributed`: every rank draws the same global mini-batch and takes its
 share; gradients and loss are averaged before the update; rank 0 prints and writes
-checkpoints, every rank reads them, so the directory must be one they all see).
+checkpoints, every rank reads them, so the directory must be one they all see);
+``cuda_graphs`` (on the GPU each step is captured once as a CUDA graph and replayed,
+:mod:`xpnet.cuda_graph`; ``history['cuda_graphs']`` says whether it ran, and if not why).
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ from xpnet.checkpoint import (
 )
 from xpnet.checkpoint import read as _read_checkpoint  # noqa: F401 - its former home
 from xpnet.checkpoint_lock import DirectoryLock
+from xpnet.cuda_graph import CupyCapturer, DeviceSteps, graph_fallback_reason
 from xpnet.loss_growth import LossGrowthCheck
 from xpnet.optimizers import get_optimizer
 from xpnet.step_streams import StepStreams
@@ -90,6 +93,9 @@ class Trainer:
         communicator: an :class:`xpnet.distributed.Communicator` for data-parallel
             training over several processes (None: this process alone). Each process
             takes its share of every mini-batch of ``mini_batch_size`` samples.
+        cuda_graphs: on the GPU, capture the training step once as a CUDA graph and
+            replay it (True, the default), or launch every kernel of every step (False).
+            Steps that cannot be captured run eagerly with the same results.
     """
 
     def __init__(
@@ -113,9 +119,11 @@ class Trainer:
         resume=False,
         progress=None,
         communicator=None,
+        cuda_graphs=True,
     ):
         self.network = network
         self.communicator = communicator
+        self.cuda_graphs = bool(cuda_graphs)
         if communicator is not None and not communicator.is_root:
             verbose, progress = False, False  # rank 0 speaks for the job
         self.verbose = verbose
@@ -212,6 +220,7 @@ class Trainer:
         self._epoch_start = time.perf_counter()
         self._pending_losses: list = []  # (step, 0-d loss array) not yet read back
         self._loss_sync = 1 if self.xp is np else _GPU_LOSS_SYNC_STEPS
+        self._device_steps: DeviceSteps | None = None  # made at the first GPU step
         self._loss_growth = LossGrowthCheck()  # warns once if the loss explodes without NaN
         self._bar = None
 
@@ -324,13 +333,11 @@ class Trainer:
         step = self.current_iter
         with backend.rng_scope(self._step_streams(step)), \
                 backend.gpu_memory_hint(batch_size=self.batch_size):
-            batch_mask = self.xp.asarray(self._draw_batch_indices(step))  # to the data
-            if self.communicator is not None:  # this rank's share of the global batch
-                batch_mask = self.communicator.shard(batch_mask)
-            x_batch = self.x_train[batch_mask]
-            t_batch = self.t_train[batch_mask]
-            grads, loss = self._gradient(x_batch, t_batch)
-            self.optimizer.update(self.network.params, grads)
+            indices = self._draw_batch_indices(step)
+            if self.xp is np and self._device_steps is None:
+                loss = self._batch_step(indices)
+            else:  # staged on the device; a replayed CUDA graph, or the same step eagerly
+                loss = self._gpu_steps().step(step, indices, slot=len(self._pending_losses))
         self._pending_losses.append((step, loss))  # to train_loss_list in _read_losses
         self.current_iter += 1
         self._after_step()
@@ -369,6 +376,26 @@ class Trainer:
         the training set, drawn with replacement on the host from the step's stream (so
         the CPU and the GPU train on the same batches). Override to draw otherwise."""
         return self._streams(np).integers(0, self.train_size, size=self.batch_size)
+
+    def _batch_step(self, indices):
+        """Gather the mini-batch at ``indices`` (on the data's device), take its gradient,
+        update; return the loss (0-d, not read back). On the GPU this is what a CUDA graph
+        captures."""
+        if self.communicator is not None:  # this rank's share of the global batch
+            indices = self.communicator.shard(indices)
+        grads, loss = self._gradient(self.x_train[indices], self.t_train[indices])
+        self.optimizer.update(self.network.params, grads)
+        return loss
+
+    def _gpu_steps(self) -> DeviceSteps:
+        """The GPU's step runner, made at the first step (it holds device buffers)."""
+        if self._device_steps is None:
+            capturer = None
+            if graph_fallback_reason(self) is None:
+                capturer = CupyCapturer(backend.require_gpu())
+            self._device_steps = DeviceSteps(self, self._batch_step, capturer,
+                                             ring_size=_GPU_LOSS_SYNC_STEPS)
+        return self._device_steps
 
     def _gradient(self, x_batch, t_batch):
         """``(grads, loss)`` of the batch, the loss a 0-d array not read back; with a
@@ -530,7 +557,16 @@ class Trainer:
             "test_acc_list": list(self.test_acc_list),
             "final_test_acc": self.final_test_acc,
             "epoch_seconds": list(self.epoch_seconds),
+            "cuda_graphs": self.cuda_graph_status,
         }
+
+    @property
+    def cuda_graph_status(self) -> dict:
+        """Whether this process's steps ran as CUDA graphs, and if not (or not all) why:
+        ``used``, ``reason`` (None when capture was possible), step counts."""
+        if self._device_steps is not None:
+            return self._device_steps.status()
+        return {"used": False, "reason": graph_fallback_reason(self)}
 
     # -- checkpoints (the file format: xpnet.checkpoint) ----------------------------------
 

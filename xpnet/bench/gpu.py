@@ -49,6 +49,7 @@ def gpu_table(results: dict) -> list[str]:
                          f"({r['ms_per_step']:.2f} ms/step){ratio} |")
     if "skipped" in th:
         lines.append(f"| PyTorch CUDA epoch | skipped: {th['skipped']} |")
+    lines += _graph_rows(results.get("graphs", {}))
     cpu = results.get("cpu", {})
     if "epoch_seconds_extrapolated" in cpu:
         speedup = (f", GPU speed-up {cpu['epoch_seconds_extrapolated'] / ep['seconds']:.1f}x"
@@ -60,8 +61,11 @@ def gpu_table(results: dict) -> list[str]:
     if "final_test_acc" in tr:
         per_epoch = tr.get("epoch_seconds") or []
         median = f"{statistics.median(per_epoch):.1f} s per epoch (median), " if per_epoch else ""
+        graphs = tr.get("cuda_graphs") or {}
+        how = ("" if not graphs else "; CUDA graphs" if graphs.get("used")
+               else f"; eager steps ({graphs.get('reason')})")
         lines.append(f"| xpnet train DeepConvNet, Fashion-MNIST, GPU, {tr['epochs']} epochs | "
-                     f"{median}final test accuracy {tr['final_test_acc']:.4f} |")
+                     f"{median}final test accuracy {tr['final_test_acc']:.4f}{how} |")
     for row in results.get("kernels", {}).get("rows", []):
         if "im2col_ms" in row:
             lines.append(
@@ -77,6 +81,49 @@ def gpu_table(results: dict) -> list[str]:
     for part, r in results.items():
         if isinstance(r, dict) and "error" in r:
             lines.append(f"| {part} | ERROR: {r['error']} |")
+    return lines
+
+
+def _graph_rows(graphs: dict) -> list[str]:
+    """The graphs part: per model and batch, an epoch (from the steps timed) with CUDA graphs,
+    eagerly and in PyTorch (fp32), the GPU's busy time per replay against the wall time per
+    step, and the launches a step makes; then the per-call launch cost."""
+    lines = []
+    for row in graphs.get("rows", []):
+        runs = {k: row.get(k, {}) for k in ("xpnet_graphs", "xpnet_eager", "torch_fp32")}
+        cells = []
+        for label, key in (("graphs", "xpnet_graphs"), ("eager", "xpnet_eager"),
+                           ("PyTorch fp32", "torch_fp32")):
+            run = runs[key]
+            cells.append(f"{label} {run['epoch_seconds']:.2f} s ({run['ms_per_step']:.2f} ms/step)"
+                         if "epoch_seconds" in run else
+                         f"{label} {run.get('error') or run.get('skipped') or 'not run'}")
+        g, e, t = (runs[k].get("epoch_seconds") for k in runs)
+        if g and t:
+            cells.append(f"xpnet/PyTorch {g / t:.2f}x" + (f" (eager {e / t:.2f}x)" if e else ""))
+        status = runs["xpnet_graphs"].get("cuda_graphs") or {}
+        if status and not status.get("used"):
+            cells.append(f"graphs did not run: {status.get('reason')}")
+        if "gpu_busy_ms_per_step" in runs["xpnet_graphs"]:
+            cells.append(f"GPU busy {runs['xpnet_graphs']['gpu_busy_ms_per_step']:.2f} ms of "
+                         f"{runs['xpnet_graphs']['ms_per_step']:.2f} ms per replayed step")
+        kernels = runs["xpnet_graphs"].get("graph_nodes", {}).get("kernel")
+        if kernels:
+            cells.append(f"{kernels} kernels per step: {kernels} launches eagerly "
+                         f"({runs['xpnet_graphs'].get('numba_launches_eager_step')} of them "
+                         "Numba's), 1 graph launch replayed")
+        steps = runs["xpnet_graphs"].get("steps") or runs["xpnet_eager"].get("steps")
+        timed = f", {steps} steps timed" if steps else ""
+        lines.append(f"| {row['model']} epoch, batch {row['batch']} ({row['epoch_steps']} "
+                     f"steps{timed}) | {'; '.join(cells)} |")
+    cost = graphs.get("launch_cost", {})
+    if cost and not ("skipped" in cost or "error" in cost):
+        figures = ", ".join(f"{k} {v:.1f}" for k, v in cost.items()
+                            if isinstance(v, (int, float)) and not isinstance(v, bool))
+        lines.append(f"| one kernel launch, host cost per call (us) | {figures} |")
+    elif cost:
+        lines.append(f"| one kernel launch, host cost per call | "
+                     f"{cost.get('skipped') or 'ERROR: ' + str(cost.get('error'))} |")
     return lines
 
 
