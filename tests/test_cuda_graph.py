@@ -872,3 +872,35 @@ def test_gpu_short_batch_falls_back_and_matches_eager():
     assert graphs.cuda_graph_status["eager_step_reasons"], graphs.cuda_graph_status
     for key, value in _params(eager).items():
         np.testing.assert_array_equal(_params(graphs)[key], value, err_msg=key)
+
+
+def test_capture_and_replay_keep_adams_two_step_counts_in_step():
+    """Adam's fused GPU update advances ``iter`` and its record of the device's count
+    (``_device_iter``) together, and refills the device's count where they differ: a
+    capture must leave both as they were (else the refill would be captured and every
+    replay would reset the count), and a replay must advance both."""
+    opt = Adam()
+    opt.iter, opt._device_iter = 7, 7
+
+    def fused_update():  # what Adam._update_fused_adam does to the host counters
+        if opt._device_iter != opt.iter:
+            raise AssertionError("a refill of the device's step count would be captured")
+        opt.iter += 1
+        opt._device_iter = opt.iter
+
+    class Capturer:
+        def capture(self, body):
+            body()
+            return FakeGraphLaunch(), None
+
+    class FakeGraphLaunch:
+        def launch(self):
+            pass  # kernels only: the host counters are the replay's bookkeeping
+
+    step = cuda_graph.GraphStep.capture("key", fused_update, Capturer(), opt, [])
+    assert (opt.iter, opt._device_iter) == (7, 7)
+    for expected in (8, 9, 10):
+        step.replay()
+        assert (opt.iter, opt._device_iter) == (expected, expected)
+    fused_update()  # an eager step after replays: no refill needed, both advance
+    assert (opt.iter, opt._device_iter) == (11, 11)

@@ -236,9 +236,16 @@ def _pinned_int64(cp, n: int) -> np.ndarray:
 # ---------------------------------------------------------------------------
 
 
+# Adam's step count on the host, and its record of what the device's count holds: the
+# update compares the two and refills the device's where they differ, so a replay must
+# advance both, and a capture must leave both as they were (else a fill is captured).
+_HOST_COUNTERS = ("iter", "_device_iter")
+
+
 def _host_state(optimizer) -> dict:
     """The host-side counters an eager update advances (Adam's ``iter``)."""
-    return {"iter": optimizer.iter} if hasattr(optimizer, "iter") else {}
+    return {name: value for name in _HOST_COUNTERS
+            if (value := getattr(optimizer, name, None)) is not None}
 
 
 def _restore_host_state(optimizer, state: dict) -> None:
@@ -249,8 +256,9 @@ def _restore_host_state(optimizer, state: dict) -> None:
 def advance_host_state(optimizer) -> None:
     """After a replay: what the eager update would have advanced on the host. A replay
     runs only kernels (Adam's device step count moves inside the graph)."""
-    if hasattr(optimizer, "iter"):
-        optimizer.iter += 1
+    for name in _HOST_COUNTERS:
+        if getattr(optimizer, name, None) is not None:
+            setattr(optimizer, name, getattr(optimizer, name) + 1)
 
 
 # ---------------------------------------------------------------------------
