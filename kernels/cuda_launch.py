@@ -116,16 +116,15 @@ def _c_layout(shape, strides, itemsize) -> bool:
     return True
 
 
-def _array_part(values, dtype, shape, strides, ptr, readonly, c_contiguous):
+def _array_part(values, dtype, shape, strides, size, ptr, readonly, c_contiguous):
     """Append one array's ABI values; return its key part."""
-    values += (0, 0, math.prod(shape), dtype.itemsize, ptr, *shape, *strides)
+    values += (0, 0, size, dtype.itemsize, ptr, *shape, *strides)
     return ("A", dtype, len(shape), "C" if c_contiguous else "A", readonly)
 
 
 def _read_cupy(a, values):
     """A CuPy array: its attributes, cheaper than building its array interface."""
-    shape, strides = a.shape, a.strides
-    return _array_part(values, a.dtype, shape, strides, a.data.ptr, False,
+    return _array_part(values, a.dtype, a.shape, a.strides, a.size, a.data.ptr, False,
                        a.flags.c_contiguous)
 
 
@@ -150,7 +149,8 @@ def _read_cuda_array_interface(a, values):
         strides = tuple(strides)
         c_contiguous = _c_layout(shape, strides, dtype.itemsize)
     ptr, readonly = cai["data"]
-    return _array_part(values, dtype, shape, strides, ptr, bool(readonly), c_contiguous)
+    return _array_part(values, dtype, shape, strides, math.prod(shape), ptr, bool(readonly),
+                       c_contiguous)
 
 
 def _c_strides(shape, itemsize):
@@ -343,11 +343,11 @@ class LaunchPlan:
     def pack(self, values) -> int:
         """Write ``values`` into this thread's buffer; the address of the pointer array."""
         try:
-            buffer, pointers = self._local.buffers
+            buffer, address, _ = self._local.buffers
         except AttributeError:
-            buffer, pointers = self._local.buffers = self._new_buffers()
+            buffer, address, _ = self._local.buffers = self._new_buffers()
         self._struct.pack_into(buffer, 0, *values)
-        return ctypes.addressof(pointers) if self._offsets else 0
+        return address
 
     def pack_checked(self, args) -> int:
         """``pack`` for arguments not yet read: refuses any that differ from this plan's
@@ -359,11 +359,12 @@ class LaunchPlan:
         return self.pack(got.values)
 
     def _new_buffers(self):
+        """This thread's (parameter buffer, address of the pointer array or 0, the array)."""
         buffer = ctypes.create_string_buffer(max(self._struct.size, 1))
         base = ctypes.addressof(buffer)
         pointers = (ctypes.c_void_p * max(len(self._offsets), 1))(
             *[base + off for off in self._offsets])
-        return buffer, pointers
+        return buffer, ctypes.addressof(pointers) if self._offsets else 0, pointers
 
 
 def _offsets(fmt: str) -> list[int]:
@@ -429,11 +430,14 @@ class FastLauncher:
         if reason:
             return _Refused(reason)
         fmt = _format(key)
+        name = getattr(kernel, "__name__", "kernel")
         try:
             ptx = self._compile(kernel, key)
-        except Exception as exc:  # a typing error: Numba's own launch reports it
-            return _Refused(f"compile_ptx failed: {type(exc).__name__}: {exc}")
-        name = getattr(kernel, "__name__", "kernel")
+        except Exception as exc:
+            reason = f"compile_ptx failed: {type(exc).__name__}: {exc}"
+            if _is_numba_error(exc):  # e.g. a typing error: Numba's own launch reports it
+                return _Refused(reason)
+            return _refuse(name, reason)
         if _EXTERN.search(ptx):
             return _refuse(name, "its PTX calls external functions Numba links in (e.g. "
                                  "float16 arithmetic)")
@@ -478,6 +482,12 @@ def _unsupported_kernel(kernel) -> str | None:
         if value and value != neutral:
             return f"compiled with {name}={value!r}"
     return None
+
+
+def _is_numba_error(exc) -> bool:
+    """Whether ``exc`` is one of Numba's compilation errors (numba-cuda has its own
+    copies of Numba's error classes, so they are recognised by name)."""
+    return any(cls.__name__ == "NumbaError" for cls in type(exc).__mro__)
 
 
 def _refuse(name, reason):

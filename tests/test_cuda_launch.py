@@ -371,6 +371,19 @@ def test_a_failed_load_goes_to_numba_with_a_warning():
         assert launcher.launch(_im2col_kernel, 1, 1, 0, _im2col_args()) is False
 
 
+@needs_nvvm
+def test_a_failure_outside_numba_while_compiling_is_reported_once():
+    from xpnet.kernels.cuda import _im2col_kernel
+
+    class NoDevice(RecordingDriver):
+        def compute_capability(self):
+            raise RuntimeError("cudaErrorNoDevice")
+
+    launcher = L.FastLauncher(NoDevice())
+    with pytest.warns(RuntimeWarning, match="compile_ptx failed: RuntimeError: cudaErrorNoDevice"):
+        assert launcher.launch(_im2col_kernel, 1, 1, 0, _im2col_args()) is False
+
+
 def test_kernels_with_options_compile_ptx_would_lose_go_to_numba():
     from numba import cuda
 
