@@ -438,9 +438,9 @@ class FastLauncher:
             if _is_numba_error(exc):  # e.g. a typing error: Numba's own launch reports it
                 return _Refused(reason)
             return _refuse(name, reason)
-        if _EXTERN.search(ptx):
-            return _refuse(name, "its PTX calls external functions Numba links in (e.g. "
-                                 "float16 arithmetic)")
+        if _EXTERN.search(ptx):  # known and documented: no warning
+            return _Refused("its PTX calls external functions Numba links in (e.g. float16 "
+                            "arithmetic)")
         entry, params = ptx_entry(ptx)
         mismatch = format_mismatch(fmt, params)
         if mismatch:
@@ -491,7 +491,8 @@ def _is_numba_error(exc) -> bool:
 
 
 def _refuse(name, reason):
-    """Leave a kernel to Numba, saying so once: it still runs, only slower to launch."""
+    """Leave a kernel to Numba for an unexpected reason, saying so once: it still runs,
+    only slower to launch."""
     warnings.warn(f"{name} is launched by Numba, not the fast path: {reason}",
                   RuntimeWarning, stacklevel=4)
     return _Refused(reason)
