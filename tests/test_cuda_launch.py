@@ -419,6 +419,116 @@ def test_no_fast_path_without_a_gpu():
 
 
 # ---------------------------------------------------------------------------
+# the CuPy glue, on a fake CuPy: launch() from kernels.cuda down to cuLaunchKernel
+# ---------------------------------------------------------------------------
+
+
+class FakeCupyArray:
+    """The attributes the fast path reads from a CuPy array, over NumPy memory."""
+
+    def __init__(self, a):
+        self.host = a
+        self.shape, self.strides, self.dtype, self.size = a.shape, a.strides, a.dtype, a.size
+        self.data = type("MemoryPointer", (), {"ptr": a.ctypes.data})()
+        self.flags = type("Flags", (), {"c_contiguous": a.flags.c_contiguous})()
+
+
+class FakeCupy:
+    """``cupy`` as CupyDriver uses it: device, compute capability, modules, cuLaunchKernel."""
+
+    def __init__(self):
+        self.calls = []
+        fake = self
+
+        class Module:
+            def load(self, image):
+                assert isinstance(image, bytes) and b".entry" in image
+                fake.calls.append(("load", image))
+
+            def get_function(self, name):
+                fake.calls.append(("get_function", name))
+                return type("Function", (), {"ptr": 4242, "module": self})()
+
+        def launch_kernel(*args):
+            fake.calls.append(("launchKernel", args))
+
+        ns = type("NS", (), {})
+        self.cuda = ns()
+        self.cuda.runtime = ns()
+        self.cuda.runtime.getDevice = lambda: 0
+        self.cuda.driver = ns()
+        self.cuda.driver.launchKernel = launch_kernel
+        self.cuda.function = ns()
+        self.cuda.function.Module = Module
+        self.cuda.Device = lambda device: type("Device", (), {"compute_capability": "90"})()
+
+
+@needs_nvvm
+def test_launch_from_kernels_cuda_to_cu_launch_kernel(monkeypatch):
+    from xpnet.kernels import cuda as gpu
+
+    fake = FakeCupy()
+    monkeypatch.setattr(L, "_fast", L.FastLauncher(L.CupyDriver(fake)))
+    monkeypatch.setattr(L, "_fast_checked", True)
+    monkeypatch.setitem(L._READERS, FakeCupyArray, L._read_cupy)
+    x = FakeCupyArray(np.zeros((2, 3, 5, 5), np.float32))
+    col = FakeCupyArray(np.zeros((2 * 3 * 3, 3 * 9), np.float32))
+    gpu.launch_im2col(x, col, 3, 3, 2, 1, stream=FakeNumbaStream(555), threads=32)
+
+    assert [c[0] for c in fake.calls] == ["load", "get_function", "launchKernel"]
+    f, gx, gy, gz, bx, by, bz, shared, stream, params, extra = fake.calls[2][1]
+    blocks = -(-col.size // 32)  # one thread per col entry
+    assert (f, gx, gy, gz, bx, by, bz, shared, stream, extra) == (4242, blocks, 1, 1, 32, 1, 1,
+                                                                  0, 555, 0)
+    expected = L.marshal((StandIn(x.host), StandIn(col.host), 3, 3, 2, 1, 3, 3))
+    assert read_parameters(params, expected.format) == expected.values
+    assert fake.calls[1][1] in fake.calls[0][1].decode()  # the entry of the loaded PTX
+
+
+def test_fast_path_needs_a_gpu_and_not_the_simulator(monkeypatch):
+    from numba import config
+
+    fake = FakeCupy()
+    monkeypatch.setattr(backend, "gpu_available", lambda: True)
+    monkeypatch.setattr(backend, "require_gpu", lambda: fake)
+    assert isinstance(L._make_fast_launcher(), L.FastLauncher)
+    monkeypatch.setenv("XPNET_FAST_LAUNCH", "0")
+    assert L._make_fast_launcher() is None
+    monkeypatch.delenv("XPNET_FAST_LAUNCH")
+    monkeypatch.setattr(config, "ENABLE_CUDASIM", True)
+    assert L._make_fast_launcher() is None
+
+
+def test_numbas_launch_gets_foreign_device_arrays_as_views_made_without_a_sync(monkeypatch):
+    from numba import cuda
+
+    made = []
+    monkeypatch.setattr(cuda, "as_cuda_array",
+                        lambda a, sync=True: made.append((a, sync)) or ("view", a))
+    foreign, host = StandIn(np.zeros(2, np.float32)), np.zeros(2, np.float32)
+    numba_array = type("DeviceNDArray", (), {"_numba_type_": "array",
+                                             "__cuda_array_interface__": {}})()
+    got = L._numba_arguments((foreign, (foreign, host), numba_array, np.float32(1), 3))
+    assert got == (("view", foreign), (("view", foreign), host), numba_array, np.float32(1), 3)
+    assert made == [(foreign, False), (foreign, False)]
+
+
+def test_launch_falls_back_to_numbas_launch(monkeypatch):
+    launched = []
+
+    class Kernel:
+        def __getitem__(self, config):
+            return lambda *args: launched.append((config, args))
+
+    monkeypatch.setattr(L, "_fast", L.FastLauncher(RecordingDriver()))
+    monkeypatch.setattr(L, "_fast_checked", True)
+    host = np.zeros(3, np.float32)  # the simulator's arrays: not for the fast path
+    L.launch(Kernel(), 2, 32, 0, host, np.float32(1))
+    assert launched == [((2, 32, 0), (host, np.float32(1)))]
+    assert L._fast.compiles == 0
+
+
+# ---------------------------------------------------------------------------
 # every kernel of xpnet.kernels, with the argument types its simulator cases launch it with
 # ---------------------------------------------------------------------------
 
