@@ -15,7 +15,8 @@ time per call in microseconds, for:
   arguments, cuLaunchKernel);
 * ``cupy_raw`` and ``cupy_elementwise``: the same work as a ``cupy.RawKernel`` and a
   ``cupy.ElementwiseKernel``;
-* ``fast_im2col``: the fast path with a real xpnet kernel of 8 arguments (two 4-d arrays).
+* ``fast_im2col``: ``kernels.cuda.launch_im2col`` (shape guards, then the fast path): a real
+  xpnet kernel of 8 arguments, two of them 4-d arrays.
 
 The calls are timed in batches with a device synchronisation between batches only; the
 kernel runs in about 2 us on the GPU, so a launch that costs more than that on the host is
@@ -96,7 +97,7 @@ def launch_cost_table(calls: int = 2000) -> dict:
                                        "xpnet_axpy")
     n = np.int64(N)
     im2col_x = cp.zeros((1, 1, 4, 4), cp.float32)
-    im2col_col = cp.zeros((9, 4), cp.float32)
+    im2col_col = cp.zeros((4, 4), cp.float32)  # 2x2 windows, stride 2: (1*2*2, 1*2*2)
     sync = cp.cuda.get_current_stream().synchronize
 
     def numba_with_views():
@@ -109,8 +110,9 @@ def launch_cost_table(calls: int = 2000) -> dict:
         "fast": lambda: cuda_launch.launch(_axpy_kernel, grid, THREADS, stream, x, y, a),
         "cupy_raw": lambda: raw((grid,), (THREADS,), (x, y, a, n)),
         "cupy_elementwise": lambda: elementwise(x, a, y),
-        "fast_im2col": lambda: cuda_launch.launch(gpu._im2col_kernel, 1, THREADS, stream,
-                                                  im2col_x, im2col_col, 2, 2, 2, 0, 2, 2),
+        # a real kernel of 8 arguments, through its launch function (shape guards included)
+        "fast_im2col": lambda: gpu.launch_im2col(im2col_x, im2col_col, 2, 2, 2, 0,
+                                                 stream=stream),
     }
     table = {f"{name}_us": per_call_us(fn, calls, sync=sync) for name, fn in methods.items()}
     fast = cuda_launch._fast_launcher()
@@ -175,7 +177,7 @@ def host_marshal_cost(calls: int = 20000) -> dict:
 
     cuda_launch._READERS[_CupyLike] = cuda_launch._read_cupy  # read as CuPy arrays are
     launcher = cuda_launch.FastLauncher(_NullDriver())
-    x, col = np.zeros((1, 1, 4, 4), np.float32), np.zeros((9, 4), np.float32)
+    x, col = np.zeros((1, 1, 4, 4), np.float32), np.zeros((4, 4), np.float32)
     vx, vy = np.zeros(N, np.float32), np.zeros(N, np.float32)
     table = {}
     for label, wrap in (("cupy_like", _CupyLike), ("array_interface", _Interface)):
