@@ -93,8 +93,8 @@ def launch_cost_table(calls: int = 2000) -> dict:
     nx, ny = cuda.as_cuda_array(x, sync=False), cuda.as_cuda_array(y, sync=False)
     configured = _axpy_kernel[grid, THREADS, stream]
     raw = cp.RawKernel(_AXPY_SOURCE, "axpy")
-    elementwise = cp.ElementwiseKernel("float32 x, float32 a", "float32 y", "y += a * x",
-                                       "xpnet_axpy")
+    elementwise = cp.ElementwiseKernel("float32 x, float32 a", "float32 y", "y = a * x",
+                                       "xpnet_ax")  # the launch is the point, not the sum
     n = np.int64(N)
     im2col_x = cp.zeros((1, 1, 4, 4), cp.float32)
     im2col_col = cp.zeros((4, 4), cp.float32)  # 2x2 windows, stride 2: (1*2*2, 1*2*2)

@@ -485,6 +485,18 @@ def test_launch_from_kernels_cuda_to_cu_launch_kernel(monkeypatch):
     assert fake.calls[1][1] in fake.calls[0][1].decode()  # the entry of the loaded PTX
 
 
+@needs_nvvm
+def test_the_host_cost_benchmark_runs_without_a_gpu(monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    from gpu_launch_cost import host_marshal_cost
+
+    table = host_marshal_cost(calls=100)
+    assert table.pop("compiles") == 2  # im2col and axpy, once each
+    assert set(table) == {f"{k}_{w}_us" for k in ("im2col", "axpy")
+                          for w in ("cupy_like", "array_interface")}
+    assert all(0 < us < 10_000 for us in table.values()), table
+
+
 def test_fast_path_needs_a_gpu_and_not_the_simulator(monkeypatch):
     from numba import config
 
