@@ -176,18 +176,21 @@ def host_marshal_cost(calls: int = 20000) -> dict:
     from xpnet.kernels import cuda as gpu
 
     cuda_launch._READERS[_CupyLike] = cuda_launch._read_cupy  # read as CuPy arrays are
-    launcher = cuda_launch.FastLauncher(_NullDriver())
-    x, col = np.zeros((1, 1, 4, 4), np.float32), np.zeros((4, 4), np.float32)
-    vx, vy = np.zeros(N, np.float32), np.zeros(N, np.float32)
-    table = {}
-    for label, wrap in (("cupy_like", _CupyLike), ("array_interface", _Interface)):
-        im2col_args = (wrap(x), wrap(col), 2, 2, 2, 0, 2, 2)
-        axpy_args = (wrap(vx), wrap(vy), np.float32(0.5))
-        for name, kernel, args in (("im2col", gpu._im2col_kernel, im2col_args),
-                                   ("axpy", _axpy_kernel, axpy_args)):
-            assert launcher.launch(kernel, 1, THREADS, 0, args), f"{name} not on the fast path"
-            table[f"{name}_{label}_us"] = per_call_us(
-                lambda k=kernel, a=args: launcher.launch(k, 1, THREADS, 0, a), calls)
+    try:
+        launcher = cuda_launch.FastLauncher(_NullDriver())
+        x, col = np.zeros((1, 1, 4, 4), np.float32), np.zeros((4, 4), np.float32)
+        vx, vy = np.zeros(N, np.float32), np.zeros(N, np.float32)
+        table = {}
+        for label, wrap in (("cupy_like", _CupyLike), ("array_interface", _Interface)):
+            im2col_args = (wrap(x), wrap(col), 2, 2, 2, 0, 2, 2)
+            axpy_args = (wrap(vx), wrap(vy), np.float32(0.5))
+            for name, kernel, args in (("im2col", gpu._im2col_kernel, im2col_args),
+                                       ("axpy", _axpy_kernel, axpy_args)):
+                assert launcher.launch(kernel, 1, THREADS, 0, args), f"{name}: not fast"
+                table[f"{name}_{label}_us"] = per_call_us(
+                    lambda k=kernel, a=args: launcher.launch(k, 1, THREADS, 0, a), calls)
+    finally:
+        del cuda_launch._READERS[_CupyLike]
     table["compiles"] = launcher.compiles
     return table
 

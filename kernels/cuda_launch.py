@@ -34,6 +34,10 @@ extensions), PTX that needs linking (float16 arithmetic calls into a C++ shim), 
 no GPU - goes through Numba's own launch, so the simulator tests run the same kernels and
 nothing is lost. ``XPNET_FAST_LAUNCH=0`` sends every launch to Numba.
 
+A launch on the fast path is safe to capture in a CUDA graph: it neither synchronises nor
+reads device memory nor allocates - except the first launch of a (kernel, device, argument
+types), which compiles and loads a module: make it before capturing.
+
 What a launch may not do: hand a kernel an array it would address wrongly. The callers
 check shapes (see ``kernels.cuda``); here an array is typed C-contiguous only if its strides
 say so (a kernel compiled for layout 'C' indexes by shape alone), and a plan refuses
