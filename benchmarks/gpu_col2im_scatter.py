@@ -51,5 +51,6 @@ def col2im_scatter(col, input_shape, filter_h, filter_w, stride=1, pad=0):
     shape = tuple(int(s) for s in input_shape)
     x = cp.zeros(shape, dtype=col.dtype)
     if x.size:
-        launch_col2im_scatter(col, x, filter_h, filter_w, stride, pad, stream=gpu._stream())
+        launch_col2im_scatter(gpu._dev(col), gpu._dev(x), filter_h, filter_w, stride, pad,
+                              stream=gpu._stream())
     return x

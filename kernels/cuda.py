@@ -400,7 +400,7 @@ def im2col(x, filter_h, filter_w, stride=1, pad=0):
     out_h, out_w = _out_hw(x.shape, filter_h, filter_w, stride, pad)
     col = cp.empty((x.shape[0] * out_h * out_w, x.shape[1] * filter_h * filter_w), x.dtype)
     if col.size:  # an empty batch has no device buffer to hand to Numba
-        launch_im2col(x, col, filter_h, filter_w, stride, pad, stream=_stream())
+        launch_im2col(_dev(x), _dev(col), filter_h, filter_w, stride, pad, stream=_stream())
     return col
 
 
@@ -411,7 +411,7 @@ def col2im(col, input_shape, filter_h, filter_w, stride=1, pad=0):
     col = _input(cp, col, "col")
     x = cp.empty(tuple(input_shape), dtype=col.dtype)
     if x.size:
-        launch_col2im(col, x, filter_h, filter_w, stride, pad, stream=_stream())
+        launch_col2im(_dev(col), _dev(x), filter_h, filter_w, stride, pad, stream=_stream())
     return x
 
 
@@ -428,7 +428,7 @@ def maxpool_forward(x, pool_h, pool_w, stride=1, pad=0):
     out = _pooled_empty(cp, x.shape, pool_h, pool_w, stride, pad, x.dtype)
     argmax = cp.empty(out.shape, dtype=np.int32)
     if out.size:
-        launch_maxpool_forward(x, out, argmax, pool_h, pool_w, stride, pad,
+        launch_maxpool_forward(_dev(x), _dev(out), _dev(argmax), pool_h, pool_w, stride, pad,
                                stream=_stream())
     return out, argmax
 
@@ -442,7 +442,7 @@ def maxpool_backward(dout, argmax, input_shape, pool_h, pool_w, stride=1, pad=0)
         argmax = argmax.astype(np.int64)
     dx = cp.empty(tuple(input_shape), dtype=dout.dtype)
     if dx.size:
-        launch_maxpool_backward(dout, argmax, dx, pool_h, pool_w, stride,
+        launch_maxpool_backward(_dev(dout), _dev(argmax), _dev(dx), pool_h, pool_w, stride,
                                 pad, stream=_stream())
     return dx
 
@@ -455,7 +455,7 @@ def avgpool_forward(x, pool_h, pool_w, stride=1, pad=0):
         return avgpool_forward(x.astype(np.float32), pool_h, pool_w, stride, pad).astype(x.dtype)
     out = _pooled_empty(cp, x.shape, pool_h, pool_w, stride, pad, x.dtype)
     if out.size:
-        launch_avgpool_forward(x, out, pool_h, pool_w, stride, pad,
+        launch_avgpool_forward(_dev(x), _dev(out), pool_h, pool_w, stride, pad,
                                stream=_stream())
     return out
 
@@ -469,13 +469,13 @@ def avgpool_backward(dout, input_shape, pool_h, pool_w, stride=1, pad=0):
         return dx.astype(dout.dtype)
     dx = cp.empty(tuple(input_shape), dtype=dout.dtype)
     if dx.size:
-        launch_avgpool_backward(dout, dx, pool_h, pool_w, stride, pad,
+        launch_avgpool_backward(_dev(dout), _dev(dx), pool_h, pool_w, stride, pad,
                                 stream=_stream())
     return dx
 
 
 # ---------------------------------------------------------------------------
-# Helpers: inputs, the stream
+# Helpers: device views, the stream
 # ---------------------------------------------------------------------------
 
 
@@ -491,6 +491,16 @@ def _input(cp, a, name):
     if name != "argmax" and a.dtype.kind != "f":
         raise TypeError(f"{name} must be a floating array (float16/32/64), got {a.dtype}")
     return cp.ascontiguousarray(a)
+
+
+def _dev(a):
+    """A CuPy array as the launch layer takes it: as it is.
+
+    ``kernels.cuda_launch.launch`` reads CuPy arrays directly (a Numba view costs more host
+    time than the whole fast launch), and where it leaves a launch to Numba it makes the
+    views itself, without the host synchronisation Numba does by default.
+    """
+    return a
 
 
 # ---------------------------------------------------------------------------
