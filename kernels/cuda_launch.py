@@ -58,7 +58,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-__all__ = ["launch", "marshal", "LaunchPlan", "ptx_params", "FastLauncher"]
+__all__ = ["launch", "marshal", "numba_signature", "ptx_entry", "ptx_params", "format_mismatch",
+           "LaunchPlan", "FastLauncher", "CupyDriver"]
 
 
 def launch(kernel, grid, block, stream, *args):
