@@ -694,9 +694,11 @@ def test_fast_path_on_a_gpu_equals_numbas_launch():
     np.testing.assert_array_equal(out.get(), out_ref)
     np.testing.assert_array_equal(dx.get(), ref.maxpool_backward(out_ref, arg_ref, x.shape,
                                                                  2, 2, 2, 0))
-    # all of it went through the fast path
+    # all of it went through the fast path (float16 plans are other tests' inference, whose
+    # arithmetic Numba links in: docs/gpu.md, Launches)
     used = (gpu._im2col_kernel, gpu._maxpool_forward_kernel, gpu._maxpool_backward_kernel)
-    plans = {key: plan for (kernel, _, key), plan in fast._plans.items() if kernel in used}
+    plans = {key: plan for (kernel, _, key), plan in fast._plans.items()
+             if kernel in used and "float16" not in str(L.numba_signature(key))}
     left = {str(L.numba_signature(key)): plan for key, plan in plans.items()
             if not isinstance(plan, L.LaunchPlan)}
     assert not left, f"left to Numba: {left}"
