@@ -494,12 +494,13 @@ def _input(cp, a, name):
 
 
 def _dev(a):
-    """A Numba view of a CuPy array, without the host synchronisation Numba does by default.
+    """A CuPy array as the launch layer takes it: as it is.
 
-    Importing an array that names a stream makes Numba wait for that stream on the host;
-    we launch on CuPy's current stream anyway, so stream order already protects the data.
+    ``kernels.cuda_launch.launch`` reads CuPy arrays directly (a Numba view costs more host
+    time than the whole fast launch), and where it leaves a launch to Numba it makes the
+    views itself, without the host synchronisation Numba does by default.
     """
-    return cuda.as_cuda_array(a, sync=False)
+    return a
 
 
 # ---------------------------------------------------------------------------
