@@ -44,6 +44,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import statistics
 import subprocess
 import sys
@@ -68,10 +69,6 @@ def _use_tree(root: Path) -> None:
 BATCH = 100
 TRAIN_BATCHES = (8, 32, 100, 256)
 INFER_BATCHES = (1, 100)
-RESULTS_BEGIN = "<!-- bench_cpu_training: begin -->"
-RESULTS_END = "<!-- bench_cpu_training: end -->"
-
-
 def blas_report() -> list[str]:
     from threadpoolctl import threadpool_info
 
@@ -239,37 +236,9 @@ def run_timing(cases, rounds, naive, threads, before=None):
     return results
 
 
-def table_lines(results, before: bool) -> list[str]:
-    """The Markdown table of :func:`run_timing`'s results (ms; ratios of medians)."""
-    head = "| case | xpnet ms | PyTorch ms | xpnet / PyTorch |"
-    rule = "|---|---:|---:|---:|"
-    if before:
-        head += " xpnet before ms | before / PyTorch |"
-        rule += "---:|---:|"
-    lines = [head, rule]
-    naive = []
-    for case, med in results.items():
-        if case[3] == "float16":
-            continue
-        row = f"| {case_label(case)} | {med['xpnet']:.2f} | {med['torch']:.2f} | " \
-              f"**{med['xpnet'] / med['torch']:.2f}** |"
-        if before:
-            row += f" {med['before']:.2f} | {med['before'] / med['torch']:.2f} |"
-        lines.append(row)
-        if "naive" in med:
-            naive.append(f"{case_label(case)}: the book's NumPy code {med['naive']:.0f} ms, "
-                         f"{med['naive'] / med['xpnet']:.1f}x xpnet's time")
-    for case, med in results.items():
-        if case[3] != "float16":
-            continue
-        ratio = med["xpnet"] / med["xpnet float32"]
-        lines += ["", "| float16 vs float32 | float16 ms | float32 ms | float16 / float32 |"
-                  + (" before: float16 / float32 |" if before else ""),
-                  "|---|---:|---:|---:|" + ("---:|" if before else ""),
-                  f"| {case_label(case)} | {med['xpnet']:.2f} | {med['xpnet float32']:.2f} | "
-                  f"**{ratio:.2f}** |"
-                  + (f" {med['before'] / med['before float32']:.2f} |" if before else "")]
-    return lines + ([""] + naive if naive else [])
+def result_rows(results) -> list[dict]:
+    """:func:`run_timing`'s results as the rows of ``xpnet.bench.side_by_side``."""
+    return [{"case": case_label(case), "dtype": case[3], **med} for case, med in results.items()]
 
 
 def half_accuracy(params_path, data_dir):
@@ -446,17 +415,6 @@ def run_memory(frameworks, root=REPO):
     return results
 
 
-def write_results(path, lines):
-    """Put ``lines`` between the markers of the CPU section of RESULTS.md (``path``)."""
-    path = Path(path)
-    text = path.read_text()
-    if RESULTS_BEGIN not in text or RESULTS_END not in text:
-        raise SystemExit(f"{path} has no {RESULTS_BEGIN} ... {RESULTS_END} section to fill")
-    head, rest = text.split(RESULTS_BEGIN, 1)
-    tail = rest.split(RESULTS_END, 1)[1]
-    path.write_text(head + RESULTS_BEGIN + "\n" + "\n".join(lines) + "\n" + RESULTS_END + tail)
-
-
 def machine_lines(n) -> list[str]:
     import torch
 
@@ -493,8 +451,9 @@ def main(argv=None):
     p.add_argument("--batch", type=int, default=BATCH, help="batch size of --profile")
     p.add_argument("--xpnet-root", type=Path, default=REPO,
                    help="the source tree whose xpnet is measured (default: this one)")
-    p.add_argument("--write-results", type=Path, metavar="RESULTS_MD",
-                   help="write the table into the CPU section of this RESULTS.md")
+    p.add_argument("--json", type=Path, metavar="FILE",
+                   help="save the results for the report (python -m xpnet.bench ... "
+                   "--side-by-side FILE)")
     p.add_argument("--memory-only", action="store_true")
     p.add_argument("--no-memory", action="store_true")
     p.add_argument("--memory-child", help=argparse.SUPPRESS)
@@ -519,40 +478,44 @@ def main(argv=None):
         print_profile(profile(args.profile, args.batch, args.rounds), args.profile, args.batch)
         return
 
+    from xpnet.bench.side_by_side import table_lines
+
     lines = machine_lines(n)
     print("\n".join(lines))
+    command = ["python", "benchmarks/bench_cpu_training.py",
+               *(argv if argv is not None else sys.argv[1:])]
+    saved = {"command": shlex.join(command), "machine": lines, "rows": []}
     if not args.memory_only:
         before = TreeWorker(args.before.resolve(), n) if args.before else None
         try:
             cases = [c for c in table_cases(args.models)
                      if not args.only or args.only in case_label(c) + ","]
-            results = run_timing(cases, args.rounds, args.naive, n, before)
+            rows = result_rows(run_timing(cases, args.rounds, args.naive, n, before))
         finally:
             if before:
                 before.close()
-        blas = blas_report()
+        saved["blas"] = blas_report()
         print("BLAS after the run (threadpoolctl):")
-        for line in blas:
+        for line in saved["blas"]:
             print("  " + line)
-        accuracy = []
-        if args.half_params and args.half_data:
-            accs = half_accuracy(args.half_params, args.half_data)
-            accuracy = [f"\nDeepConvNet with the book's weights on {accs['digits']} test "
-                        f"digits: float16 {accs['float16']:.2%}, float32 {accs['float32']:.2%}"]
-        table = table_lines(results, before is not None) + accuracy
         print()
-        print("\n".join(table))
-        if args.write_results:
-            lines.append("load average after: " + ", ".join(
-                f"{v:.2f}" for v in os.getloadavg()))
-            machine = lines + ["BLAS: " + "; ".join(blas)]
-            # the report holds this tree's figures: no --before columns
-            write_results(args.write_results, [f"- {line}" for line in machine] + [""]
-                          + table_lines(results, False) + accuracy)
+        print("\n".join(table_lines(rows, before is not None)))
+        saved["rows"] = rows
+        if args.half_params and args.half_data:
+            saved["accuracy"] = accs = half_accuracy(args.half_params, args.half_data)
+            print(f"\nDeepConvNet with the book's weights on {accs['digits']} test digits: "
+                  f"float16 {accs['float16']:.2%}, float32 {accs['float32']:.2%}")
     if not args.no_memory:
-        run_memory(["xpnet", "torch"], args.xpnet_root)
+        saved["memory"] = run_memory(["xpnet", "torch"], args.xpnet_root)
     if hasattr(os, "getloadavg"):
-        print(f"\nload average after: {os.getloadavg()}")
+        lines.append("load average after: " + ", ".join(f"{v:.2f}" for v in os.getloadavg()))
+        print(f"\n{lines[-1]}")
+    if args.json:
+        from xpnet.io import atomic_write
+
+        with atomic_write(args.json, "w", encoding="utf-8") as f:
+            json.dump(saved, f, indent=1)
+        print(f"wrote {args.json}")
 
 
 if __name__ == "__main__":

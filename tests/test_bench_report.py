@@ -274,3 +274,56 @@ def test_gpu_results_that_are_not_json_are_one_clear_error(run_json, tmp_path):
     gpu.write_text("not json")
     with pytest.raises(ReportError, match="not a GPU check's results.json"):
         write_report(run_json, tmp_path / "R.md", charts=False, gpu_results=gpu)
+
+
+def _side_by_side(before=False):
+    rows = [{"case": "DeepConvNet train step, batch 8", "dtype": "float32",
+             "xpnet": 17.0, "torch": 15.0},
+            {"case": "SimpleConvNet inference, batch 1", "dtype": "float32",
+             "xpnet": 0.7, "torch": 0.9, "naive": 7.0},
+            {"case": "DeepConvNet inference, batch 100, float16", "dtype": "float16",
+             "xpnet": 40.0, "xpnet float32": 32.0}]
+    if before:
+        for row, ms in zip(rows, (21.0, 0.8, 110.0)):
+            row["before"] = ms
+        rows[2]["before float32"] = 44.0
+    return {"command": "python benchmarks/bench_cpu_training.py --json s.json",
+            "machine": ["CPU: AMD EPYC, 2 logical CPUs"], "blas": ["openblas Haswell"],
+            "rows": rows, "accuracy": {"digits": 10000, "float16": 0.9758, "float32": 0.9758},
+            "memory": [{"framework": "xpnet", "step_peak_rise_mib": 33.3}]}
+
+
+def test_report_with_the_side_by_side_table(run_json, tmp_path):
+    side = tmp_path / "side.json"
+    side.write_text(json.dumps(_side_by_side()))
+    out = tmp_path / "R.md"
+    assert main([str(run_json), "-o", str(out), "--no-charts", "--side-by-side",
+                 str(side)]) == 0
+    text = out.read_text()
+    section = text[text.index("## xpnet and PyTorch side by side on the CPU"):]
+    section = section[:section.index("\n## ", 1)]
+    assert f"--side-by-side {side.as_posix()}" in text  # the regeneration command names it
+    assert "`python benchmarks/bench_cpu_training.py --json s.json`" in section
+    assert "- CPU: AMD EPYC, 2 logical CPUs" in section and "- BLAS: openblas Haswell" in section
+    assert "| DeepConvNet train step, batch 8 | 17.00 | 15.00 | **1.13** |" in section
+    assert "| SimpleConvNet inference, batch 1 | 0.70 | 0.90 | **0.78** |" in section
+    assert "| DeepConvNet inference, batch 100, float16 | 40.00 | 32.00 | **1.25** |" in section
+    assert "the book's NumPy code 7 ms, 10.0x xpnet's time" in section
+    assert "float16 97.58%, float32 97.58%" in section and "| xpnet | 33.3 |" in section
+    assert "before" not in section  # no --before tree in this run
+
+
+def test_side_by_side_table_with_a_before_tree():
+    from xpnet.bench.side_by_side import table_lines
+
+    lines = table_lines(_side_by_side(before=True)["rows"], before=True)
+    assert "| DeepConvNet train step, batch 8 | 17.00 | 15.00 | **1.13** | 21.00 | 1.40 |" in lines
+    assert "| DeepConvNet inference, batch 100, float16 | 40.00 | 32.00 | **1.25** | 2.50 |" \
+        in lines
+
+
+def test_a_side_by_side_file_without_rows_is_one_clear_error(run_json, tmp_path):
+    side = tmp_path / "side.json"
+    side.write_text(json.dumps({"machine": []}))
+    with pytest.raises(ReportError, match="not a side-by-side results file.*bench_cpu_training"):
+        write_report(run_json, tmp_path / "R.md", charts=False, side_by_side=side)

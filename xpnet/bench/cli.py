@@ -22,6 +22,9 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gpu-results", metavar="FILE",
                    help="add the section of a GPU check (OUT_DIR/bench/results.json of "
                    "benchmarks/gpu_check.sh)")
+    p.add_argument("--side-by-side", metavar="FILE",
+                   help="add the CPU table of xpnet against PyTorch (the --json FILE of "
+                   "benchmarks/bench_cpu_training.py)")
 
 
 def run(args) -> int:
@@ -30,7 +33,8 @@ def run(args) -> int:
     from xpnet.bench.report import write_report
 
     path = write_report(args.json, args.output, charts_dir=args.charts_dir,
-                        charts=not args.no_charts, gpu_results=args.gpu_results)
+                        charts=not args.no_charts, gpu_results=args.gpu_results,
+                        side_by_side=args.side_by_side)
     print(f"wrote {path}")
     return 0
 

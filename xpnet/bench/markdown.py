@@ -11,6 +11,7 @@ from __future__ import annotations
 from xpnet.bench.analysis import headline, per_sample, scaling_series, scaling_summary
 from xpnet.bench.gpu import gpu_markdown
 from xpnet.bench.results import Case, baseline_of, group_cases, load_cases, speedups
+from xpnet.bench.side_by_side import side_by_side_markdown
 from xpnet.bench.units import fmt_ratio, fmt_time
 
 __all__ = ["render_markdown"]
@@ -246,9 +247,11 @@ def _group_markdown(name: str, group: list[Case]) -> list[str]:
 
 
 def render_markdown(data: dict, *, source: str = "bench.json", command: str | None = None,
-                    charts: dict | None = None, gpu: tuple[dict, str] | None = None) -> str:
+                    charts: dict | None = None, gpu: tuple[dict, str] | None = None,
+                    side_by_side: tuple[dict, str] | None = None) -> str:
     """The report as Markdown. ``charts`` maps 'speedups'/'scaling' to paths relative to the
-    report (omitted charts are not linked); ``gpu`` is (results, source) of a GPU check."""
+    report (omitted charts are not linked); ``gpu`` is (results, source) of a GPU check,
+    ``side_by_side`` of ``benchmarks/bench_cpu_training.py --json``."""
     charts = charts or {}
     cases = load_cases(data)
     groups = group_cases(cases)
@@ -264,6 +267,8 @@ def render_markdown(data: dict, *, source: str = "bench.json", command: str | No
     ]
     lines += _machine_markdown(data)
     lines += _headline_markdown(headline(cases))
+    if side_by_side is not None:
+        lines += side_by_side_markdown(*side_by_side)
     if gpu is not None:
         lines += gpu_markdown(*gpu)
     scaling = _scaling_markdown(cases, caches, charts.get("scaling"))

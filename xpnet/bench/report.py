@@ -18,10 +18,11 @@ __all__ = ["write_report"]
 
 
 def write_report(json_path, output, *, charts_dir=None, charts=True, command=None,
-                 gpu_results=None) -> Path:
+                 gpu_results=None, side_by_side=None) -> Path:
     """Read ``json_path``, write the Markdown report to ``output`` and, with matplotlib and
     ``charts``, ``speedups.png`` and ``scaling.png`` into ``charts_dir`` (default: next to
-    the report); ``gpu_results`` (the results.json of a GPU check) adds its section. Files
+    the report); ``gpu_results`` (the results.json of a GPU check) and ``side_by_side``
+    (the ``--json`` of ``benchmarks/bench_cpu_training.py``) add their sections. Files
     are written atomically. Returns the report's path."""
     from xpnet.io import atomic_write
 
@@ -51,17 +52,29 @@ def write_report(json_path, output, *, charts_dir=None, charts=True, command=Non
             command += " --no-charts"
         if gpu_results:
             command += f" --gpu-results {Path(gpu_results).as_posix()}"
-    gpu = None
-    if gpu_results:
-        try:
-            gpu = (json.loads(Path(gpu_results).read_text(encoding="utf-8")),
-                   Path(gpu_results).as_posix())
-        except (OSError, ValueError) as exc:
-            raise ReportError(f"{gpu_results} is not a GPU check's results.json ({exc}); "
-                              "expected OUT_DIR/bench/results.json of gpu_check.sh") from None
+        if side_by_side:
+            command += f" --side-by-side {Path(side_by_side).as_posix()}"
+    gpu = _extra_results(gpu_results, "a GPU check's results.json",
+                         "OUT_DIR/bench/results.json of gpu_check.sh")
+    side = _extra_results(side_by_side, "a side-by-side results file",
+                          "the --json FILE of benchmarks/bench_cpu_training.py", key="rows")
     text = render_markdown(data, source=Path(json_path).as_posix(), command=command,
-                           charts=links, gpu=gpu)
+                           charts=links, gpu=gpu, side_by_side=side)
     output.parent.mkdir(parents=True, exist_ok=True)
     with atomic_write(output, "w", encoding="utf-8") as f:
         f.write(text)
     return output
+
+
+def _extra_results(path, what: str, expected: str, key: str | None = None):
+    """``(results, path)`` of an extra section's JSON file, None without one; a file that
+    is not such a JSON object (lacking ``key`` if given) is one ReportError."""
+    if not path:
+        return None
+    try:
+        results = json.loads(Path(path).read_text(encoding="utf-8"))
+        if not isinstance(results, dict) or (key is not None and key not in results):
+            raise ValueError(f"no {key!r} entry" if key else "not a JSON object")
+    except (OSError, ValueError) as exc:
+        raise ReportError(f"{path} is not {what} ({exc}); expected {expected}") from None
+    return results, Path(path).as_posix()
