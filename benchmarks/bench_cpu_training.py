@@ -58,6 +58,17 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 
 
+def _this_checkout(relative: str):
+    """A module of this checkout loaded from its file: ``--xpnet-root``/``--before`` may
+    put an older xpnet first on the path, one without it (it imports no xpnet)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(Path(relative).stem, REPO / relative)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def _use_tree(root: Path) -> None:
     """Import xpnet (and its kernels) from ``root`` and the benchmark helpers from here."""
     for path in (str(HERE), str(root)):
@@ -293,6 +304,14 @@ def _instrument(clock):
             setattr(kernels_cpu, name, clock.wrap(obj, "kernels"))
 
 
+def _gradients(net) -> dict:
+    """The layers' gradients after a backward pass, as ``gradient`` collects them: through
+    the layer registry, or in a tree from before it the ``_bindings`` table."""
+    if hasattr(net, "registry"):
+        return {key: getattr(s.layer, "d" + s.attr) for key, s in net.registry().params.items()}
+    return {key: getattr(layer, "d" + attr) for key, (layer, attr) in net._bindings.items()}
+
+
 def profile(model, n, rounds):
     """Per-layer forward/backward medians of a training step (ms), one thread."""
     from xpnet import models, optimizers
@@ -327,7 +346,7 @@ def profile(model, n, rounds):
         d = 1
         for name, layer in zip(reversed(names), reversed(layers)):
             d = measure((name, "backward"), lambda lay=layer, g=d: lay.backward(g))
-        grads = {key: getattr(layer, "d" + attr) for key, (layer, attr) in net._bindings.items()}
+        grads = _gradients(net)
         measure(("Adam", "update"), lambda g=grads: opt.update(net.params, g))
     rows = []
     for (name, direction), ss in samples.items():
@@ -478,8 +497,7 @@ def main(argv=None):
         print_profile(profile(args.profile, args.batch, args.rounds), args.profile, args.batch)
         return
 
-    from xpnet.bench.side_by_side import table_lines
-
+    table_lines = _this_checkout("xpnet/bench/side_by_side.py").table_lines
     lines = machine_lines(n)
     print("\n".join(lines))
     command = ["python", "benchmarks/bench_cpu_training.py",
@@ -511,10 +529,9 @@ def main(argv=None):
         lines.append("load average after: " + ", ".join(f"{v:.2f}" for v in os.getloadavg()))
         print(f"\n{lines[-1]}")
     if args.json:
-        from xpnet.io import atomic_write
-
-        with atomic_write(args.json, "w", encoding="utf-8") as f:
-            json.dump(saved, f, indent=1)
+        tmp = args.json.with_name(args.json.name + ".tmp")  # written whole, then renamed
+        tmp.write_text(json.dumps(saved, indent=1))
+        os.replace(tmp, args.json)
         print(f"wrote {args.json}")
 
 
