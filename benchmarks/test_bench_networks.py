@@ -225,11 +225,6 @@ CNN_TRAIN_KINDS = [
     ("torch", "float32", "gpu"),
 ]
 QUICK_CNN_TRAIN = {("ResNet", "xpnet", "float32", "cpu"), ("ResNet", "torch", "float32", "cpu")}
-# The FLOP model reads top-level layers only: the blocks' inner convolutions would be
-# missed, so only the networks without blocks report FLOPs.
-_FLAT_CNNS = ("LeNet", "VGGNet")
-
-
 @pytest.mark.parametrize("model,impl,dtype,device", [
     _case(m, *k, quick=(m, *k) in QUICK_CNN_TRAIN) for m in CNN_INPUT_SHAPES
     for k in CNN_TRAIN_KINDS
@@ -240,9 +235,8 @@ def test_cnn_train_step(bench, device_sync, request, model, impl, dtype, device)
     sync = device_sync(device, impl)
     case = NetCase(model, impl, dtype, device, request)
     extra = {"kind": "train-step", "model": model, "impl": impl, "dtype": dtype,
-             "device": device, "batch": BATCH}
-    if model in _FLAT_CNNS:
-        extra["flops"] = flops.training_step_flops(xpnet_model(model), BATCH)
+             "device": device, "batch": BATCH,
+             "flops": flops.training_step_flops(xpnet_model(model), BATCH)}
     bench(case.train_step, sync=sync, group=f"train-step {model} batch={BATCH}",
           label=label(impl, dtype, device), baseline=(impl, device) == ("torch", "cpu"),
           **extra)
