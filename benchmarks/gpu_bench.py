@@ -279,14 +279,24 @@ def part_epoch(args):
             "memory_pool_total_mib": pool.total_bytes() / 2**20}
 
 
-def part_torch(args):
+def _torch_cuda():
+    """``(torch, None)`` with this folder's ``torch_nets`` importable, or ``(None, reason)``
+    (a part's result) where PyTorch or its CUDA is missing."""
     try:
         import torch
     except ImportError:
-        return {"skipped": "PyTorch is not installed"}
+        return None, {"skipped": "PyTorch is not installed"}
     if not torch.cuda.is_available():
-        return {"skipped": "PyTorch has no CUDA here"}
-    sys.path.insert(0, str(HERE))
+        return None, {"skipped": "PyTorch has no CUDA here"}
+    if str(HERE) not in sys.path:
+        sys.path.insert(0, str(HERE))
+    return torch, None
+
+
+def part_torch(args):
+    torch, skipped = _torch_cuda()
+    if torch is None:
+        return skipped
     from torch_nets import deep_convnet, train_step_fn
 
     results = {}
@@ -541,13 +551,9 @@ def _graph_node_counts(cupy_graph) -> dict:
 
 def _torch_steps(model, batch, x, t, steps):
     """PyTorch eager CUDA, true fp32 (no TF32, as xpnet), the same steps and batch size."""
-    try:
-        import torch
-    except ImportError:
-        return {"skipped": "PyTorch is not installed"}
-    if not torch.cuda.is_available():
-        return {"skipped": "PyTorch has no CUDA here"}
-    sys.path.insert(0, str(HERE))
+    torch, skipped = _torch_cuda()
+    if torch is None:
+        return skipped
     import torch_nets
 
     torch.backends.cuda.matmul.allow_tf32 = False

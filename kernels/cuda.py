@@ -520,27 +520,46 @@ _BAD_ARGMAX = (
     "points into the padding); its gradient was dropped. Pass the argmax that "
     "maxpool_forward returned for this input"
 )
-_error_flags: dict = {}
+
+
+class MappedErrorFlag:
+    """A kernel's error report: an int32[1] flag per device in mapped (zero-copy,
+    page-locked) host memory, which kernels set and the host reads like a variable,
+    never waiting for the device. ``flag()`` is the current device's (made on first use);
+    ``raise_pending()`` raises IndexError(``message``) if any is set, and clears it."""
+
+    def __init__(self, message: str):
+        self.message = message
+        self._flags: dict = {}
+
+    def flag(self):
+        key = getattr(cuda.current_context().device, "id", 0)
+        flag = self._flags.get(key)
+        if flag is None:
+            flag = cuda.mapped_array(1, dtype=np.int32)
+            flag[0] = 0
+            self._flags[key] = flag
+        return flag
+
+    def raise_pending(self) -> None:
+        for flag in self._flags.values():
+            if flag[0]:
+                flag[0] = 0
+                raise IndexError(self.message)
+
+
+_bad_argmax = MappedErrorFlag(_BAD_ARGMAX)
 
 
 def _error_flag():
     """The current device's int32[1] flag, mapped host memory the kernels can write."""
-    key = getattr(cuda.current_context().device, "id", 0)
-    flag = _error_flags.get(key)
-    if flag is None:
-        flag = cuda.mapped_array(1, dtype=np.int32)
-        flag[0] = 0
-        _error_flags[key] = flag
-    return flag
+    return _bad_argmax.flag()
 
 
 def raise_pending_error():
     """Raise IndexError if a finished maxpool_backward kernel found a bad argmax index (and
     clear the flag). Reads host memory only: never waits for the device."""
-    for flag in _error_flags.values():
-        if flag[0]:
-            flag[0] = 0
-            raise IndexError(_BAD_ARGMAX)
+    _bad_argmax.raise_pending()
 
 
 _streams: dict = {}

@@ -37,6 +37,7 @@ from xpnet.kernels import counter_rng
 from xpnet.kernels.cuda import (
     MAX_BLOCKS,
     THREADS_PER_BLOCK,
+    MappedErrorFlag,
     _check_size,
     _dev,
     _grid,
@@ -564,23 +565,15 @@ _BAD_LABEL = (
     "softmax_cross_entropy: a class label was outside [0, C) for C classes; the loss is NaN. "
     "Pass integer labels in range, or one-hot targets of the scores' shape"
 )
-_label_flags: dict = {}
+_bad_label = MappedErrorFlag(_BAD_LABEL)
 
 
 def _error_flag():
     """The current device's int32[1] label flag, mapped host memory the kernel can write."""
-    key = getattr(cuda.current_context().device, "id", 0)
-    flag = _label_flags.get(key)
-    if flag is None:
-        flag = _label_flags[key] = cuda.mapped_array(1, dtype=np.int32)
-        flag[0] = 0
-    return flag
+    return _bad_label.flag()
 
 
 def raise_pending_error():
     """Raise IndexError if a finished softmax_cross_entropy kernel met a bad label (and
     clear the flag). Reads host memory only: never waits for the device."""
-    for flag in _label_flags.values():
-        if flag[0]:
-            flag[0] = 0
-            raise IndexError(_BAD_LABEL)
+    _bad_label.raise_pending()
