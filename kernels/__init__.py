@@ -30,6 +30,7 @@ Layout (the book's): ``col`` has rows ordered (N, out_h, out_w) and columns orde
     dx = avgpool_backward(dout, x.shape, PH, PW, stride, pad)
 
     out = conv2d_forward(x, W, b, stride, pad)           # the Convolution layer's products
+    out = conv2d_forward(x, W, b, stride, pad, relu=True)  # ... and the ReLU after it
     dx, dW, db = conv2d_backward(x, W, dout, stride, pad)
 
     out = relu_forward(x)                                # max(x, 0): one pass, no mask
@@ -291,11 +292,13 @@ def _check_conv(what, x_shape, W, stride, pad):
     return _check(what, x_shape, W.shape[2], W.shape[3], stride, pad)
 
 
-def conv2d_forward(x, W, b, stride=1, pad=0):
+def conv2d_forward(x, W, b, stride=1, pad=0, relu=False):
     """x: (N, C, H, W), W: (FN, C, FH, FW), b: (FN,) -> out: (N, FN, OH, OW), x's dtype.
 
     ``out[n, f] = sum_c correlate(x[n, c], W[f, c]) + b[f]``, i.e. ``im2col(x) @ W.T + b``
-    in NCHW order: what the book's Convolution.forward returns.
+    in NCHW order: what the book's Convolution.forward returns. ``relu=True`` returns
+    ``relu_forward(out)`` instead - what a ReLU layer after the convolution returns - in
+    the pass that writes out (on the CPU; one pass fewer over the activations).
     """
     backend = _backend_name(x)
     *_, stride, pad, _, _ = _check_conv("conv2d_forward", x.shape, W, stride, pad)
@@ -303,7 +306,7 @@ def conv2d_forward(x, W, b, stride=1, pad=0):
         raise ValueError(
             f"conv2d_forward: b of shape {tuple(b.shape)} does not match {W.shape[0]} filters"
         )
-    return _run("conv2d_forward", backend, x, W, b, stride, pad)
+    return _run("conv2d_forward", backend, x, W, b, stride, pad, bool(relu))
 
 
 def conv2d_backward(x, W, dout, stride=1, pad=0):

@@ -722,10 +722,11 @@ def _col2im_t(col, n0, filter_h, filter_w, stride, pad, out_h, out_w, row_pitch,
 
 
 @njit(cache=True, nogil=True)
-def _scatter_out(y, n0, m, row_pitch, out):
+def _scatter_out(y, n0, m, row_pitch, out, relu):
     """out[n0+s, f, i, j] = y[f, s * sample_cols + i * row_pitch + j] for s < m, j < OW
     (sample_cols = OH * row_pitch): a chunk's products in NCHW order, without the junk
-    columns of the padded-width layout."""
+    columns of the padded-width layout; with ``relu``, ReLU's output of them (0 where
+    <= 0, a NaN kept, as ``relu_forward``)."""
     FN, out_h, out_w = out.shape[1], out.shape[2], out.shape[3]
     sample_cols = out_h * row_pitch
     for s in range(m):
@@ -734,8 +735,13 @@ def _scatter_out(y, n0, m, row_pitch, out):
                 o = s * sample_cols + i * row_pitch
                 src = y[f, o : o + out_w]
                 dst = out[n0 + s, f, i]
-                for j in range(out_w):
-                    dst[j] = src[j]
+                if relu:
+                    for j in range(out_w):
+                        v = src[j]
+                        dst[j] = 0 if v <= 0 else v
+                else:
+                    for j in range(out_w):
+                        dst[j] = src[j]
 
 
 @njit(cache=True, nogil=True)
@@ -953,18 +959,23 @@ def _chunk_views(bufs, g, m):
     return col, y
 
 
-def conv2d_forward(x, W, b, stride=1, pad=0):
+def conv2d_forward(x, W, b, stride=1, pad=0, relu=False):
     """x: (N, C, H, W), W: (FN, C, FH, FW), b: (FN,) -> out: (N, FN, OH, OW), x's dtype
-    (float16 if any of the three is float16).
+    (float16 if any of the three is float16); with ``relu``, ReLU's output of it, written
+    in the same pass.
 
     A float16 x stays float16 in memory: each chunk of samples is read into float32
     scratch, multiplied in float32 and rounded into out."""
     if x.dtype == _HALF and _half_in_kernels():
-        return _conv2d_forward(x, W.astype(np.float32), b.astype(np.float32), stride, pad)
-    return _half_as_single(_conv2d_forward)(x, W, b, stride, pad)
+        return _conv2d_forward(x, W.astype(np.float32), b.astype(np.float32), stride, pad,
+                               relu)
+    if _HALF in (x.dtype, W.dtype, b.dtype):  # in float32, rounded once, then the ReLU
+        out = _half_as_single(_conv2d_forward)(x, W, b, stride, pad)
+        return relu_forward(out) if relu else out
+    return _conv2d_forward(x, W, b, stride, pad, relu)
 
 
-def _conv2d_forward(x, W, b, stride, pad):
+def _conv2d_forward(x, W, b, stride, pad, relu=False):
     half = x.dtype == _HALF
     dt = W.dtype if half else x.dtype  # the products' dtype
     g = _Geometry(x.shape, W.shape, stride, pad, dt.itemsize)
@@ -998,9 +1009,12 @@ def _conv2d_forward(x, W, b, stride, pad):
         if half:  # rounded to float16 while still in cache, then put in NCHW order
             y_half = bufs[4][: y.size].reshape(y.shape)
             _single_to_half(y.reshape(-1), y_half.reshape(-1))
-            _scatter_out(y_half, n0, m, g.row_pitch, out_bits)
+            _scatter_out(y_half, n0, m, g.row_pitch, out_bits, False)
+            if relu:  # on the rounded values, in place, while still in cache
+                chunk = out_bits[n0 : n0 + m].reshape(-1)
+                _relu_forward_half_bits(chunk, chunk, 0, chunk.size)
         else:
-            _scatter_out(y, n0, m, g.row_pitch, out)
+            _scatter_out(y, n0, m, g.row_pitch, out, relu)
 
     _run_chunks(work, g.chunks, buffers)
     return out

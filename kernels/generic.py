@@ -30,8 +30,9 @@ def relu_backward(dout, out):
     return get_array_module(dout).where(out <= 0, dout.dtype.type(0), dout)
 
 
-def conv2d_forward(x, W, b, stride=1, pad=0):
-    """x: (N, C, H, W), W: (FN, C, FH, FW), b: (FN,) -> out: (N, FN, OH, OW)."""
+def conv2d_forward(x, W, b, stride=1, pad=0, relu=False):
+    """x: (N, C, H, W), W: (FN, C, FH, FW), b: (FN,) -> out: (N, FN, OH, OW); with
+    ``relu``, max(out, 0)."""
     FN, _, FH, FW = W.shape
     N = x.shape[0]
     im2col, _ = _im2col_col2im(x)
@@ -40,7 +41,8 @@ def conv2d_forward(x, W, b, stride=1, pad=0):
     out += b.reshape(FN)
     out_h = kernels.conv_output_size(x.shape[2], FH, stride, pad)
     out_w = kernels.conv_output_size(x.shape[3], FW, stride, pad)
-    return out.reshape(N, out_h, out_w, FN).transpose(0, 3, 1, 2)
+    out = out.reshape(N, out_h, out_w, FN).transpose(0, 3, 1, 2)
+    return relu_forward(out) if relu else out
 
 
 def conv2d_backward(x, W, dout, stride=1, pad=0):

@@ -98,16 +98,17 @@ class SpatialBatchNormalization(BatchNormalization):
 
 
 def _plan(layers) -> list:
-    """``[(layer, takes_train_flg)]``, read once as a network reads its own layers."""
-    from xpnet.models import _takes_train_flg  # at call time: xpnet.models imports this module
-
-    return [(layer, _takes_train_flg(layer)) for layer in layers]
+    """The forward plan of a layer sequence, read once as a network reads its own layers
+    (``xpnet.models``: a Convolution makes the output of a Relu right after it)."""
+    from xpnet.models import _fuse_conv_relu, _takes_train_flg  # at call time: xpnet.models
+    #                                                              imports this module
+    return _fuse_conv_relu([(layer, _takes_train_flg(layer)) for layer in layers])
 
 
 def _forward_chain(plan, x, train_flg):
-    for layer, takes_train_flg in plan:
-        x = layer.forward(x, train_flg) if takes_train_flg else layer.forward(x)
-    return x
+    from xpnet.models import run_plan
+
+    return run_plan(plan, x, train_flg)
 
 
 def _backward_chain(layers, dout):

@@ -105,8 +105,14 @@ class Convolution:
         self.dW = None
         self.db = None
 
-    def forward(self, x):
-        """x: (N, C, H, W) -> out: (N, FN, OH, OW), in NumPy's promotion of x, W and b."""
+    def forward(self, x, *, relu=False):
+        """x: (N, C, H, W) -> out: (N, FN, OH, OW), in NumPy's promotion of x, W and b.
+
+        ``relu=True`` (keyword only, beyond the book) returns the output of a ``Relu`` layer
+        after this one instead, made in the same pass (``kernels.conv2d_forward``); the
+        network hands it to that layer (:meth:`xpnet.layers.Relu.take_output`). This
+        layer's backward is the same either way: it needs only x.
+        """
         FN, C, FH, FW = self.W.shape
         _check_input("Convolution", x, C)
         _, _, H, W = x.shape
@@ -125,10 +131,12 @@ class Convolution:
             b = xp.full(FN, b[0], dtype=dtype)
         if self._pointwise():
             out = _pointwise_forward(x, col_W.T, b, self.stride)
+            if relu:
+                out = kernels.relu_forward(out)
         else:
             # = im2col(x) @ col_W + b in NCHW order, without materializing col on the CPU
             out = kernels.conv2d_forward(x, col_W.T.reshape(self.W.shape), b, self.stride,
-                                         self.pad)
+                                         self.pad, relu=relu)
 
         self.x = x
         self._col = None

@@ -158,6 +158,13 @@ class Relu:
         self.out = kernels.relu_forward(x)
         return self.out
 
+    def take_output(self, out):
+        """Take ``out``, this layer's forward output made by the layer before it in the same
+        pass (``Convolution.forward(x, relu=True)``), as if ``forward`` had computed it:
+        ``backward`` then works from it. Returns it."""
+        self.out = out
+        return out
+
     def backward(self, dout):
         check_dout(dout, None if self.out is None else self.out.shape, "Relu")
         xp = get_array_module(dout, self.out)  # refuses arrays of two devices

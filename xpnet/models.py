@@ -118,17 +118,45 @@ class Slot:
         setattr(self.layer, self.attr, value)
 
 
+def _fuse_conv_relu(forward) -> list:
+    """``[(layer, takes_train_flg, relu)]`` of a forward plan: a ``Convolution`` followed
+    by a ``Relu`` (these exact classes: a subclass may do more than they do) carries the
+    ReLU, which then has no entry of its own."""
+    plan = []
+    for layer, takes_train_flg in forward:
+        if (type(layer) is Relu and plan and type(plan[-1][0]) is Convolution
+                and plan[-1][2] is None):
+            plan[-1] = (plan[-1][0], plan[-1][1], layer)
+        else:
+            plan.append((layer, takes_train_flg, None))
+    return plan
+
+
+def run_plan(plan, x, train_flg):
+    """Run the layers of a plan (:func:`_fuse_conv_relu`) on x in order; the output."""
+    for layer, takes_train_flg, relu in plan:
+        if relu is not None:
+            x = relu.take_output(layer.forward(x, relu=True))
+        else:
+            x = layer.forward(x, train_flg) if takes_train_flg else layer.forward(x)
+    return x
+
+
 class LayerRegistry:
     """One network's parameters, buffers and forward plan, read from its layers once.
 
     ``params``: ``{params key: Slot}``; ``buffers``: ``{'<layer>.<attr>': Slot}``;
-    ``forward``: ``[(layer, takes_train_flg)]`` in ``predict``'s order;
+    ``forward``: ``[(layer, takes_train_flg)]`` in ``predict``'s order; ``plan``: the same
+    as ``[(layer, takes_train_flg, relu)]``, where a ``Convolution`` directly followed by a
+    ``Relu`` makes that ReLU's output itself (``relu`` is that layer, else None) and the
+    ReLU has no entry of its own: one pass less over the activations;
     ``layers``: ``{layer name: layer}``, the last layer (``'last_layer'``) included.
     """
 
     def __init__(self, params: dict, layers, last_layer=None):
         named = dict(_named_layers(layers))
         self.forward = [(layer, _takes_train_flg(layer)) for layer in named.values()]
+        self.plan = _fuse_conv_relu(self.forward)
         if last_layer is not None:
             named["last_layer"] = last_layer
         self.layers = named
@@ -416,9 +444,7 @@ class Network:
         return self._forward(self._input(x), train_flg)
 
     def _forward(self, x, train_flg):
-        for layer, takes_train_flg in self.registry().forward:
-            x = layer.forward(x, train_flg) if takes_train_flg else layer.forward(x)
-        return x
+        return run_plan(self.registry().plan, x, train_flg)
 
     def _weight_decay(self):
         """The book's L2 penalty 0.5 * lambda * sum(W**2) over every weight ``W1``, ``W2``..."""
