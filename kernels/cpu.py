@@ -79,6 +79,16 @@ def _single_to_half(single, out_bits):
         out_bits[i] = _half_bits(single[i])
 
 
+@njit(cache=True, nogil=True)
+def _relu_single_to_half(single, out_bits):
+    """out_bits[i] = the bits of ReLU of the float16 nearest to single[i]: rounding and
+    ReLU commute (a value <= 0 gives +0 either way, a NaN stays NaN), so the ReLU is taken
+    first, on the float32 value."""
+    for i in range(single.size):
+        v = single[i]
+        out_bits[i] = _half_bits(np.float32(0) if v <= 0 else v)
+
+
 _half_ok = None
 
 
@@ -1008,11 +1018,9 @@ def _conv2d_forward(x, W, b, stride, pad, relu=False):
         np.matmul(Wb, col, out=y)  # one product for the whole chunk
         if half:  # rounded to float16 while still in cache, then put in NCHW order
             y_half = bufs[4][: y.size].reshape(y.shape)
-            _single_to_half(y.reshape(-1), y_half.reshape(-1))
+            (_relu_single_to_half if relu else _single_to_half)(y.reshape(-1),
+                                                                y_half.reshape(-1))
             _scatter_out(y_half, n0, m, g.row_pitch, out_bits, False)
-            if relu:  # on the rounded values, in place, while still in cache
-                chunk = out_bits[n0 : n0 + m].reshape(-1)
-                _relu_forward_half_bits(chunk, chunk, 0, chunk.size)
         else:
             _scatter_out(y, n0, m, g.row_pitch, out, relu)
 
