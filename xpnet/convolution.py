@@ -55,6 +55,14 @@ def _window_argument(layer: str, name: str, value, minimum: int) -> int:
     return kernels.check_integer(f"{layer}: {name}", value, minimum)
 
 
+def _pool_window(layer: str, pool_h, pool_w, stride, pad) -> tuple[int, int, int, int]:
+    """A pooling layer's (pool_h, pool_w, stride, pad), each checked by ``_window_argument``."""
+    return (_window_argument(layer, "pool_h", pool_h, 1),
+            _window_argument(layer, "pool_w", pool_w, 1),
+            _window_argument(layer, "stride", stride, 1),
+            _window_argument(layer, "pad", pad, 0))
+
+
 def _check_window_fits(layer, shape, axis, size, window, pad):
     if window > size + 2 * pad:
         raise ValueError(
@@ -234,10 +242,8 @@ class Pooling:
     """
 
     def __init__(self, pool_h, pool_w, stride=2, pad=0):
-        self.pool_h = _window_argument("Pooling", "pool_h", pool_h, 1)
-        self.pool_w = _window_argument("Pooling", "pool_w", pool_w, 1)
-        self.stride = _window_argument("Pooling", "stride", stride, 1)
-        self.pad = _window_argument("Pooling", "pad", pad, 0)
+        self.pool_h, self.pool_w, self.stride, self.pad = _pool_window(
+            "Pooling", pool_h, pool_w, stride, pad)
 
         self.x = None
         self.arg_max = None
@@ -280,10 +286,8 @@ class AvgPooling:
     """
 
     def __init__(self, pool_h, pool_w, stride=2, pad=0):
-        self.pool_h = _window_argument("AvgPooling", "pool_h", pool_h, 1)
-        self.pool_w = _window_argument("AvgPooling", "pool_w", pool_w, 1)
-        self.stride = _window_argument("AvgPooling", "stride", stride, 1)
-        self.pad = _window_argument("AvgPooling", "pad", pad, 0)
+        self.pool_h, self.pool_w, self.stride, self.pad = _pool_window(
+            "AvgPooling", pool_h, pool_w, stride, pad)
         self.input_shape = None
 
     def forward(self, x):
