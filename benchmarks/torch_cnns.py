@@ -9,9 +9,11 @@ nothing else.
 
 Run as a script, it trains one of them on (Fashion-)MNIST with the recipe of ``xpnet train``
 (Adam, random mini-batches drawn with replacement at each step, as the book's trainer
-draws them; the test accuracy after each epoch), the PyTorch side of the accuracy table:
+draws them; the learning rate of each epoch from ``xpnet.lr_schedule``, the same function
+``xpnet train --lr-schedule`` uses; the test accuracy after each epoch), the PyTorch side
+of the accuracy table:
 
-    python benchmarks/torch_cnns.py --model ResNet --epochs 20 --threads 2
+    python benchmarks/torch_cnns.py --model ResNet --epochs 12 --lr-schedule cosine --threads 2
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ import time
 import numpy as np
 import torch
 from torch import nn
+
+from xpnet.lr_schedule import SCHEDULES
 
 BN_EPS = 1e-6  # the book's BatchNormalization eps (10e-7)
 BN_MOMENTUM = 0.1  # PyTorch's convention: the book's momentum 0.9
@@ -161,6 +165,7 @@ def train(args) -> list[float]:
     import torch_nets
 
     from xpnet.datasets import load_mnist
+    from xpnet.lr_schedule import lr_factor
 
     (x_train, t_train), (x_test, t_test) = load_mnist(
         normalize=True, flatten=False, dataset=args.dataset, data_dir=args.data_dir)
@@ -177,14 +182,19 @@ def train(args) -> list[float]:
     steps = max(len(x_train) // args.batch_size, 1)
     history = []
     for epoch in range(1, args.epochs + 1):
+        for group in step.optimizer.param_groups:
+            group["lr"] = args.lr * lr_factor(args.lr_schedule, epoch - 1, args.epochs)
         start = time.perf_counter()
         for _ in range(steps):
             idx = torch.from_numpy(rng.integers(0, len(x_train), args.batch_size))
             loss = step(x_train[idx], t_train[idx])
         seconds = time.perf_counter() - start
-        history.append(_accuracy(net, x_test, t_test))
-        print(f"epoch {epoch}/{args.epochs}: loss {loss.item():.4f}, test acc "
-              f"{history[-1]:.4f} ({1000 * seconds / steps:.0f} ms/step)", flush=True)
+        n_eval = len(x_test) if epoch == args.epochs else (args.eval_samples or len(x_test))
+        history.append(_accuracy(net, x_test[:n_eval], t_test[:n_eval]))
+        lr = step.optimizer.param_groups[0]["lr"]
+        print(f"epoch {epoch}/{args.epochs}: lr {lr:.3g}, loss {loss.item():.4f}, test acc "
+              f"{history[-1]:.4f} on {n_eval} ({1000 * seconds / steps:.0f} ms/step)",
+              flush=True)
     return history
 
 
@@ -199,6 +209,10 @@ def main(argv=None) -> int:
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--batch-size", type=int, default=100)
     p.add_argument("--lr", type=float, default=0.001)
+    p.add_argument("--lr-schedule", choices=SCHEDULES, default="constant",
+                   help="the learning rate of each epoch (xpnet.lr_schedule)")
+    p.add_argument("--eval-samples", type=int, default=None,
+                   help="score each epoch but the last on the first N test samples")
     p.add_argument("--train-size", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")

@@ -79,6 +79,7 @@ def train_step_fn(net: nn.Module, lr=0.001):
         opt.step()
         return loss
 
+    step.optimizer = opt  # for a learning-rate schedule
     return step
 
 

@@ -33,6 +33,7 @@ import numpy as np
 
 from xpnet.backend import as_numpy, get_array_module
 from xpnet.io import atomic_write
+from xpnet.lr_schedule import check_schedule
 from xpnet.models import layer_registry
 
 __all__ = ["CHECKPOINT_NAME", "CheckpointError", "Restored", "load", "read", "save"]
@@ -74,8 +75,8 @@ def non_negative_int(value, name: str) -> int:
 def save(path: Path, network, optimizer, trainer: dict, history: dict) -> Path:
     """Write ``network``'s parameters and buffers, ``optimizer``'s state, the trainer's
     position (``trainer``: epochs, mini_batch_size, train_size, current_iter,
-    current_epoch, checkpoint_every, seed) and ``history`` (the three lists) to ``path``,
-    atomically. Returns ``path``."""
+    current_epoch, checkpoint_every, seed, lr_schedule) and ``history`` (the three lists)
+    to ``path``, atomically. Returns ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)
     params = network.params
     opt = optimizer.state_dict()
@@ -195,6 +196,7 @@ def load(path, network, optimizer, run: dict, seed_given: bool) -> Restored:
         if tr[key] != run[key]:
             raise mismatch(f"{key} was {tr[key]}, now {run[key]}")
     _check_position(tr, run, mismatch)
+    _check_schedule(tr, run, mismatch)
     _check_same_settings(path, meta, tr, optimizer, run["seed"] if seed_given else None)
     problems = _exact_problems(arrays, "params/", _layouts(network.params))
     if problems:  # the optimizer state then differs the same way: name the cause only
@@ -229,6 +231,19 @@ def _check_position(tr: dict, run: dict, mismatch) -> None:
         raise mismatch(
             f"it says epoch {tr['current_epoch']} at step {tr['current_iter']}, but an "
             f"epoch has {run['iter_per_epoch']} steps"
+        )
+
+
+def _check_schedule(tr: dict, run: dict, mismatch) -> None:
+    """The same learning-rate schedule (a checkpoint without one: constant), spread over
+    the same number of epochs, so that every step keeps the rate it had."""
+    saved, now = tr.get("lr_schedule", "constant"), run.get("lr_schedule", "constant")
+    if saved != now:
+        raise mismatch(f"its learning-rate schedule was {saved}, now {now}")
+    if saved != "constant" and tr["epochs"] != run["epochs"]:
+        raise mismatch(
+            f"its {saved} learning-rate schedule spans {tr['epochs']} epochs, this run asks "
+            f"for {run['epochs']}; resume with epochs={tr['epochs']} (--epochs)"
         )
 
 
@@ -348,6 +363,8 @@ def _checked_meta(meta: dict) -> dict:
         non_negative_int(tr[key], f"trainer.{key}")
     if tr["checkpoint_every"] is not None:
         positive_int(tr["checkpoint_every"], "trainer.checkpoint_every")
+    if "lr_schedule" in tr:
+        check_schedule(tr["lr_schedule"])
     opt = meta["optimizer"]
     if not isinstance(opt["name"], str) or not isinstance(opt["hyperparams"], dict):
         raise TypeError("its optimizer name or hyperparameters are malformed")

@@ -24,6 +24,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from xpnet.lr_schedule import SCHEDULES
+
 __all__ = ["main", "build_parser", "register_command", "COMMANDS", "MODEL_NAMES"]
 
 #: Exit status for errors reported by the library (argparse uses 2 for usage errors too).
@@ -285,6 +287,10 @@ def _add_run_arguments(p, optimizer="Adam", lr=True):
                    default=optimizer, help=f"one of {', '.join(_optimizer_names())} (any case)")
     if lr:
         g.add_argument("--lr", type=float, help="learning rate (default: the optimizer's)")
+        g.add_argument("--lr-schedule", choices=SCHEDULES, default="constant",
+                       help="how the learning rate changes over the epochs: constant (the "
+                       "book's), cosine (down towards 0) or step (a tenth from half-way, a "
+                       "hundredth from three quarters)")
     g.add_argument("--optimizer-param", type=_key_value, action="append", default=[],
                    metavar="NAME=VALUE",
                    help="another optimizer hyperparameter, e.g. momentum=0.95 (repeatable)")
@@ -505,7 +511,7 @@ def _run_train(args) -> int:
         optimizer_param=_optimizer_param(args), evaluate_sample_num_per_epoch=args.eval_samples,
         verbose=verbose, seed=args.seed, checkpoint_dir=args.checkpoint_dir,
         checkpoint_every=args.checkpoint_every, resume=args.resume, communicator=comm,
-        cuda_graphs=args.cuda_graphs,
+        cuda_graphs=args.cuda_graphs, lr_schedule=args.lr_schedule,
     )
     start = time.perf_counter()
     history = trainer.train()

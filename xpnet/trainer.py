@@ -23,11 +23,14 @@ streams (:mod:`xpnet.step_streams`); ``communicator=`` for data-parallel trainin
 share; gradients and loss are averaged before the update; rank 0 prints and writes
 checkpoints, every rank reads them, so the directory must be one they all see);
 ``cuda_graphs`` (on the GPU each step is captured once as a CUDA graph and replayed,
-:mod:`xpnet.cuda_graph`; ``history['cuda_graphs']`` says whether it ran, and if not why).
+:mod:`xpnet.cuda_graph`; ``history['cuda_graphs']`` says whether it ran, and if not why);
+``lr_schedule`` (the learning rate of each epoch, :mod:`xpnet.lr_schedule`; the book's is
+constant).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import sys
 import time
@@ -47,6 +50,7 @@ from xpnet.checkpoint import read as _read_checkpoint  # noqa: F401 - its former
 from xpnet.checkpoint_lock import DirectoryLock
 from xpnet.cuda_graph import CupyCapturer, DeviceSteps, graph_fallback_reason
 from xpnet.loss_growth import LossGrowthCheck
+from xpnet.lr_schedule import check_schedule, lr_factor
 from xpnet.optimizers import get_optimizer
 from xpnet.step_streams import StepStreams
 
@@ -96,6 +100,10 @@ class Trainer:
         cuda_graphs: on the GPU, capture the training step once as a CUDA graph and
             replay it (True, the default), or launch every kernel of every step (False).
             Steps that cannot be captured run eagerly with the same results.
+        lr_schedule: how the learning rate changes from epoch to epoch: ``'constant'``
+            (None, the book's), ``'cosine'`` or ``'step'`` (:mod:`xpnet.lr_schedule`). The
+            optimizer's ``lr`` is the base rate; with a schedule the trainer sets
+            ``optimizer.lr`` at the start of every epoch, and checkpoints keep the base.
     """
 
     def __init__(
@@ -120,8 +128,10 @@ class Trainer:
         progress=None,
         communicator=None,
         cuda_graphs=True,
+        lr_schedule=None,
     ):
         self.network = network
+        self.lr_schedule = check_schedule(lr_schedule)
         self.communicator = communicator
         self.cuda_graphs = bool(cuda_graphs)
         if communicator is not None and not communicator.is_root:
@@ -205,6 +215,12 @@ class Trainer:
             optimizer_param = {} if not isinstance(optimizer, str) else {"lr": 0.01}
         self.optimizer = get_optimizer(optimizer, **dict(optimizer_param))
         _check_hyperparams(self.optimizer)
+        if self.lr_schedule != "constant" and getattr(self.optimizer, "lr", None) is None:
+            raise ValueError(
+                f"lr_schedule={self.lr_schedule!r} needs an optimizer with a learning rate "
+                f"lr; {type(self.optimizer).__name__} has none"
+            )
+        self.base_lr = getattr(self.optimizer, "lr", None)  # what a schedule scales
 
     def _reset_position(self) -> None:
         """Step 0: the book's counters and lists, and what this process measures."""
@@ -296,6 +312,7 @@ class Trainer:
             "epochs": self.epochs,
             "train_size": self.train_size,
             "seed": self.seed if self._seed_given else None,
+            "lr_schedule": self.lr_schedule,
         }
 
     def release_lock(self) -> None:
@@ -331,6 +348,7 @@ class Trainer:
         epoch's end, an evaluation. Added: the step's own random streams, averaging over
         processes, losses read back in groups, checkpoints at boundaries."""
         step = self.current_iter
+        self._schedule_lr(step)
         with backend.rng_scope(self._step_streams(step)), \
                 backend.gpu_memory_hint(batch_size=self.batch_size):
             indices = self._draw_batch_indices(step)
@@ -364,6 +382,26 @@ class Trainer:
         return self.history
 
     # -- inside a step ------------------------------------------------------------------
+
+    def _schedule_lr(self, step: int) -> None:
+        """Set the optimizer's learning rate for ``step``'s epoch (a schedule's only)."""
+        if self.lr_schedule == "constant":
+            return  # the book's: lr is the user's to change between steps
+        epoch = min(step // self.iter_per_epoch, self.epochs - 1)
+        self.optimizer.lr = self.base_lr * lr_factor(self.lr_schedule, epoch, self.epochs)
+
+    @contextlib.contextmanager
+    def _at_base_lr(self):
+        """A context in which ``optimizer.lr`` is the base rate (what a checkpoint and the
+        history keep: the rate of a step follows from it, the schedule and the step)."""
+        if self.lr_schedule == "constant":
+            yield
+            return
+        scheduled, self.optimizer.lr = self.optimizer.lr, self.base_lr
+        try:
+            yield
+        finally:
+            self.optimizer.lr = scheduled
 
     def _step_streams(self, step: int) -> StepStreams:
         """The trainer's random streams, positioned at the start of ``step``."""
@@ -500,9 +538,10 @@ class Trainer:
         self.test_acc_list.append(test_acc)
         recent = self.train_loss_list[-self.iter_per_epoch :]
         loss = sum(recent) / len(recent) if recent else float("nan")
+        lr = "" if self.lr_schedule == "constant" else f", lr:{self.optimizer.lr:.3g}"
         self._log(
             f"=== epoch:{self.current_epoch}/{self.epochs}, train loss:{loss:.4f}, "
-            f"train acc:{train_acc:.4f}, test acc:{test_acc:.4f} ==="
+            f"train acc:{train_acc:.4f}, test acc:{test_acc:.4f}{lr} ==="
         )
 
     def _final_test_accuracy(self) -> float:
@@ -542,11 +581,15 @@ class Trainer:
 
     @property
     def history(self) -> dict:
-        """The lists and settings of the run, as plain JSON-ready data."""
+        """The lists and settings of the run, as plain JSON-ready data (``lr``: the base
+        rate of a schedule)."""
+        with self._at_base_lr():
+            optimizer_param = {h: getattr(self.optimizer, h) for h in self.optimizer.hyperparams}
         return {
             "model": type(self.network).__name__,
             "optimizer": type(self.optimizer).__name__,
-            "optimizer_param": {h: getattr(self.optimizer, h) for h in self.optimizer.hyperparams},
+            "optimizer_param": optimizer_param,
+            "lr_schedule": self.lr_schedule,
             "epochs": self.epochs,
             "mini_batch_size": self.batch_size,
             "iter_per_epoch": self.iter_per_epoch,
@@ -595,10 +638,12 @@ class Trainer:
             "current_epoch": self.current_epoch,
             "checkpoint_every": self.checkpoint_every,
             "seed": self.seed,
+            "lr_schedule": self.lr_schedule,
         }
         lists = {"train_loss_list": self.train_loss_list, "train_acc_list": self.train_acc_list,
                  "test_acc_list": self.test_acc_list}
-        return checkpoint.save(path, self.network, self.optimizer, position, lists)
+        with self._at_base_lr():
+            return checkpoint.save(path, self.network, self.optimizer, position, lists)
 
     def load_checkpoint(self, path) -> None:
         """Restore a checkpoint written by :meth:`save_checkpoint` for this same setup.
@@ -610,9 +655,12 @@ class Trainer:
         leaves the network, the optimizer and the trainer as they were.
         """
         run = {"mini_batch_size": self.batch_size, "train_size": self.train_size,
-               "epochs": self.epochs, "iter_per_epoch": self.iter_per_epoch, "seed": self.seed}
-        restored = checkpoint.load(path, self.network, self.optimizer, run, self._seed_given)
-        restored.apply(self.network, self.optimizer)
+               "epochs": self.epochs, "iter_per_epoch": self.iter_per_epoch, "seed": self.seed,
+               "lr_schedule": self.lr_schedule}
+        with self._at_base_lr():
+            restored = checkpoint.load(path, self.network, self.optimizer, run,
+                                       self._seed_given)
+            restored.apply(self.network, self.optimizer)
         self.train_loss_list = restored.history["train_loss_list"]
         self.train_acc_list = restored.history["train_acc_list"]
         self.test_acc_list = restored.history["test_acc_list"]
