@@ -269,6 +269,19 @@ def test_a_schedule_that_changes_lr_now_and_then_keeps_capturing():
     assert status["reason"] is None and status["captures"] == 7 > cuda_graph.MAX_CAPTURES
 
 
+@pytest.mark.parametrize("optimizer", ["Momentum", "Adam"])
+def test_the_trainers_cosine_schedule_captures_once_an_epoch_and_trains_as_plain_steps(
+        optimizer):
+    plain = _trainer(optimizer=optimizer, epochs=4, lr_schedule="cosine")
+    plain.train()
+    graphs = _with_graphs(_trainer(optimizer=optimizer, epochs=4, lr_schedule="cosine"))
+    graphs.train()
+    _assert_same_run(graphs, plain)
+    status = graphs.cuda_graph_status
+    assert status["reason"] is None
+    assert status["captures"] == 4 and status["eager_steps"] == 4  # a new rate each epoch
+
+
 def test_replaced_optimizer_state_is_captured_again():
     """A graph writes the arrays it was captured with; state replaced by new arrays (as
     load_state_dict does) needs a new graph."""
