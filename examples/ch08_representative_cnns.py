@@ -15,9 +15,10 @@ Quick mode (under a minute on 2 cores) trains small versions of them -- ResNet-8
 of ResNet-20, narrower VGG and Inception blocks -- for 25 to 200 steps each on 8,000
 training images, and scores 1,000 test images: enough to see them learn and to compare
 their cost, not their accuracy. ``--full`` trains the full-size networks on the whole
-training set for the epochs below (hours for ResNet-20 and MiniGoogLeNet on a CPU) and
-scores the whole test set: the recipe ``benchmarks/torch_cnns.py`` trains PyTorch's same
-networks with, for the comparison of accuracies.
+training set for the epochs below, the learning rate lowered once an epoch on a cosine
+(``xpnet.lr_schedule``; hours for ResNet-20 and MiniGoogLeNet on a CPU), and scores the
+whole test set: the recipe ``benchmarks/torch_cnns.py --lr-schedule cosine`` trains
+PyTorch's same networks with, for the comparison of accuracies.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from common import Timer, load_data, main, make_parser, save
 
 from xpnet import models
 from xpnet.backend import get_rng, namespace, to_device
+from xpnet.lr_schedule import lr_factor
 from xpnet.optimizers import Adam
 from xpnet.plot import new_figure
 
@@ -52,13 +54,16 @@ QUICK = {
 QUICK_TEST_IMAGES = 1000
 
 
-def train(network, x_train, t_train, steps, device):
-    """``steps`` Adam steps on random mini-batches (drawn as the book's trainer draws them).
-    Returns the mean seconds of a step, the first step (warm-up) left out."""
+def train(network, x_train, t_train, steps, device, epochs=None):
+    """``steps`` Adam steps on random mini-batches (drawn as the book's trainer draws them),
+    over ``epochs`` equal epochs on a cosine schedule (None: at one rate). Returns the mean
+    seconds of a step, the first step (warm-up) left out."""
     optimizer = Adam(lr=LR)
     rng = get_rng(np)
     times = []
-    for _ in range(steps):
+    for i in range(steps):
+        if epochs is not None:
+            optimizer.lr = LR * lr_factor("cosine", i * epochs // steps, epochs)
         idx = rng.choice(len(x_train), BATCH)
         x = to_device(x_train[idx], device)
         t = to_device(t_train[idx], device)
@@ -81,7 +86,8 @@ def compare(args):
     for label, (cls, kw, length) in table.items():
         network = cls(device=args.device, **kw)
         steps = length * max(len(x_train) // BATCH, 1) if args.full else length
-        step = train(network, x_train, t_train, steps, args.device)
+        step = train(network, x_train, t_train, steps, args.device,
+                     epochs=length if args.full else None)
         accuracy = network.accuracy(x_test, t_test, batch_size=BATCH)
         size = sum(int(v.size) for v in network.params.values())
         rows.append((label, size, step, accuracy))
