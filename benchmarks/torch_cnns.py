@@ -9,9 +9,10 @@ nothing else.
 
 Run as a script, it trains one of them on (Fashion-)MNIST with the recipe of ``xpnet train``
 (Adam, random mini-batches drawn with replacement at each step, as the book's trainer
-draws them; the learning rate of each epoch from ``xpnet.lr_schedule``, the same function
-``xpnet train --lr-schedule`` uses; the test accuracy after each epoch), the PyTorch side
-of the accuracy table:
+draws them; the learning rate of each epoch from ``xpnet.lr_schedule`` and the data
+augmentation of ``xpnet.augment``, the same code ``xpnet train --lr-schedule
+--augment-shift --augment-flip`` uses; the test accuracy after each epoch), the PyTorch
+side of the accuracy table:
 
     python benchmarks/torch_cnns.py --model ResNet --epochs 12 --lr-schedule cosine --threads 2
 """
@@ -164,6 +165,7 @@ def train(args) -> list[float]:
     """Train ``args.model`` as ``xpnet train`` does; returns the test accuracy of each epoch."""
     import torch_nets
 
+    from xpnet.augment import ShiftFlip
     from xpnet.datasets import load_mnist
     from xpnet.lr_schedule import lr_factor
 
@@ -176,6 +178,10 @@ def train(args) -> list[float]:
     kw = {k: v for k, v in (("depth", args.depth), ("width", args.width)) if v is not None}
     net = BUILDERS[args.model](**kw)
     step = torch_nets.train_step_fn(net, lr=args.lr)
+    augment = None
+    if args.augment_shift or args.augment_flip:  # xpnet's own, on the host batch
+        augment = ShiftFlip(args.augment_shift, flip=args.augment_flip)
+    x_host = x_train.astype(np.float32)
     x_train, x_test = torch.from_numpy(x_train).float(), torch.from_numpy(x_test).float()
     t_train = torch.from_numpy(t_train.astype(np.int64))
     t_test = torch.from_numpy(t_test.astype(np.int64))
@@ -186,8 +192,9 @@ def train(args) -> list[float]:
             group["lr"] = args.lr * lr_factor(args.lr_schedule, epoch - 1, args.epochs)
         start = time.perf_counter()
         for _ in range(steps):
-            idx = torch.from_numpy(rng.integers(0, len(x_train), args.batch_size))
-            loss = step(x_train[idx], t_train[idx])
+            idx = rng.integers(0, len(x_train), args.batch_size)
+            x = x_train[idx] if augment is None else torch.from_numpy(augment(x_host[idx], rng))
+            loss = step(x, t_train[torch.from_numpy(idx)])
         seconds = time.perf_counter() - start
         n_eval = len(x_test) if epoch == args.epochs else (args.eval_samples or len(x_test))
         history.append(_accuracy(net, x_test[:n_eval], t_test[:n_eval]))
@@ -211,6 +218,10 @@ def main(argv=None) -> int:
     p.add_argument("--lr", type=float, default=0.001)
     p.add_argument("--lr-schedule", choices=SCHEDULES, default="constant",
                    help="the learning rate of each epoch (xpnet.lr_schedule)")
+    p.add_argument("--augment-shift", type=int, default=0, metavar="PIXELS",
+                   help="shift each training image by up to PIXELS (xpnet.augment.ShiftFlip)")
+    p.add_argument("--augment-flip", action="store_true",
+                   help="mirror half of the training images left to right")
     p.add_argument("--eval-samples", type=int, default=None,
                    help="score each epoch but the last on the first N test samples")
     p.add_argument("--train-size", type=int, default=None)

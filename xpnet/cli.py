@@ -405,6 +405,21 @@ def _check_numbers(args) -> None:
         raise ValueError(f"--seed must be a non-negative integer, got {args.seed}")
 
 
+def _augmentation(args, conv: bool):
+    """The ShiftFlip that --augment-shift/--augment-flip ask for, or None."""
+    if args.augment_shift < 0:
+        raise ValueError(f"--augment-shift must be a non-negative number of pixels, got "
+                         f"{args.augment_shift}")
+    if not (args.augment_shift or args.augment_flip):
+        return None
+    if not conv:
+        raise ValueError(f"--augment-shift and --augment-flip move images: they need a "
+                         f"convolutional model ({', '.join(_CONV_MODELS)}), not {args.model}")
+    from xpnet.augment import ShiftFlip
+
+    return ShiftFlip(args.augment_shift, flip=args.augment_flip)
+
+
 def _optimizer_param(args) -> dict:
     param = dict(args.optimizer_param)
     if getattr(args, "lr", None) is not None:
@@ -458,6 +473,11 @@ def _configure_train(p):
                    help="passes over the training set")
     r.add_argument("--weight-decay", type=float, metavar="LAMBDA",
                    help="L2 weight decay (MultiLayerNet*)")
+    r.add_argument("--augment-shift", type=int, default=0, metavar="PIXELS",
+                   help="data augmentation (convolutional models): shift each training image "
+                   "by up to PIXELS pixels, at random (book 8.1.1; xpnet.augment)")
+    r.add_argument("--augment-flip", action="store_true",
+                   help="data augmentation: mirror half of the training images left to right")
     r.add_argument("--distributed", action="store_true",
                    help="data-parallel over the processes of an MPI job, started as "
                    "`mpiexec -n N xpnet train --distributed ...`: each process takes "
@@ -496,6 +516,7 @@ def _run_train(args) -> int:
         xpnet.seed(args.seed)  # the initial weights
     conv = args.model in _CONV_MODELS
     build = _model_builder(args, _INPUT_SHAPE if conv else (784,))  # checks the options
+    augment = _augmentation(args, conv)
     (x_train, t_train), (x_test, t_test) = _load_data(args, flatten=not conv)
     network = build()
     verbose = not args.quiet and root
@@ -511,7 +532,7 @@ def _run_train(args) -> int:
         optimizer_param=_optimizer_param(args), evaluate_sample_num_per_epoch=args.eval_samples,
         verbose=verbose, seed=args.seed, checkpoint_dir=args.checkpoint_dir,
         checkpoint_every=args.checkpoint_every, resume=args.resume, communicator=comm,
-        cuda_graphs=args.cuda_graphs, lr_schedule=args.lr_schedule,
+        cuda_graphs=args.cuda_graphs, lr_schedule=args.lr_schedule, augment=augment,
     )
     start = time.perf_counter()
     history = trainer.train()

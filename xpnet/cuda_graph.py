@@ -134,6 +134,8 @@ def graph_fallback_reason(trainer) -> str | None:
         return "turned off (cuda_graphs=False, --no-cuda-graphs)"
     if trainer.communicator is not None:
         return "data-parallel training averages gradients through the host every step"
+    if getattr(trainer, "augment", None) is not None:
+        return "data augmentation draws each step's moves on the host"
     reason = _layer_reason(trainer.network)
     if reason is not None:
         return reason

@@ -25,7 +25,7 @@ checkpoints, every rank reads them, so the directory must be one they all see);
 ``cuda_graphs`` (on the GPU each step is captured once as a CUDA graph and replayed,
 :mod:`xpnet.cuda_graph`; ``history['cuda_graphs']`` says whether it ran, and if not why);
 ``lr_schedule`` (the learning rate of each epoch, :mod:`xpnet.lr_schedule`; the book's is
-constant).
+constant); ``augment`` (moved copies of each training mini-batch, :mod:`xpnet.augment`).
 """
 
 from __future__ import annotations
@@ -104,6 +104,9 @@ class Trainer:
             (None, the book's), ``'cosine'`` or ``'step'`` (:mod:`xpnet.lr_schedule`). The
             optimizer's ``lr`` is the base rate; with a schedule the trainer sets
             ``optimizer.lr`` at the start of every epoch, and checkpoints keep the base.
+        augment: None, or an augmentation such as :class:`xpnet.augment.ShiftFlip` (its
+            ``draw(rng, n)`` and ``apply(x, *draws)``): every training mini-batch is
+            moved by draws from the step's random stream. Images (N, C, H, W) only.
     """
 
     def __init__(
@@ -129,9 +132,11 @@ class Trainer:
         communicator=None,
         cuda_graphs=True,
         lr_schedule=None,
+        augment=None,
     ):
         self.network = network
         self.lr_schedule = check_schedule(lr_schedule)
+        self.augment = augment if augment is None or getattr(augment, "active", True) else None
         self.communicator = communicator
         self.cuda_graphs = bool(cuda_graphs)
         if communicator is not None and not communicator.is_root:
@@ -142,6 +147,11 @@ class Trainer:
                         (x_train, t_train), (x_test, t_test))
         self._place_model(device)
         self._place_data(x_train, t_train, x_test, t_test)
+        if self.augment is not None and self.x_train.ndim != 4:
+            raise ValueError(
+                f"augment={self.augment!r} moves images (N, C, H, W), but x_train has shape "
+                f"{self.x_train.shape}: load the data with flatten=False (a CNN's layout)"
+            )
         self._set_optimizer(optimizer, optimizer_param)
         self._reset_position()
         self._set_checkpoints(seed, checkpoint_dir, checkpoint_every)
@@ -313,6 +323,7 @@ class Trainer:
             "train_size": self.train_size,
             "seed": self.seed if self._seed_given else None,
             "lr_schedule": self.lr_schedule,
+            "augment": None if self.augment is None else repr(self.augment),
         }
 
     def release_lock(self) -> None:
@@ -419,9 +430,16 @@ class Trainer:
         """Gather the mini-batch at ``indices`` (on the data's device), take its gradient,
         update; return the loss (0-d, not read back). On the GPU this is what a CUDA graph
         captures."""
+        moves = None
+        if self.augment is not None:  # drawn for the global batch, as one process would
+            moves = self.augment.draw(self._streams(np), len(indices))
         if self.communicator is not None:  # this rank's share of the global batch
             indices = self.communicator.shard(indices)
-        grads, loss = self._gradient(self.x_train[indices], self.t_train[indices])
+            moves = None if moves is None else [self.communicator.shard(m) for m in moves]
+        x_batch = self.x_train[indices]
+        if moves is not None:
+            x_batch = self.augment.apply(x_batch, *moves)
+        grads, loss = self._gradient(x_batch, self.t_train[indices])
         self.optimizer.update(self.network.params, grads)
         return loss
 
@@ -590,6 +608,7 @@ class Trainer:
             "optimizer": type(self.optimizer).__name__,
             "optimizer_param": optimizer_param,
             "lr_schedule": self.lr_schedule,
+            "augment": None if self.augment is None else repr(self.augment),
             "epochs": self.epochs,
             "mini_batch_size": self.batch_size,
             "iter_per_epoch": self.iter_per_epoch,
