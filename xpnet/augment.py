@@ -26,6 +26,7 @@ from __future__ import annotations
 import numpy as np
 
 from xpnet.backend import device_of, get_array_module, to_device
+from xpnet.checkpoint import non_negative_int
 
 __all__ = ["ShiftFlip"]
 
@@ -35,10 +36,7 @@ class ShiftFlip:
     mirroring, of images (N, C, H, W)."""
 
     def __init__(self, max_shift: int = 2, flip: bool = False):
-        if isinstance(max_shift, bool) or not isinstance(max_shift, (int, np.integer)) or \
-                max_shift < 0:
-            raise ValueError(f"max_shift must be a non-negative integer, got {max_shift!r}")
-        self.max_shift, self.flip = int(max_shift), bool(flip)
+        self.max_shift, self.flip = non_negative_int(max_shift, "max_shift"), bool(flip)
 
     def __repr__(self) -> str:
         return f"ShiftFlip(max_shift={self.max_shift}, flip={self.flip})"
