@@ -9,16 +9,27 @@ t: (N,)) with the same Dropout masks (:func:`same_dropout_masks`); then each tak
 step and, from the same start, one Adam step. Every error is per parameter tensor, relative
 to its largest entry: ``max|a - b| / max|b|``.
 
-What "equal" means in float32, and why:
+What "equal" means in float32, and why. Per tensor, the device passes if one of these holds:
 
-* gradients and the SGD step: device and CPU agree to ``tol``; they may differ only by the
-  order of float32 summations.
-* the Adam step: its first update is ``lr * g / (|g| + eps)``, which for a gradient entry
-  near ``eps`` (a bias whose contributions nearly cancel) turns the float32 rounding of ``g``
-  into a visible change of the update, so the CPU's own float32 step can be further than
-  ``tol`` from the float64 one. The device is held to ``tol`` or, where the CPU's step is
-  itself further than that from float64, to being no further from float64 than twice the
-  CPU's distance.
+* it agrees with the CPU to ``tol``: the two differ only by the order of float32 summations,
+  as in DeepConvNet;
+* it is no further from float64 than twice the CPU's own distance. The Adam step needs it:
+  its first update is ``lr * g / (|g| + eps)``, so for a gradient entry near ``eps`` (a bias
+  whose contributions nearly cancel) the float32 rounding of ``g`` becomes a visible change
+  of the update;
+* with ``noise_probes=k``: it differs from the CPU by at most twice as much as the CPU's own
+  result moves when every input is nudged by at most one float32 ulp (the largest move of
+  ``k`` such nudges). This is for networks with kinks within float32 rounding: a ReLU input
+  or two maxima of a pooling window that rounding can reorder, which turns a rounding
+  difference into a jump of the gradient. Deep networks meet them at every batch: at
+  initialization ResNet-20's float32 gradients move by up to a few percent under one such
+  nudge (and its float64 gradients under a nudge of 1e-7), MiniGoogLeNet's by up to 0.3% on
+  some batches. The jumps are rare events, so ``k`` nudges bound them only roughly; such
+  networks are held to 1e-9 in float64, where rounding is far from every kink
+  (``tests/test_gpu.py``), and compared here in float32 as a report.
+
+A wrong computation is far from float64 on the device, near it on the CPU, and moves by
+more than a nudge of the input moves it, so it still fails.
 """
 
 from __future__ import annotations
@@ -76,50 +87,85 @@ def _stepped(params, grads, optimizer):
     return params
 
 
+def _float32_noise(network, x, t, seed, probes, cpu, results):
+    """Per part and tensor, the largest move of the CPU's float32 results (``cpu``) when
+    every input is nudged by -1, 0 or +1 float32 ulp at random, over ``probes`` nudges;
+    None for none."""
+    if probes <= 0:
+        return None
+    x32 = np.asarray(x, dtype=np.float32)
+    up, down = np.float32(np.inf), np.float32(-np.inf)
+    rng = np.random.default_rng(seed)
+    moved = {part: dict.fromkeys(cpu[part], 0.0) for part in cpu}
+    for _ in range(probes):
+        step = rng.integers(-1, 2, size=x32.shape)
+        nudged = np.where(step == 0, x32, np.nextafter(x32, np.where(step > 0, up, down)))
+        probe = copy.deepcopy(network)
+        grads, _ = _gradient(probe, nudged, t, seed)
+        for part, values in results(probe.params, grads).items():
+            for k, v in values.items():
+                moved[part][k] = max(moved[part][k], _max_rel(v, cpu[part][k]))
+    return moved
+
+
 def step_parity(network, x, t, *, device: str = "gpu", tol: float = 1e-5,
-                sgd_lr: float = 0.01, adam_lr: float = 0.001, seed: int = 1234) -> dict:
+                sgd_lr: float = 0.01, adam_lr: float = 0.001, seed: int = 1234,
+                noise_probes: int = 0) -> dict:
     """Compare one step of ``network`` (float32, on the CPU) on the CPU and on ``device``.
 
     x: (N, ...) host batch, t: (N,) host labels. Returns per-tensor errors
-    (``grad``, ``sgd``, ``adam``: device vs CPU; ``adam_gpu_vs_float64`` and
-    ``adam_cpu_vs_float64``), their maxima, the three losses and ``passed``.
-    ``device="cpu"`` compares the CPU with itself (a check of the comparison).
+    (``grad``, ``sgd``, ``adam``: device vs CPU; ``<part>_gpu_vs_float64`` and
+    ``<part>_cpu_vs_float64`` for each part; with ``noise_probes``, ``<part>_float32_noise``),
+    their maxima, the three losses and ``passed``. ``device="cpu"`` compares the CPU with
+    itself (a check of the comparison).
     """
     from xpnet.optimizers import SGD, Adam
 
     if network.device != "cpu" or any(p.dtype != np.float32 for p in network.params.values()):
         raise ValueError("step_parity takes a float32 network on the CPU; it makes the copies")
+    # every computation runs on a copy: a training-mode forward pass moves BatchNorm's
+    # running statistics, and the caller's network is to be left as it was
+    cpu_net = copy.deepcopy(network)
     gpu_net = copy.deepcopy(network).to(device)
     ref_net = copy.deepcopy(network)  # every float array (params and layers) in float64
     ref_net._map_arrays(lambda a: a.astype(np.float64) if a.dtype.kind == "f" else a)
     ref_net.dtype = np.dtype(np.float64)
 
-    grads, loss_cpu = _gradient(network, x, t, seed)
+    grads, loss_cpu = _gradient(cpu_net, x, t, seed)
     ggrads, loss_gpu = _gradient(gpu_net, backend.to_device(x, device),
                                  backend.to_device(t, device), seed)
     rgrads, loss_ref = _gradient(ref_net, x.astype(np.float64), t, seed)
 
     keys = list(network.params)
-    cpu_p, gpu_p, ref_p = network.params, gpu_net.params, ref_net.params
-    sgd = [_stepped(p, g, SGD(lr=sgd_lr)) for p, g in ((cpu_p, grads), (gpu_p, ggrads))]
-    adam = [_stepped(p, g, Adam(lr=adam_lr))
-            for p, g in ((cpu_p, grads), (gpu_p, ggrads), (ref_p, rgrads))]
-    report = {
-        "grad": {k: _max_rel(ggrads[k], grads[k]) for k in keys},
-        "sgd": {k: _max_rel(sgd[1][k], sgd[0][k]) for k in keys},
-        "adam": {k: _max_rel(adam[1][k], adam[0][k]) for k in keys},
-        "adam_gpu_vs_float64": {k: _max_rel(adam[1][k], adam[2][k]) for k in keys},
-        "adam_cpu_vs_float64": {k: _max_rel(adam[0][k], adam[2][k]) for k in keys},
-        "loss_cpu": loss_cpu, "loss_gpu": loss_gpu, "loss_float64": loss_ref, "tolerance": tol,
-    }
-    for part in ("grad", "sgd", "adam", "adam_gpu_vs_float64", "adam_cpu_vs_float64"):
-        report[f"{part}_max_rel"] = max(report[part].values())
-    adam_ok = all(
-        report["adam"][k] < tol
-        or report["adam_gpu_vs_float64"][k] <= 2 * report["adam_cpu_vs_float64"][k]
-        for k in keys
-    )
-    report["passed"] = bool(report["grad_max_rel"] < tol and report["sgd_max_rel"] < tol
-                            and adam_ok and abs(loss_gpu - loss_cpu) < tol * abs(loss_cpu))
+
+    def results(params, gradients):
+        """The gradient and the two steps taken from ``params`` with it."""
+        return {"grad": gradients,
+                "sgd": _stepped(params, gradients, SGD(lr=sgd_lr)),
+                "adam": _stepped(params, gradients, Adam(lr=adam_lr))}
+
+    cpu = results(cpu_net.params, grads)
+    gpu = results(gpu_net.params, ggrads)
+    ref = results(ref_net.params, rgrads)
+    noise = _float32_noise(network, x, t, seed, noise_probes, cpu, results)
+    report = {"loss_cpu": loss_cpu, "loss_gpu": loss_gpu, "loss_float64": loss_ref,
+              "tolerance": tol, "noise_probes": noise_probes}
+    passed = abs(loss_gpu - loss_cpu) < tol * abs(loss_cpu)
+    for part in ("grad", "sgd", "adam"):
+        entries = {part: (gpu, cpu), f"{part}_gpu_vs_float64": (gpu, ref),
+                   f"{part}_cpu_vs_float64": (cpu, ref)}
+        for name, (a, b) in entries.items():
+            report[name] = {k: _max_rel(a[part][k], b[part][k]) for k in keys}
+        if noise is not None:
+            entries[f"{part}_float32_noise"] = None
+            report[f"{part}_float32_noise"] = noise[part]
+        for name in entries:
+            report[f"{name}_max_rel"] = max(report[name].values())
+        passed &= all(report[part][k] < tol
+                      or report[f"{part}_gpu_vs_float64"][k]
+                      <= 2 * report[f"{part}_cpu_vs_float64"][k]
+                      or (noise is not None and report[part][k] <= 2 * noise[part][k])
+                      for k in keys)
+    report["passed"] = bool(passed)
     return report
 
