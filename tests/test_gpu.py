@@ -196,6 +196,7 @@ def _layer_pairs(rng):
     W, b = rng.standard_normal((12, 7)), rng.standard_normal(7)
     Wc, bc = rng.standard_normal((4, 3, 3, 3)), rng.standard_normal(4)
     gamma, beta = rng.random(12) + 0.5, rng.standard_normal(12)
+    W1x1 = rng.standard_normal((4, 3, 1, 1))
     g = cp.asarray
     return [
         ("Relu", L.Relu(), L.Relu(), (5, 12)),
@@ -210,6 +211,14 @@ def _layer_pairs(rng):
          (2, 3, 9, 7)),
         ("Pooling", L.Pooling(2, 2, 2), L.Pooling(2, 2, 2), (2, 3, 8, 6)),
         ("PoolingOverlap", L.Pooling(3, 3, 1, 1), L.Pooling(3, 3, 1, 1), (2, 3, 5, 5)),
+        # the representative CNNs' layers (book 8.2)
+        ("Pointwise", L.Convolution(W1x1, bc, 2, 0), L.Convolution(g(W1x1), g(bc), 2, 0),
+         (2, 3, 7, 6)),
+        ("SpatialBatchNormalization", L.SpatialBatchNormalization(gamma[:3], beta[:3]),
+         L.SpatialBatchNormalization(g(gamma[:3]), g(beta[:3])), (4, 3, 5, 6)),
+        ("AvgPooling", L.AvgPooling(2, 2, 2), L.AvgPooling(2, 2, 2), (2, 3, 8, 7)),
+        ("AvgPoolingPadded", L.AvgPooling(3, 3, 1, 1), L.AvgPooling(3, 3, 1, 1), (2, 3, 5, 5)),
+        ("GlobalAvgPooling", L.GlobalAvgPooling(), L.GlobalAvgPooling(), (2, 3, 5, 4)),
     ]
 
 
@@ -328,6 +337,14 @@ def _networks():
         ("SimpleConvNet", lambda: M.SimpleConvNet((1, 10, 10), small_conv, 8, 3,
                                                   dtype=np.float64), (1, 10, 10)),
         ("DeepConvNet", lambda: M.DeepConvNet(dtype=np.float64), (1, 28, 28)),
+        # the representative CNNs at full size: residual and Inception blocks, per-channel
+        # BatchNorm, average pooling. In float64 rounding is far from every ReLU and
+        # pooling kink, so their gradients can be held to 1e-9 (xpnet.parity explains why
+        # float32 cannot be, for ResNet-20)
+        ("LeNet", lambda: M.LeNet(dtype=np.float64), (1, 28, 28)),
+        ("VGGNet", lambda: M.VGGNet(dtype=np.float64), (1, 28, 28)),
+        ("MiniGoogLeNet", lambda: M.MiniGoogLeNet(dtype=np.float64), (1, 28, 28)),
+        ("ResNet", lambda: M.ResNet(dtype=np.float64), (1, 28, 28)),
     ]
 
 
