@@ -29,6 +29,10 @@ Parts:
            drawn at random on the device, as the book's trainer) on the GPU.
   torch    the same architecture and schedule in PyTorch on CUDA (skipped without it).
   cpu      xpnet on the CPU for a few steps, extrapolated to the epoch.
+  cnns     the representative CNNs (LeNet, VGGNet, MiniGoogLeNet, ResNet-20; book 8.2): one
+           float32 step on the GPU against the CPU (``xpnet.parity`` with two noise probes,
+           batch 32) and the Trainer's steps at ``--batch`` beside PyTorch eager CUDA fp32,
+           at most ``--cnn-steps`` timed steps each.
   train    with ``--data-dir`` (the four Fashion-MNIST IDX files): the README's GPU command,
            ``xpnet train --model DeepConvNet --dataset fashion-mnist --device gpu``, on the
            real data, for as many of 10 epochs as fit the time left (estimated from the
@@ -57,7 +61,7 @@ import xpnet  # noqa: E402
 from xpnet import backend  # noqa: E402
 from xpnet.kernels import reference as ref  # noqa: E402 - the book's slicing loops: on CuPy, the baseline
 
-PARTS = ("env", "kernels", "parity", "graphs", "epoch", "torch", "cpu", "train")
+PARTS = ("env", "kernels", "parity", "graphs", "epoch", "torch", "cpu", "cnns", "train")
 
 
 def _cupy():
@@ -561,12 +565,55 @@ def _torch_steps(model, batch, x, t, steps):
     torch.backends.cudnn.benchmark = True
     torch.manual_seed(0)
     dev = torch.device("cuda")
-    net = {"DeepConvNet": torch_nets.deep_convnet,
-           "SimpleConvNet": torch_nets.simple_convnet}[model]().to(dev)
+    import torch_cnns
+
+    builders = {"DeepConvNet": torch_nets.deep_convnet,
+                "SimpleConvNet": torch_nets.simple_convnet, **torch_cnns.BUILDERS}
+    net = builders[model]().to(dev)
     xd, td = torch.from_numpy(x).to(dev), torch.from_numpy(t).to(dev)
     run = _torch_epoch(torch, net, torch_nets.train_step_fn, xd, td, batch, steps)
     run["epoch_seconds"] = run["ms_per_step"] * 1e-3 * (len(x) // batch)
     return run
+
+
+# ---------------------------------------------------------------------------
+# cnns: the representative CNNs, parity and steps beside PyTorch
+# ---------------------------------------------------------------------------
+
+CNN_MODELS = ("LeNet", "VGGNet", "MiniGoogLeNet", "ResNet")
+
+
+def part_cnns(args):
+    """Per network, the float32 step parity and the Trainer's steps (CUDA graphs where the
+    network's layers allow them, else eager with the reason) beside PyTorch's; rows are
+    written to OUT/cnns.json as they finish."""
+    cp = _cupy()
+    x, t = _data(args.samples)
+    xd, td = cp.asarray(x), cp.asarray(t)
+    timing = argparse.Namespace(**{**vars(args), "graph_steps": args.cnn_steps})
+    result = {"batch": args.batch, "samples": args.samples, "rows": []}
+    for model in CNN_MODELS:
+        row = {"model": model, "epoch_steps": args.samples // args.batch,
+               "parity": _recorded(_cnn_parity, model)}
+        row["xpnet"] = _recorded(_trainer_steps, model, args.batch, True, xd, td, timing)
+        steps = min(args.cnn_steps, row["epoch_steps"])
+        row["torch_fp32"] = _recorded(_torch_steps, model, args.batch, x, t, steps)
+        result["rows"].append(row)
+        (args.out / "cnns.json").write_text(json.dumps(result, indent=2))
+        cp.get_default_memory_pool().free_all_blocks()
+    return result
+
+
+def _cnn_parity(model):
+    """``xpnet.parity.step_parity`` of the network at full size, float32, batch 32: the
+    maxima only (per-tensor figures stay in the report the function returns)."""
+    from xpnet import models
+    from xpnet.parity import step_parity
+
+    xpnet.seed(0)
+    x, t = _data(32, seed=1)
+    report = step_parity(getattr(models, model)(), x, t, noise_probes=2)
+    return {k: v for k, v in report.items() if not isinstance(v, dict)}
 
 
 def _launch_cost():
@@ -601,6 +648,8 @@ def main(argv=None):
     p.add_argument("--graph-steps", type=int, default=300,
                    help="steps timed per run in the graphs part (fewer where an epoch is "
                    "shorter)")
+    p.add_argument("--cnn-steps", type=int, default=100,
+                   help="steps timed per run in the cnns part")
     p.add_argument("--data-dir", type=Path, default=None,
                    help="Fashion-MNIST IDX files for the train part (skipped without)")
     p.add_argument("--time-limit", type=float, default=None,
@@ -615,7 +664,7 @@ def main(argv=None):
     args.out.mkdir(parents=True, exist_ok=True)
     funcs = {"env": part_env, "kernels": part_kernels, "parity": part_parity,
              "graphs": part_graphs, "epoch": part_epoch, "torch": part_torch, "cpu": part_cpu,
-             "train": part_train}
+             "cnns": part_cnns, "train": part_train}
     if not args.report_only:
         for part in args.parts:
             t0 = time.perf_counter()

@@ -269,6 +269,30 @@ def test_gpu_section_shows_failed_and_skipped_parts():
     assert not any("GPU speed-up" in r for r in rows)  # no CPU part: no ratio invented
 
 
+def test_gpu_section_shows_the_representative_cnns_beside_pytorch():
+    results = {"cnns": {"batch": 100, "rows": [
+        {"model": "ResNet",
+         "xpnet": {"ms_per_step": 12.0, "cuda_graphs": {"used": False,
+                                                        "reason": "layer ResidualBlock has no "
+                                                                  "graph-safe GPU path"}},
+         "torch_fp32": {"ms_per_step": 8.0},
+         "parity": {"grad_max_rel": 3e-3, "grad_float32_noise_max_rel": 2e-2,
+                    "adam_max_rel": 1e-3, "passed": True}},
+        {"model": "LeNet", "xpnet": {"ms_per_step": 1.5, "cuda_graphs": {"used": True}},
+         "torch_fp32": {"skipped": "PyTorch is not installed"},
+         "parity": {"error": "RuntimeError: boom"}},
+    ]}}
+    rows = gpu_table(results)
+    resnet = next(r for r in rows if r.startswith("| ResNet training step, batch 100 |"))
+    assert "xpnet 12.00 ms/step; PyTorch fp32 8.00 ms/step; xpnet/PyTorch 1.50x" in resnet
+    assert "eager steps (layer ResidualBlock has no graph-safe GPU path)" in resnet
+    assert "gradients 3.0e-03 (the CPU's own move under a one-ulp nudge of x: 2.0e-02)" in resnet
+    assert resnet.endswith("after Adam 1.0e-03: pass |")
+    lenet = next(r for r in rows if r.startswith("| LeNet training step"))
+    assert "PyTorch fp32 PyTorch is not installed" in lenet and "/PyTorch" not in lenet
+    assert "CUDA graphs" in lenet and "parity ERROR: RuntimeError: boom" in lenet
+
+
 def test_gpu_results_that_are_not_json_are_one_clear_error(run_json, tmp_path):
     gpu = tmp_path / "gpu.json"
     gpu.write_text("not json")

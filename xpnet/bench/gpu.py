@@ -2,9 +2,9 @@
 (run by ``benchmarks/gpu_check.sh`` on a machine with an NVIDIA GPU).
 
 The file is a dict of parts (``env``, ``tests``, ``parity``, ``epoch``, ``torch``, ``cpu``,
-``train``, ``kernels``), each optional: a part that did not run is left out, a part that
-failed holds ``{"error": message}`` and shows as such. Ratios are formed only between parts
-that are both present, never against a figure from another run.
+``graphs``, ``cnns``, ``train``, ``kernels``), each optional: a part that did not run is
+left out, a part that failed holds ``{"error": message}`` and shows as such. Ratios are
+formed only between parts that are both present, never against a figure from another run.
 """
 
 from __future__ import annotations
@@ -50,6 +50,7 @@ def gpu_table(results: dict) -> list[str]:
     if "skipped" in th:
         lines.append(f"| PyTorch CUDA epoch | skipped: {th['skipped']} |")
     lines += _graph_rows(results.get("graphs", {}))
+    lines += _cnn_rows(results.get("cnns", {}))
     cpu = results.get("cpu", {})
     if "epoch_seconds_extrapolated" in cpu:
         speedup = (f", GPU speed-up {cpu['epoch_seconds_extrapolated'] / ep['seconds']:.1f}x"
@@ -81,6 +82,38 @@ def gpu_table(results: dict) -> list[str]:
     for part, r in results.items():
         if isinstance(r, dict) and "error" in r:
             lines.append(f"| {part} | ERROR: {r['error']} |")
+    return lines
+
+
+def _cnn_rows(cnns: dict) -> list[str]:
+    """The cnns part: per representative CNN, the Trainer's step beside PyTorch's (and the
+    ratio), how the steps ran, and the float32 step parity with the CPU's own noise."""
+    lines = []
+    for row in cnns.get("rows", []):
+        cells = []
+        xp, th = row.get("xpnet", {}), row.get("torch_fp32", {})
+        for label, run in (("xpnet", xp), ("PyTorch fp32", th)):
+            cells.append(f"{label} {run['ms_per_step']:.2f} ms/step" if "ms_per_step" in run
+                         else f"{label} {run.get('error') or run.get('skipped') or 'not run'}")
+        if "ms_per_step" in xp and "ms_per_step" in th:
+            cells.append(f"xpnet/PyTorch {xp['ms_per_step'] / th['ms_per_step']:.2f}x")
+        status = xp.get("cuda_graphs") or {}
+        if status:
+            cells.append("CUDA graphs" if status.get("used")
+                         else f"eager steps ({status.get('reason')})")
+        par = row.get("parity", {})
+        if "grad_max_rel" in par:
+            noise = par.get("grad_float32_noise_max_rel")
+            cells.append(
+                f"one float32 step vs the CPU: gradients {par['grad_max_rel']:.1e}"
+                + (f" (the CPU's own move under a one-ulp nudge of x: {noise:.1e})"
+                   if noise is not None else "")
+                + f", after Adam {par['adam_max_rel']:.1e}: "
+                + ("pass" if par["passed"] else "FAIL"))
+        elif "error" in par:
+            cells.append(f"parity ERROR: {par['error']}")
+        lines.append(f"| {row['model']} training step, batch {cnns.get('batch')} | "
+                     f"{'; '.join(cells)} |")
     return lines
 
 
