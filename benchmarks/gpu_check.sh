@@ -13,8 +13,10 @@
 #      32, 100 and 1,000, SimpleConvNet at 100; GPU busy vs wall time per step, launches per
 #      step, the per-call launch cost), a DeepConvNet epoch on 60,000 MNIST-sized samples
 #      (batch 100, Adam) launched eagerly beside PyTorch CUDA and beside xpnet's CPU time (a
-#      few steps, extrapolated); given FASHION_MNIST_DIR (the four IDX files), also the
-#      README's `xpnet train --device gpu` (CUDA graphs) on the real data, 10 epochs;
+#      few steps, extrapolated), the representative CNNs (LeNet, VGGNet, MiniGoogLeNet,
+#      ResNet-20: one float32 step against the CPU, steps beside PyTorch's); given
+#      FASHION_MNIST_DIR (the four IDX files), also the README's `xpnet train --device gpu`
+#      (CUDA graphs) on the real data, 10 epochs;
 #   3. the rest of the suite (tests marked slow are left to CI), spread over up to 8 cores
 #      when pytest-xdist is installed.
 # Everything goes to OUT_DIR (logs, JUnit XML, JSON, results.md); the short table is printed
