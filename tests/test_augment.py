@@ -14,6 +14,7 @@ import xpnet
 from xpnet.augment import ShiftFlip
 from xpnet.cli import main as cli_main
 from xpnet.cuda_graph import graph_fallback_reason
+from xpnet.distributed import Communicator
 from xpnet.step_streams import StepStreams
 from xpnet.trainer import Trainer
 
@@ -142,6 +143,49 @@ def test_each_batch_is_moved_by_draws_from_its_steps_stream(images):
         np.testing.assert_array_equal(seen, expected)
     assert len(tr.network.batches) == tr.max_iter
     assert tr.history["augment"] == "ShiftFlip(max_shift=1, flip=True)"
+
+
+class OneRankOfTwo(Communicator):
+    """Rank ``rank`` of a world of two whose other rank holds the same values: a sum over
+    the ranks is twice the buffer, so the rank trains on its own shard as it would there."""
+
+    def __init__(self, rank):
+        super().__init__(rank, 2, timeout=5)
+
+    def _allreduce_sum_(self, buf, what):
+        buf *= 2
+
+    def _broadcast_(self, buf, root, what):
+        pass
+
+    def broadcast_params(self, params):  # rank 0 holds what this rank holds: nothing to send
+        return params
+
+    def barrier(self, what="a barrier"):
+        pass
+
+    def allgather_object(self, obj, what="an exchange"):
+        return [json.loads(json.dumps(obj))] * 2
+
+    def bcast_object(self, obj, root=0, what="a broadcast"):
+        return obj
+
+
+def test_data_parallel_ranks_get_their_half_of_the_one_process_augmented_batch(images):
+    """Moves are drawn for the global batch, then sharded with the indices: rank r's
+    network sees exactly rank r's half of what one process would see, every step."""
+    aug = ShiftFlip(1, flip=True)
+    one = Trainer(net(), *images, verbose=False, augment=aug, **OPTS)
+    one.train()
+    for rank in (0, 1):
+        tr = Trainer(net(), *images, verbose=False, augment=aug, communicator=OneRankOfTwo(rank),
+                     **OPTS)
+        tr.train()
+        assert len(tr.network.batches) == len(one.network.batches) == tr.max_iter
+        half = OPTS["mini_batch_size"] // 2
+        for step, (seen, whole) in enumerate(zip(tr.network.batches, one.network.batches)):
+            np.testing.assert_array_equal(seen, whole[rank * half:(rank + 1) * half],
+                                          err_msg=f"rank {rank}, step {step}")
 
 
 def test_augmentation_changes_the_run_and_an_inactive_one_does_not(images):
