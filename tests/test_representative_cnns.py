@@ -26,7 +26,7 @@ from xpnet.layers import (
     SpatialBatchNormalization,
 )
 from xpnet.optimizers import Adam
-from xpnet.parity import same_dropout_masks, step_parity
+from xpnet.parity import _max_rel, same_dropout_masks, step_parity
 from xpnet.trainer import CHECKPOINT_NAME, Trainer
 from xpnet.util import col2im, im2col
 
@@ -406,21 +406,17 @@ def test_gpu_float32_forward_pass_matches_the_cpu(name):
     x, t = _parity_batch(32)
     gx, gt = cp.asarray(x), cp.asarray(t)
 
-    def rel(a, b):
-        a, b = backend.as_numpy(a).astype(np.float64), np.asarray(b, dtype=np.float64)
-        return float(np.abs(a - b).max() / np.abs(b).max())
-
     with same_dropout_masks(net, gnet):
         for train_flg in (True, False):
             y = net.predict(x, train_flg=train_flg)
             gy = gnet.predict(gx, train_flg=train_flg)
             assert isinstance(gy, cp.ndarray) and gy.dtype == np.float32
-            assert rel(gy, y) < 1e-5, train_flg
+            assert _max_rel(gy, y) < 1e-5, train_flg
         loss, gloss = float(net.loss(x, t)), float(gnet.loss(gx, gt))
     assert abs(gloss - loss) < 1e-5 * loss
     gbuffers = gnet.named_buffers()
     for key, value in net.named_buffers().items():
-        assert rel(gbuffers[key], value) < 1e-5, key
+        assert _max_rel(gbuffers[key], value) < 1e-5, key
 
 
 # ---------------------------------------------------------------------------
