@@ -103,14 +103,14 @@ class Inception(nn.Module):
         return torch.cat([branch(x) for branch in self.branches], dim=1)
 
 
-def mini_googlenet(input_dim=(1, 28, 28), width=8, output_size=10) -> nn.Sequential:
-    """stem conv 3x3 (4w) - Inception (8w) - maxpool - Inception (15w) - maxpool - global
+def mini_googlenet(input_dim=(1, 28, 28), width=16, output_size=10) -> nn.Sequential:
+    """stem conv 3x3 (4w) - maxpool - Inception (8w) - maxpool - Inception (15w) - global
     average pooling - affine, as ``xpnet.models.MiniGoogLeNet``."""
     w = width
     return nn.Sequential(
-        *_conv_bn_relu(input_dim[0], 4 * w, 3),
+        *_conv_bn_relu(input_dim[0], 4 * w, 3), nn.MaxPool2d(2, 2),
         Inception(4 * w, 2 * w, 2 * w, 4 * w, w, w, w), nn.MaxPool2d(2, 2),
-        Inception(8 * w, 4 * w, 4 * w, 6 * w, w, 3 * w, 2 * w), nn.MaxPool2d(2, 2),
+        Inception(8 * w, 4 * w, 4 * w, 6 * w, w, 3 * w, 2 * w),
         nn.AdaptiveAvgPool2d(1), nn.Flatten(), _init_(nn.Linear(15 * w, output_size)),
     )
 

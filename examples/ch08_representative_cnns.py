@@ -48,7 +48,7 @@ FULL = {
 QUICK = {
     "LeNet": (models.LeNet, {}, 200),
     "VGGNet (width 8)": (models.VGGNet, {"width": 8}, 60),
-    "MiniGoogLeNet (width 4)": (models.MiniGoogLeNet, {"width": 4}, 25),
+    "MiniGoogLeNet (width 8)": (models.MiniGoogLeNet, {"width": 8}, 25),
     "ResNet-8 (width 8)": (models.ResNet, {"depth": 8, "width": 8}, 25),
 }
 QUICK_TEST_IMAGES = 1000

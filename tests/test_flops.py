@@ -133,3 +133,20 @@ def test_resnet20_by_hand():
         + 64 * 10
     )
     assert flops.forward_flops(ResNet(), 3) == 3 * per_sample
+
+
+def test_mini_googlenet_by_hand():
+    from xpnet.models import MiniGoogLeNet
+
+    # each product is (positions x output channels x fan-in). Stem 3x3 1->64 at 28x28, then a
+    # pool; Inception 1 at 14x14 from 64 channels: 1x1 ->32; 1x1 ->32 then 3x3 32->64; 1x1
+    # ->16 then 5x5 16->16; the pool branch's 1x1 ->16 (128 out). A pool; Inception 2 at 7x7
+    # from 128: 1x1 ->64; 1x1 ->64 then 3x3 64->96; 1x1 ->16 then 5x5 16->48; pool 1x1 ->32
+    # (240 out); global average pooling, then (240 -> 10)
+    per_sample = 2 * (
+        784 * 64 * 9
+        + 196 * (32 * 64 + 32 * 64 + 64 * 32 * 9 + 16 * 64 + 16 * 16 * 25 + 16 * 64)
+        + 49 * (64 * 128 + 64 * 128 + 96 * 64 * 9 + 16 * 128 + 48 * 16 * 25 + 32 * 128)
+        + 240 * 10
+    )
+    assert flops.forward_flops(MiniGoogLeNet(), 3) == 3 * per_sample

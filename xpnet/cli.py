@@ -241,7 +241,7 @@ def _add_model_arguments(p, models=MODEL_NAMES, default="TwoLayerNet", hidden_de
                        "stage (default 2)")
         g.add_argument("--width", type=_positive_int, metavar="N",
                        help="filters of the first stage of VGGNet (16) and ResNet (16); "
-                       "MiniGoogLeNet's branch unit (8)")
+                       "MiniGoogLeNet's branch unit (16)")
     g.add_argument("--weight-init-std", type=_weight_init_std, metavar="STD",
                    help="relu/he, sigmoid/xavier or a number (default: the model's)")
     g.add_argument("--dropout", type=float, metavar="RATIO",

@@ -23,8 +23,8 @@ What "equal" means in float32, and why. Per tensor, the device passes if one of 
   or two maxima of a pooling window that rounding can reorder, which turns a rounding
   difference into a jump of the gradient. ResNet-20 meets them on every batch tried: at
   initialization its float32 gradients move by up to a few percent under one such nudge
-  (and its float64 gradients under a nudge of 1e-7); MiniGoogLeNet's move by up to 0.3% on
-  some batches. The jumps are rare events, so ``k`` nudges bound them only roughly; such
+  (and its float64 gradients under a nudge of 1e-7); MiniGoogLeNet's by up to 2% on some
+  batches. The jumps are rare events, so ``k`` nudges bound them only roughly; such
   networks are held to 1e-9 in float64, where rounding is far from every kink
   (``tests/test_gpu.py``), and compared here in float32 as a report.
 
