@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+from replicas import Replicas
 from test_cli import write_idx
 from test_resume import Interrupt, assert_same_run, stops_at
 from trainer_nets import TinyNet
@@ -14,7 +15,6 @@ import xpnet
 from xpnet.augment import ShiftFlip
 from xpnet.cli import main as cli_main
 from xpnet.cuda_graph import graph_fallback_reason
-from xpnet.distributed import Communicator
 from xpnet.step_streams import StepStreams
 from xpnet.trainer import Trainer
 
@@ -145,32 +145,6 @@ def test_each_batch_is_moved_by_draws_from_its_steps_stream(images):
     assert tr.history["augment"] == "ShiftFlip(max_shift=1, flip=True)"
 
 
-class OneRankOfTwo(Communicator):
-    """Rank ``rank`` of a world of two whose other rank holds the same values: a sum over
-    the ranks is twice the buffer, so the rank trains on its own shard as it would there."""
-
-    def __init__(self, rank):
-        super().__init__(rank, 2, timeout=5)
-
-    def _allreduce_sum_(self, buf, what):
-        buf *= 2
-
-    def _broadcast_(self, buf, root, what):
-        pass
-
-    def broadcast_params(self, params):  # rank 0 holds what this rank holds: nothing to send
-        return params
-
-    def barrier(self, what="a barrier"):
-        pass
-
-    def allgather_object(self, obj, what="an exchange"):
-        return [json.loads(json.dumps(obj))] * 2
-
-    def bcast_object(self, obj, root=0, what="a broadcast"):
-        return obj
-
-
 def test_data_parallel_ranks_get_their_half_of_the_one_process_augmented_batch(images):
     """Moves are drawn for the global batch, then sharded with the indices: rank r's
     network sees exactly rank r's half of what one process would see, every step."""
@@ -178,7 +152,7 @@ def test_data_parallel_ranks_get_their_half_of_the_one_process_augmented_batch(i
     one = Trainer(net(), *images, verbose=False, augment=aug, **OPTS)
     one.train()
     for rank in (0, 1):
-        tr = Trainer(net(), *images, verbose=False, augment=aug, communicator=OneRankOfTwo(rank),
+        tr = Trainer(net(), *images, verbose=False, augment=aug, communicator=Replicas(rank),
                      **OPTS)
         tr.train()
         assert len(tr.network.batches) == len(one.network.batches) == tr.max_iter

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from replicas import Replicas
 
 from xpnet import distributed
 from xpnet.distributed import Communicator, DistributedError, get_communicator
@@ -167,25 +168,6 @@ def test_shards_are_contiguous_cover_the_batch_and_weigh_to_the_batch_mean(size,
     assert np.concatenate([c.shard(idx) for c in comms]).tolist() == idx.tolist()
 
 
-class _Mirror(Communicator):
-    """A world of ``size`` identical replicas in one process: every rank holds what this
-    one holds, so a sum over ranks is ``size`` times the buffer. Counts the collectives."""
-
-    def __init__(self, size=2):
-        super().__init__(0, size, timeout=1)
-        self.calls = []
-
-    def _allreduce_sum_(self, buf, what):
-        self.calls.append(("allreduce", buf.size, buf.dtype, what))
-        buf *= self.size
-
-    def _broadcast_(self, buf, root, what):
-        self.calls.append(("broadcast", buf.size, buf.dtype, what))
-
-    def allgather_object(self, obj, what="an exchange"):
-        return [json.loads(json.dumps(obj))] * self.size
-
-
 @pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
 def test_allreduce_mean_is_one_fused_call_per_step_in_the_gradients_dtype(dtype):
     from xpnet.models import MultiLayerNet
@@ -193,7 +175,7 @@ def test_allreduce_mean_is_one_fused_call_per_step_in_the_gradients_dtype(dtype)
     net = MultiLayerNet(20, [16, 16], 4, dtype=dtype)
     x = np.random.default_rng(0).standard_normal((8, 20))
     t = np.arange(8) % 4
-    comm = _Mirror(size=4)
+    comm = Replicas(size=4)
     for _ in range(3):
         grads = net.gradient(x, t)
         expected = {k: g.copy() for k, g in grads.items()}
@@ -217,7 +199,7 @@ def test_broadcast_params_writes_into_the_same_arrays_and_packs_in_key_order():
     net = TwoLayerNet(6, 5, 3, dtype=np.float64)
     ids = {k: id(v) for k, v in net.params.items()}
     before = {k: v.copy() for k, v in net.params.items()}
-    comm = _Mirror()
+    comm = Replicas()
     shuffled = {k: net.params[k] for k in reversed(list(net.params))}
     comm.broadcast_params(shuffled)
     assert {k: id(v) for k, v in net.params.items()} == ids  # layers keep seeing them
@@ -231,7 +213,7 @@ def test_sync_batchnorm_averages_in_place_and_counts_the_arrays():
     from xpnet.models import MultiLayerNetExtend
 
     net = MultiLayerNetExtend(6, [5, 5], 3, use_batchnorm=True, dtype=np.float64)
-    comm = _Mirror()
+    comm = Replicas()
     assert comm.sync_batchnorm(net) == 0  # no forward pass yet: no statistics
     net.gradient(np.random.default_rng(1).standard_normal((10, 6)), np.arange(10) % 3)
     layer = net.layers["BatchNorm1"]
