@@ -465,7 +465,8 @@ def main(argv=None):
                    help="the book's DeepConvNet weights: report float16 vs float32 accuracy")
     p.add_argument("--half-data", type=Path, metavar="DIR",
                    help="IDX test digits (images-idx3-ubyte.gz, labels-idx1-ubyte.gz)")
-    p.add_argument("--profile", choices=["DeepConvNet", "SimpleConvNet"],
+    p.add_argument("--profile", choices=["DeepConvNet", "SimpleConvNet", "LeNet", "VGGNet",
+                                         "MiniGoogLeNet", "ResNet"],
                    help="per-layer profile of a training step instead of the table")
     p.add_argument("--batch", type=int, default=BATCH, help="batch size of --profile")
     p.add_argument("--xpnet-root", type=Path, default=REPO,

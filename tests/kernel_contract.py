@@ -28,6 +28,7 @@ from xpnet.kernels import reference as ref
 __all__ = [
     "test_avgpool_backward_is_the_adjoint_of_forward",
     "test_avgpool_equals_reference",
+    "test_avgpool_of_the_whole_plane_equals_reference",
     "test_avgpool_on_views",
     "test_avgpool_padding_counts_as_zeros",
     "test_col2im_equals_reference",
@@ -395,6 +396,23 @@ def test_avgpool_equals_reference(backend, dtype, seed):
     dx = backend.ops.avgpool_backward(backend.asarray(dout), shape, ph, pw, stride, pad)
     _agree(backend, "avgpool_backward", dx,
            ref.avgpool_backward(dout, shape, ph, pw, stride, pad), dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(3, 5, 7, 7), (2, 3, 4, 6), (1, 2, 1, 1), (4, 1, 5, 1)])
+def test_avgpool_of_the_whole_plane_equals_reference(backend, dtype, shape):
+    """Global average pooling (one window covering the plane, any stride): a path of its own
+    on the CPU, which must give the general kernel's values."""
+    rng = np.random.default_rng(sum(shape))
+    N, C, H, W = shape
+    x = rng.standard_normal(shape).astype(dtype)
+    for stride in (1, 2):
+        out = backend.ops.avgpool_forward(backend.asarray(x), H, W, stride, 0)
+        _agree(backend, "avgpool_forward", out, ref.avgpool_forward(x, H, W, stride, 0), dtype)
+        dout = rng.standard_normal((N, C, 1, 1)).astype(dtype)
+        dx = backend.ops.avgpool_backward(backend.asarray(dout), shape, H, W, stride, 0)
+        _agree(backend, "avgpool_backward", dx,
+               ref.avgpool_backward(dout, shape, H, W, stride, 0), dtype)
 
 
 def test_avgpool_padding_counts_as_zeros(backend):
