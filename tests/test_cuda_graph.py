@@ -917,3 +917,39 @@ def test_capture_and_replay_keep_adams_two_step_counts_in_step():
         assert (opt.iter, opt._device_iter) == (expected, expected)
     fused_update()  # an eager step after replays: no refill needed, both advance
     assert (opt.iter, opt._device_iter) == (11, 11)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not backend.gpu_available(), reason="no usable GPU")
+@pytest.mark.parametrize("name, kw", [("ResNet", {"blocks_per_stage": 1, "width": 4}),
+                                      ("MiniGoogLeNet", {"width": 2})])
+def test_gpu_representative_cnn_graph_steps_equal_eager_when_declared_safe(monkeypatch, name,
+                                                                          kw):
+    """The representative CNNs' layers are not declared graph-safe yet, so these networks
+    train eagerly on the GPU. This declares them for the test and asks what declaring them
+    for real needs: captured steps equal eager ones bit for bit, running statistics too."""
+    from xpnet import models
+    from xpnet.blocks import InceptionBlock, ResidualBlock, SpatialBatchNormalization
+    from xpnet.convolution import AvgPooling, GlobalAvgPooling
+
+    for cls in (SpatialBatchNormalization, AvgPooling, GlobalAvgPooling, ResidualBlock,
+                InceptionBlock):
+        monkeypatch.setattr(cls, "cuda_graph_safe", True, raising=False)
+    rng = np.random.default_rng(0)
+    x = rng.random((200, 1, 28, 28), dtype=np.float32)
+    t = rng.integers(0, 10, 200)
+    runs = []
+    for graphs in (False, True):
+        xpnet.seed(0)
+        tr = Trainer(getattr(models, name)(**kw), x, t, x[:50], t[:50], epochs=2,
+                     mini_batch_size=50, optimizer="Adam", optimizer_param={"lr": 0.001},
+                     verbose=False, seed=3, device="gpu", cuda_graphs=graphs)
+        tr.train()
+        runs.append(tr)
+    _assert_graphs_ran(runs[1])
+    assert runs[1].train_loss_list == runs[0].train_loss_list
+    eager, graphs = ({k: backend.as_numpy(v) for k, v in
+                      {**tr.network.params, **tr.network.named_buffers()}.items()}
+                     for tr in runs)
+    for key, value in eager.items():
+        np.testing.assert_array_equal(graphs[key], value, err_msg=key)
