@@ -23,7 +23,8 @@ own between the others' calls, so an optimization is measured before and after i
 ``--profile``: where one training step's time goes, per layer, forward and backward,
 split into BLAS products (``np.matmul``/``np.dot``), Numba kernels and the rest (NumPy
 expressions, allocation, Python). It runs on one thread, so the parts add up to the
-layer's time.
+layer's time. It takes the representative CNNs too (``--profile ResNet``); a residual or
+Inception block is one row.
 
 Peak memory of one DeepConvNet training step: each framework in its own fresh process,
 warmed up by two steps of a throw-away network, then the first step of a fresh network,
