@@ -37,7 +37,8 @@ from xpnet.plot import new_figure
 BATCH = 100
 LR = 0.001
 
-# name -> (class, keywords, epochs) of --full: the accuracy table's recipe
+# name -> (class, keywords, epochs) of --full: the accuracy table's epochs, without its
+# augmentation (xpnet train --augment-shift 2 --augment-flip adds it)
 FULL = {
     "LeNet": (models.LeNet, {}, 20),
     "VGGNet": (models.VGGNet, {}, 20),
