@@ -820,6 +820,23 @@ def test_gpu_graph_steps_equal_eager_gpu_steps(optimizer):
         np.testing.assert_array_equal(_params(graphs)[key], value, err_msg=key)
 
 
+def _eager_and_graph_adam_runs(make_network, samples, epochs, seed):
+    """Two Adam runs of ``make_network()`` on the same random images, eager then with CUDA
+    graphs, each from ``xpnet.seed(0)``; returns both trainers."""
+    rng = np.random.default_rng(0)
+    x = rng.random((samples, 1, 28, 28), dtype=np.float32)
+    t = rng.integers(0, 10, samples)
+    runs = []
+    for graphs in (False, True):
+        xpnet.seed(0)
+        tr = Trainer(make_network(), x, t, x[:100], t[:100], epochs=epochs,
+                     mini_batch_size=50, optimizer="Adam", optimizer_param={"lr": 0.001},
+                     verbose=False, seed=seed, device="gpu", cuda_graphs=graphs)
+        tr.train()
+        runs.append(tr)
+    return runs
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not backend.gpu_available(), reason="no usable GPU")
 def test_gpu_deepconvnet_adam_graph_equals_eager():
@@ -828,17 +845,7 @@ def test_gpu_deepconvnet_adam_graph_equals_eager():
         pytest.skip("this build has no device-side Dropout draws or Adam step count yet")
     from xpnet.models import DeepConvNet
 
-    rng = np.random.default_rng(0)
-    x = rng.random((300, 1, 28, 28), dtype=np.float32)
-    t = rng.integers(0, 10, 300)
-    runs = []
-    for graphs in (False, True):
-        xpnet.seed(0)
-        tr = Trainer(DeepConvNet(), x, t, x[:100], t[:100], epochs=1, mini_batch_size=50,
-                     optimizer="Adam", optimizer_param={"lr": 0.001}, verbose=False, seed=1,
-                     device="gpu", cuda_graphs=graphs)
-        tr.train()
-        runs.append(tr)
+    runs = _eager_and_graph_adam_runs(DeepConvNet, samples=300, epochs=1, seed=1)
     _assert_graphs_ran(runs[1])
     assert runs[1].optimizer.iter == runs[0].optimizer.iter == runs[0].max_iter
     for key, value in _params(runs[0]).items():
@@ -935,17 +942,8 @@ def test_gpu_representative_cnn_graph_steps_equal_eager_when_declared_safe(monke
     for cls in (SpatialBatchNormalization, AvgPooling, GlobalAvgPooling, ResidualBlock,
                 InceptionBlock):
         monkeypatch.setattr(cls, "cuda_graph_safe", True, raising=False)
-    rng = np.random.default_rng(0)
-    x = rng.random((200, 1, 28, 28), dtype=np.float32)
-    t = rng.integers(0, 10, 200)
-    runs = []
-    for graphs in (False, True):
-        xpnet.seed(0)
-        tr = Trainer(getattr(models, name)(**kw), x, t, x[:50], t[:50], epochs=2,
-                     mini_batch_size=50, optimizer="Adam", optimizer_param={"lr": 0.001},
-                     verbose=False, seed=3, device="gpu", cuda_graphs=graphs)
-        tr.train()
-        runs.append(tr)
+    runs = _eager_and_graph_adam_runs(lambda: getattr(models, name)(**kw), samples=200,
+                                      epochs=2, seed=3)
     _assert_graphs_ran(runs[1])
     assert runs[1].train_loss_list == runs[0].train_loss_list
     eager, graphs = ({k: backend.as_numpy(v) for k, v in
