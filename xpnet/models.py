@@ -1203,10 +1203,11 @@ class MiniGoogLeNet(_NumberedNet):
 
     Each Inception block has four branches: 1x1; 1x1 -> 3x3; 1x1 -> 5x5; 3x3 max pooling
     (stride 1) -> 1x1, every convolution followed by SpatialBatchNormalization and ReLU.
-    ``width`` (w) scales every branch: w = 16 gives 128 and 240 channels (131k parameters).
+    ``width`` (w) scales every branch: w = 16 gives 128 and 240 channels (132k parameters).
     As GoogLeNet's stem does, a 2x2 max pooling after the stem puts the Inception blocks at
     14x14 and 7x7: that pays for the width, which a 28x28 input would cost four times over.
     """
+
     def __init__(
         self,
         input_dim=(1, 28, 28),
