@@ -513,6 +513,33 @@ def test_nccl_path_with_a_fake_cupy(fake_cupy):
     assert fake_cupy.at_exit == []  # nothing failed
 
 
+def test_a_failed_rank_flushes_and_lets_the_launcher_forward_before_it_aborts(monkeypatch):
+    """The error naming the missing rank is the last thing the rank writes; the abort must
+    not overtake it on its way through the launcher (a run once lost it: mpiexec exited 1
+    with empty output). So: both streams flushed, then a grace period, then the abort."""
+    from xpnet.distributed import communicator
+
+    events = []
+
+    class Stream:
+        def __init__(self, name):
+            self.name = name
+
+        def flush(self):
+            events.append((self.name, time.monotonic()))
+
+    class Comm:
+        def abort(self, code):
+            events.append((f"abort {code}", time.monotonic()))
+
+    monkeypatch.setattr(sys, "stdout", Stream("stdout"))
+    monkeypatch.setattr(sys, "stderr", Stream("stderr"))
+    communicator._abort_at_exit(Comm())
+    assert [name for name, _ in events] == ["stdout", "stderr", "abort 1"]
+    waited = events[2][1] - events[1][1]
+    assert waited >= communicator.ABORT_GRACE_SECONDS >= 0.1
+
+
 def test_nccl_collective_that_never_finishes_aborts_within_the_deadline(fake_cupy):
     from xpnet.distributed import NCCLCommunicator
 

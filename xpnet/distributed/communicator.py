@@ -420,13 +420,22 @@ def _flat_settings(settings: dict) -> dict:
     return flat
 
 
+# How long the failed rank waits, after flushing, before it aborts the job. The launcher
+# forwards a rank's output through a proxy that also takes the abort request; given the
+# abort first, it can end the job before the last lines (the error that names the missing
+# rank) reach the user. Paid once, only on the failure path.
+ABORT_GRACE_SECONDS = 0.25
+
+
 def _abort_at_exit(comm: Communicator) -> None:
-    """After a failure, MPI_Finalize would wait for the missing peer forever: abort."""
+    """After a failure, MPI_Finalize would wait for the missing peer forever: flush, give
+    the launcher a moment to forward the output, abort."""
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
         except Exception:  # a closed stream must not keep us from aborting
             pass
+    time.sleep(ABORT_GRACE_SECONDS)
     comm.abort(1)
 
 
