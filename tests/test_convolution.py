@@ -130,6 +130,26 @@ def test_weights_are_held_by_reference():
     np.testing.assert_allclose(conv.forward(x), 2.0 * before + 1.0, rtol=1e-12)
 
 
+@pytest.mark.parametrize("make", [
+    lambda rng: Convolution(rng.standard_normal((4, 3, 3, 3)), rng.standard_normal(4), pad=1),
+    lambda rng: Pooling(2, 2, stride=2),
+    lambda rng: AvgPooling(3, 3, stride=2, pad=1),
+    lambda rng: GlobalAvgPooling(),
+], ids=["Convolution", "Pooling", "AvgPooling", "GlobalAvgPooling"])
+def test_a_nested_list_is_taken_as_its_array(make):
+    """As Relu and Affine take Python lists (xpnet.layers.check_input), so do the 4-D
+    layers: the same output and gradient as for the array, not an error about shape ()."""
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((2, 3, 5, 5))
+    from_list, from_array = make(np.random.default_rng(1)), make(np.random.default_rng(1))
+    out = from_list.forward(x.tolist())
+    np.testing.assert_array_equal(out, from_array.forward(x))
+    dout = rng.standard_normal(out.shape)
+    np.testing.assert_array_equal(from_list.backward(dout), from_array.backward(dout))
+    with pytest.raises(ValueError, match=r"a 4-D input \(N, C, H, W\), got shape \(2, 3\)"):
+        make(np.random.default_rng(1)).forward([[1.0] * 3] * 2)
+
+
 def test_convolution_bad_input():
     conv = Convolution(np.zeros((4, 3, 3, 3)), np.zeros(4), stride=2, pad=0)
     with pytest.raises(ValueError, match=r"Convolution: expected a 4-D input \(N, C, H, W\)"):

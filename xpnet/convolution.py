@@ -15,14 +15,20 @@ windows that would run past the bottom/right edge are dropped.
 
 from __future__ import annotations
 
+import numpy as np
+
 from xpnet import kernels, threads
 from xpnet.backend import get_array_module, is_gpu_array
 
 __all__ = ["AvgPooling", "Convolution", "GlobalAvgPooling", "Pooling"]
 
 
-def _check_input(layer: str, x, channels: int | None = None) -> None:
-    shape = tuple(getattr(x, "shape", ()))
+def _check_input(layer: str, x, channels: int | None = None):
+    """x as a 4-D floating array (a nested list becomes a NumPy array, as for the other
+    layers); ValueError/TypeError naming ``layer`` otherwise."""
+    if not hasattr(x, "dtype"):
+        x = np.asarray(x)  # Python lists (CPU only)
+    shape = tuple(x.shape)
     if len(shape) != 4:
         raise ValueError(
             f"{layer}: expected a 4-D input (N, C, H, W), got shape {shape}; "
@@ -39,6 +45,7 @@ def _check_input(layer: str, x, channels: int | None = None) -> None:
             f"{layer}: input of shape {shape} has {shape[1]} channels, but the filters "
             f"expect C={channels} (input (N, {channels}, H, W))"
         )
+    return x
 
 
 def _window_argument(layer: str, name: str, value, minimum: int) -> int:
@@ -122,7 +129,7 @@ class Convolution:
         layer's backward is the same either way: it needs only x.
         """
         FN, C, FH, FW = self.W.shape
-        _check_input("Convolution", x, C)
+        x = _check_input("Convolution", x, C)
         _, _, H, W = x.shape
         _check_window_fits("Convolution", x.shape, "height", H, FH, self.pad)
         _check_window_fits("Convolution", x.shape, "width", W, FW, self.pad)
@@ -250,7 +257,7 @@ class Pooling:
 
     def forward(self, x):
         """x: (N, C, H, W) -> out: (N, C, OH, OW), in x's dtype."""
-        _check_input("Pooling", x)
+        x = _check_input("Pooling", x)
         for axis, size, window in (
             ("height", x.shape[2], self.pool_h),
             ("width", x.shape[3], self.pool_w),
@@ -292,7 +299,7 @@ class AvgPooling:
 
     def forward(self, x):
         """x: (N, C, H, W) -> out: (N, C, OH, OW), in x's dtype."""
-        _check_input("AvgPooling", x)
+        x = _check_input("AvgPooling", x)
         out = kernels.avgpool_forward(x, self.pool_h, self.pool_w, self.stride, self.pad)
         self.input_shape = tuple(x.shape)
         return out
@@ -323,7 +330,7 @@ class GlobalAvgPooling:
 
     def forward(self, x):
         """x: (N, C, H, W) -> out: (N, C), in x's dtype."""
-        _check_input("GlobalAvgPooling", x)
+        x = _check_input("GlobalAvgPooling", x)
         N, C, H, W = x.shape
         out = kernels.avgpool_forward(x, H, W, 1, 0)  # (N, C, 1, 1)
         self.input_shape = tuple(x.shape)
