@@ -551,11 +551,20 @@ from xpnet.convolution import AvgPooling, Convolution, GlobalAvgPooling, Pooling
 
 __all__ += ["Convolution", "Pooling", "AvgPooling", "GlobalAvgPooling"]
 
-# The blocks of the representative CNNs (book 8.2), from xpnet.blocks
-from xpnet.blocks import (  # noqa: E402
-    InceptionBlock,
-    ResidualBlock,
-    SpatialBatchNormalization,
-)
+# The blocks of the representative CNNs (book 8.2), from xpnet.blocks. They subclass and
+# use the layers above, so xpnet.blocks imports this module: they are looked up on first
+# use (PEP 562) rather than imported here, which lets either module be imported first.
+_BLOCKS = ("SpatialBatchNormalization", "ResidualBlock", "InceptionBlock")
+__all__ += list(_BLOCKS)
 
-__all__ += ["SpatialBatchNormalization", "ResidualBlock", "InceptionBlock"]
+
+def __getattr__(name):
+    if name in _BLOCKS:
+        from xpnet import blocks
+
+        return getattr(blocks, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_BLOCKS))
