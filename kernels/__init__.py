@@ -62,6 +62,8 @@ import functools
 import importlib
 import operator
 
+import numpy as np
+
 from xpnet.kernels.reference import conv_output_size
 
 __all__ = [
@@ -347,8 +349,9 @@ def relu_backward(dout, out):
 
 
 def _check_channels(what, name, a, channels):
-    if a is None or int(getattr(a, "size", -1)) != channels:
-        got = "None" if a is None else f"shape {tuple(getattr(a, 'shape', ()))}"
+    # a Python number is one entry (the book's layers take Python floats as parameters)
+    if a is None or int(a.size if hasattr(a, "size") else np.size(a)) != channels:
+        got = "None" if a is None else f"shape {tuple(np.shape(a))}"
         raise ValueError(f"{what}: {name} must have {channels} entries (one a channel), got {got}")
 
 

@@ -113,6 +113,22 @@ def test_spatial_batchnorm_refuses_a_wrong_shape():
         bn(3).forward(rand(2, 3))
 
 
+@pytest.mark.parametrize("train_flg", [True, False])
+def test_spatial_batchnorm_of_one_channel_takes_python_floats(train_flg):
+    """As the book's layers take Python floats as parameters: gamma=1.5, beta=0.25 for one
+    channel gives the results of the one-entry arrays, forward and backward."""
+    floats = SpatialBatchNormalization(1.5, 0.25)
+    arrays = SpatialBatchNormalization(np.array([1.5]), np.array([0.25]))
+    x, dout = rand(3, 1, 4, 4), rand(3, 1, 4, 4)
+    np.testing.assert_array_equal(floats.forward(x, train_flg), arrays.forward(x, train_flg))
+    np.testing.assert_array_equal(floats.backward(dout), arrays.backward(dout))
+    for name in ("dgamma", "dbeta", "running_mean", "running_var"):
+        np.testing.assert_array_equal(np.reshape(getattr(floats, name), 1),
+                                      getattr(arrays, name), err_msg=name)
+    with pytest.raises(ValueError, match=r"\(N, 1, H, W\) for gamma of 1 entries"):
+        floats.forward(rand(2, 3, 4, 4))
+
+
 def _block_params(block):
     return {f"{name}.{attr}": (layer, attr) for name, layer in block.sublayers().items()
             for attr in getattr(layer, "param_names", ()) if not np.isscalar(getattr(layer, attr))}

@@ -90,8 +90,9 @@ class SpatialBatchNormalization(BatchNormalization):
     def backward(self, dout):
         """dout: (N, C, H, W) -> dx: (N, C, H, W); sets dgamma, dbeta (C,)."""
         check_dout(dout, self.input_shape, "SpatialBatchNormalization")
-        dx, dgamma, dbeta = kernels.channel_norm_backward(dout, self.xn, self.gamma.reshape(-1),
-                                                          self.std, self._train)
+        gamma = get_array_module(dout).reshape(self.gamma, -1)  # a Python float: one channel
+        dx, dgamma, dbeta = kernels.channel_norm_backward(dout, self.xn, gamma, self.std,
+                                                          self._train)
         self.dgamma = dgamma.reshape(np.shape(self.gamma))
         self.dbeta = dbeta.reshape(np.shape(self.beta))
         return dx
