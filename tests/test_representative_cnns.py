@@ -9,6 +9,7 @@ here on the CPU the ``xpnet.parity`` harness run on the nested networks."""
 from __future__ import annotations
 
 import copy
+import re
 
 import numpy as np
 import pytest
@@ -288,6 +289,27 @@ def test_resnet_depth_and_layout():
     assert models.ResNet(depth=8).depth == 8
     with pytest.raises(ValueError, match="6n \\+ 2"):
         models.ResNet(depth=10)
+
+
+@pytest.mark.parametrize("build, message", [
+    (lambda: models.ResNet(depth=8, width=2.5), "ResNet: width must be an integer, got 2.5"),
+    (lambda: models.ResNet(depth=20.0), "ResNet: depth must be an integer"),
+    (lambda: models.ResNet(blocks_per_stage=0), "ResNet: blocks_per_stage must be >= 1"),
+    (lambda: models.ResNet(width=0), "ResNet: width must be >= 1, got 0"),
+    (lambda: models.MiniGoogLeNet(width=1.5), "MiniGoogLeNet: width must be an integer"),
+    (lambda: models.VGGNet(depth=0), "VGGNet: depth must be >= 1, got 0"),
+    (lambda: models.VGGNet(stages=2.0), "VGGNet: stages must be an integer"),
+    (lambda: models.LeNet(filter_nums=(6, 16, 32)), "the filters of its 2 convolutions"),
+    (lambda: models.LeNet(filter_nums=(6.5, 16)), "LeNet: filter_nums must be an integer"),
+    (lambda: models.LeNet(filter_nums=(0, 16)), "LeNet: filter_nums must be >= 1"),
+    (lambda: models.LeNet(hidden_sizes=(0, 84)), "LeNet: hidden_sizes must be >= 1"),
+])
+def test_a_size_keyword_that_is_no_count_is_one_clear_error(build, message):
+    """Sizes are counts: 2.5 filters is an error, never truncated to 2 (as strides are)."""
+    error = TypeError if "integer" in message else ValueError
+    with pytest.raises(error, match=re.escape(message)):
+        build()
+    assert models.LeNet(hidden_sizes=()).params["W3"].shape == (16 * 5 * 5, 10)  # no hidden
 
 
 def test_nested_buffers_are_named_and_filed():

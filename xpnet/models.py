@@ -46,7 +46,7 @@ from xpnet.backend import (
 )
 from xpnet.functions import check_targets, sigmoid, softmax
 from xpnet.gradient import numerical_gradient as _numerical_gradient
-from xpnet.kernels import conv_output_size
+from xpnet.kernels import check_integer, conv_output_size
 from xpnet.layers import (
     Affine,
     BatchNormalization,
@@ -1092,6 +1092,12 @@ class _NumberedNet(Network):
 _LENET_INIT = {"relu": "he", "sigmoid": "xavier"}
 
 
+def _size(net: str, name: str, value, minimum: int = 1) -> int:
+    """A size keyword (width, depth, a filter count...) as an int: a float such as 2.5 is a
+    TypeError, never truncated silently; below ``minimum`` a ValueError naming ``net``."""
+    return check_integer(f"{net}: {name}", value, minimum)
+
+
 class LeNet(_NumberedNet):
     """LeNet (LeCun et al. 1998, book 7.7) adapted to 28x28 inputs:
 
@@ -1121,6 +1127,14 @@ class LeNet(_NumberedNet):
             )
         if weight_init_std is None:
             weight_init_std = _LENET_INIT[activation]
+        filter_nums = tuple(filter_nums)
+        if len(filter_nums) != 2:
+            raise ValueError(
+                f"LeNet: filter_nums must give the filters of its 2 convolutions, got "
+                f"{filter_nums!r}"
+            )
+        filter_nums = tuple(_size("LeNet", "filter_nums", f) for f in filter_nums)
+        hidden_sizes = tuple(_size("LeNet", "hidden_sizes", h) for h in hidden_sizes)
         super().__init__(input_dim, weight_init_std, dtype, device)
         self.activation = activation
         act = _ACTIVATIONS[activation]
@@ -1168,11 +1182,9 @@ class VGGNet(_NumberedNet):
         device="cpu",
     ):
         super().__init__(input_dim, weight_init_std, dtype, device)
-        self.width, self.depth, self.stages = int(width), int(depth), int(stages)
-        if min(self.width, self.depth, self.stages) < 1:
-            raise ValueError(
-                f"VGGNet: width, depth and stages must be >= 1, got {width}, {depth}, {stages}"
-            )
+        self.width, self.depth, self.stages = (
+            _size("VGGNet", "width", width), _size("VGGNet", "depth", depth),
+            _size("VGGNet", "stages", stages))
         shape = self.input_shape
         for stage in range(self.stages):
             for _ in range(self.depth):
@@ -1219,9 +1231,7 @@ class MiniGoogLeNet(_NumberedNet):
         device="cpu",
     ):
         super().__init__(input_dim, weight_init_std, dtype, device)
-        self.width = w = int(width)
-        if w < 1:
-            raise ValueError(f"MiniGoogLeNet: width must be >= 1, got {width}")
+        self.width = w = _size("MiniGoogLeNet", "width", width)
         shape = self.input_shape
         conv, bn, relu = self._conv_bn_relu(shape[0], 4 * w, 3)
         self._add("Conv", conv)
@@ -1252,16 +1262,14 @@ class MiniGoogLeNet(_NumberedNet):
 
 def _blocks_per_stage(depth, blocks_per_stage) -> int:
     if blocks_per_stage is not None:
-        n = int(blocks_per_stage)
-        if n < 1:
-            raise ValueError(f"ResNet: blocks_per_stage must be >= 1, got {blocks_per_stage}")
-        return n
-    if int(depth) < 8 or (int(depth) - 2) % 6:
+        return _size("ResNet", "blocks_per_stage", blocks_per_stage)
+    depth = _size("ResNet", "depth", depth)
+    if depth < 8 or (depth - 2) % 6:
         raise ValueError(
             f"ResNet: depth must be 6n + 2 (8, 14, 20, 32...), got {depth}; or give "
             "blocks_per_stage"
         )
-    return (int(depth) - 2) // 6
+    return (depth - 2) // 6
 
 
 class ResNet(_NumberedNet):
@@ -1289,9 +1297,7 @@ class ResNet(_NumberedNet):
     ):
         super().__init__(input_dim, weight_init_std, dtype, device)
         n = _blocks_per_stage(depth, blocks_per_stage)
-        self.depth, self.width = 6 * n + 2, int(width)
-        if self.width < 1:
-            raise ValueError(f"ResNet: width must be >= 1, got {width}")
+        self.depth, self.width = 6 * n + 2, _size("ResNet", "width", width)
         conv, bn, relu = self._conv_bn_relu(self.input_shape[0], self.width, 3)
         self._add("Conv", conv)
         self._add("BatchNorm", bn)
