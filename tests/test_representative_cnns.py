@@ -130,6 +130,21 @@ def test_spatial_batchnorm_of_one_channel_takes_python_floats(train_flg):
         floats.forward(rand(2, 3, 4, 4))
 
 
+@pytest.mark.parametrize("make", [
+    lambda: ResidualBlock(conv(3, 3, 3), bn(3), conv(3, 3, 3), bn(3)),
+    lambda: inception(3),
+], ids=["ResidualBlock", "InceptionBlock"])
+def test_blocks_take_a_nested_list_and_refuse_integers(make):
+    """A nested list is its array (the identity shortcut adds x itself, so it must be an
+    array by then); an integer array is the layers' one clear TypeError."""
+    block = make()
+    x = rand(2, 3, 5, 5)
+    np.testing.assert_array_equal(block.forward(x.tolist()), copy.deepcopy(block).forward(x))
+    name = type(block).__name__
+    with pytest.raises(TypeError, match=f"{name}: x must be a floating array"):
+        block.forward(np.ones((2, 3, 5, 5), dtype=np.int64))
+
+
 def _block_params(block):
     return {f"{name}.{attr}": (layer, attr) for name, layer in block.sublayers().items()
             for attr in getattr(layer, "param_names", ()) if not np.isscalar(getattr(layer, attr))}

@@ -161,6 +161,7 @@ class ResidualBlock:
 
     def forward(self, x, train_flg=True):
         """x: (N, C, H, W) -> (N, C', H', W')."""
+        x = check_input(x, "ResidualBlock")  # once: the identity shortcut passes x itself
         main = _forward_chain(self._main_plan, x, train_flg)
         skip = _forward_chain(self._shortcut_plan, x, train_flg)
         if main.shape != skip.shape:
@@ -228,6 +229,7 @@ class InceptionBlock:
 
     def forward(self, x, train_flg=True):
         """x: (N, C, H, W) -> (N, sum C_i, H, W)."""
+        x = check_input(x, "InceptionBlock")  # once, not in every branch
         outs = [_forward_chain(plan, x, train_flg) for plan in self._plans]
         if len({(o.shape[0], *o.shape[2:]) for o in outs}) != 1:
             raise ValueError(
