@@ -599,7 +599,11 @@ def relu_backward(dout, out):
 # For stride 1 the positions are laid out over the *padded* width Wp (output columns
 # ow >= OW are junk, dropped by that copy): then every row of col is one contiguous run
 # of the zero-padded image, so im2col is a memcpy per (c, kh, kw) and col2im a vector add
-# (measured: the compact layout's bounds-checked loops cost more than the junk products).
+# (measured: the compact layout's bounds-checked loops cost more than the junk products;
+# so does a compact col copied row by row from the padded image, without bounds checks:
+# forward + backward of ResNet-20's 3x3 layers, 1 thread, batch 100, best of 11, took
+# 34.5/30.1/27.0 ms at 28x28/14x14/7x7 against 31.2/24.2/23.2 ms padded, although the
+# padded width wastes 7%/14%/29% of the products).
 # The batch is split between worker threads; each runs nogil Numba kernels and
 # single-threaded BLAS on its own chunks, and per-chunk partial dW are summed in chunk
 # order, so results do not depend on the number of threads.
