@@ -42,7 +42,7 @@ LR = 0.001
 FULL = {
     "LeNet": (models.LeNet, {}, 20),
     "VGGNet": (models.VGGNet, {}, 20),
-    "MiniGoogLeNet": (models.MiniGoogLeNet, {}, 20),
+    "MiniGoogLeNet": (models.MiniGoogLeNet, {}, 25),
     "ResNet-20": (models.ResNet, {"depth": 20}, 20),
 }
 # name -> (class, keywords, training steps) of quick mode: small versions, few steps
