@@ -1092,12 +1092,6 @@ class _NumberedNet(Network):
 _LENET_INIT = {"relu": "he", "sigmoid": "xavier"}
 
 
-def _size(net: str, name: str, value, minimum: int = 1) -> int:
-    """A size keyword (width, depth, a filter count...) as an int: a float such as 2.5 is a
-    TypeError, never truncated silently; below ``minimum`` a ValueError naming ``net``."""
-    return check_integer(f"{net}: {name}", value, minimum)
-
-
 class LeNet(_NumberedNet):
     """LeNet (LeCun et al. 1998, book 7.7) adapted to 28x28 inputs:
 
@@ -1133,8 +1127,8 @@ class LeNet(_NumberedNet):
                 f"LeNet: filter_nums must give the filters of its 2 convolutions, got "
                 f"{filter_nums!r}"
             )
-        filter_nums = tuple(_size("LeNet", "filter_nums", f) for f in filter_nums)
-        hidden_sizes = tuple(_size("LeNet", "hidden_sizes", h) for h in hidden_sizes)
+        filter_nums = tuple(check_integer("LeNet: filter_nums", f) for f in filter_nums)
+        hidden_sizes = tuple(check_integer("LeNet: hidden_sizes", h) for h in hidden_sizes)
         super().__init__(input_dim, weight_init_std, dtype, device)
         self.activation = activation
         act = _ACTIVATIONS[activation]
@@ -1183,8 +1177,8 @@ class VGGNet(_NumberedNet):
     ):
         super().__init__(input_dim, weight_init_std, dtype, device)
         self.width, self.depth, self.stages = (
-            _size("VGGNet", "width", width), _size("VGGNet", "depth", depth),
-            _size("VGGNet", "stages", stages))
+            check_integer("VGGNet: width", width), check_integer("VGGNet: depth", depth),
+            check_integer("VGGNet: stages", stages))
         shape = self.input_shape
         for stage in range(self.stages):
             for _ in range(self.depth):
@@ -1231,7 +1225,7 @@ class MiniGoogLeNet(_NumberedNet):
         device="cpu",
     ):
         super().__init__(input_dim, weight_init_std, dtype, device)
-        self.width = w = _size("MiniGoogLeNet", "width", width)
+        self.width = w = check_integer("MiniGoogLeNet: width", width)
         shape = self.input_shape
         conv, bn, relu = self._conv_bn_relu(shape[0], 4 * w, 3)
         self._add("Conv", conv)
@@ -1262,8 +1256,8 @@ class MiniGoogLeNet(_NumberedNet):
 
 def _blocks_per_stage(depth, blocks_per_stage) -> int:
     if blocks_per_stage is not None:
-        return _size("ResNet", "blocks_per_stage", blocks_per_stage)
-    depth = _size("ResNet", "depth", depth)
+        return check_integer("ResNet: blocks_per_stage", blocks_per_stage)
+    depth = check_integer("ResNet: depth", depth)
     if depth < 8 or (depth - 2) % 6:
         raise ValueError(
             f"ResNet: depth must be 6n + 2 (8, 14, 20, 32...), got {depth}; or give "
@@ -1297,7 +1291,7 @@ class ResNet(_NumberedNet):
     ):
         super().__init__(input_dim, weight_init_std, dtype, device)
         n = _blocks_per_stage(depth, blocks_per_stage)
-        self.depth, self.width = 6 * n + 2, _size("ResNet", "width", width)
+        self.depth, self.width = 6 * n + 2, check_integer("ResNet: width", width)
         conv, bn, relu = self._conv_bn_relu(self.input_shape[0], self.width, 3)
         self._add("Conv", conv)
         self._add("BatchNorm", bn)
